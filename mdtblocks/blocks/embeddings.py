@@ -1,0 +1,98 @@
+"""Conditioning embeddings: sinusoidal timestep MLP and class labels with a null class."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+__all__ = ["timestep_frequencies", "TimestepEmbedder", "LabelEmbedder"]
+
+
+def timestep_frequencies(t: Float[Tensor, "b"] | Int[Tensor, "b"], dim: int, max_period: float = 10000.0) -> Float[Tensor, "b {dim}"]:
+    """Sinusoidal features of (possibly fractional) timesteps, ``[cos | sin]`` halves.
+
+    Frequencies span ``1 .. 1/max_period`` geometrically (GLIDE/DiT convention);
+    an odd ``dim`` is padded with a zero column.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class TimestepEmbedder(nn.Module):
+    """Timestep -> ``d``-vector: sinusoidal features, then Linear-SiLU-Linear.
+
+    Args:
+        hidden_size: output width ``d``.
+        frequency_size: number of sinusoidal features fed to the MLP (256 in DiT/MDT).
+    """
+
+    def __init__(self, hidden_size: int, frequency_size: int = 256) -> None:
+        super().__init__()
+        self.frequency_size = frequency_size
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
+
+    def forward(self, t: Float[Tensor, "b"] | Int[Tensor, "b"]) -> Float[Tensor, "b d"]:
+        """Embed timesteps ``t`` (diffusion step indices, any real value)."""
+        return self.mlp(timestep_frequencies(t, self.frequency_size).to(self.mlp[0].weight.dtype))
+
+    def reset_parameters(self) -> None:
+        """N(0, 0.02) MLP weights, zero biases (DiT init)."""
+        for layer in (self.mlp[0], self.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+            nn.init.zeros_(layer.bias)
+
+
+class LabelEmbedder(nn.Module):
+    """Class label -> ``d``-vector, with an extra null class ``num_classes`` for guidance.
+
+    Label dropout is not hidden in ``forward``: call :meth:`drop` with an explicit
+    generator, so that training is reproducible and resumable bit for bit.
+
+    Args:
+        num_classes: number of real classes; labels live in ``[0, num_classes)``.
+        hidden_size: output width ``d``.
+        dropout_prob: probability of replacing a label by the null class in training.
+            A table row for the null class exists iff ``dropout_prob > 0`` (official layout).
+    """
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float = 0.1) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+        self.has_null = dropout_prob > 0
+        self.embedding_table = nn.Embedding(num_classes + int(self.has_null), hidden_size)
+
+    @property
+    def null_class(self) -> int | None:
+        """Index of the unconditional label, or ``None`` if the table has no such row."""
+        return self.num_classes if self.has_null else None
+
+    def drop(self, labels: Int[Tensor, "b"], generator: torch.Generator | None = None) -> Int[Tensor, "b"]:
+        """Replace each label by the null class with probability ``dropout_prob``.
+
+        The coin flips are drawn on ``generator``'s device (CPU by default) from
+        ``generator``, so the same generator state gives the same drops.
+        """
+        if not self.has_null:
+            return labels
+        device = generator.device if generator is not None else torch.device("cpu")
+        flips = torch.rand(labels.shape[0], generator=generator, device=device).to(labels.device)
+        return torch.where(flips < self.dropout_prob, torch.full_like(labels, self.num_classes), labels)
+
+    def forward(self, labels: Int[Tensor, "b"]) -> Float[Tensor, "b d"]:
+        """Look up the embedding of each label (the null class included)."""
+        return self.embedding_table(labels)
+
+    def reset_parameters(self) -> None:
+        """N(0, 0.02) table (DiT init)."""
+        nn.init.normal_(self.embedding_table.weight, std=0.02)

@@ -1,0 +1,9 @@
+"""Model families assembled from the blocks, and the preset table."""
+
+from .base import DiffusionBackbone
+from .config import DiTConfig, MDTConfig
+from .dit import DiT
+from .mdt import MaskedDiffusionTransformer
+from .presets import PRESETS
+
+__all__ = ["DiffusionBackbone", "DiTConfig", "MDTConfig", "DiT", "MaskedDiffusionTransformer", "PRESETS"]

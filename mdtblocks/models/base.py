@@ -1,0 +1,126 @@
+"""What DiT and MDT share: input embedding, conditioning, output head, validation, presets and files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from jaxtyping import Float, Int, Shaped
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from ..blocks import FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, sincos_2d, unpatchify
+from ..io import atomic_write, read_json, write_json
+from .config import DiTConfig, config_from_dict
+from .inputs import check_inputs
+from .presets import preset
+
+__all__ = ["DiffusionBackbone"]
+
+M = TypeVar("M", bound="DiffusionBackbone")
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class DiffusionBackbone(nn.Module):
+    """Base of the denoisers: maps ``(x, t, y)`` to the model output, knows nothing of betas.
+
+    Holds the patch, timestep and label embedders, the (fixed or learned) position
+    table and the final layer; subclasses define the token mixing in between.
+
+    Attributes:
+        check_values: validate tensor values (label range, timestep sign, mask indices)
+            in ``forward``. On by default; a training loop on CUDA may turn it off to
+            avoid the host sync it costs.
+    """
+
+    config_class: ClassVar[type[DiTConfig]] = DiTConfig
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+        self.check_values = True
+        d = config.hidden_size
+        self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, d)
+        self.t_embedder = TimestepEmbedder(d)
+        self.y_embedder = LabelEmbedder(config.num_classes, d, config.class_dropout_prob)
+        n = config.grid[0] * config.grid[1]
+        self.pos_embed = nn.Parameter(torch.zeros(1, n, d))
+        self.final_layer = FinalLayer(d, config.patch_size, config.out_channels)
+
+    # --- construction -------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls: type[M], name: str, **overrides: Any) -> M:
+        """Build a randomly initialised model from a named preset (e.g. ``"MDTv2-XL/2"``).
+
+        ``overrides`` set or replace config fields, e.g. ``input_size=32, num_classes=1000``.
+        """
+        fields = preset(name, cls.__name__)
+        fields.update(overrides)
+        return cls(config_from_dict(cls.config_class, fields))
+
+    def reset_parameters(self) -> None:
+        """Official initialisation: sin-cos position tables, Xavier linears, adaLN-Zero."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters") and not isinstance(
+                module, (nn.Linear, nn.Conv2d, nn.Embedding, nn.LayerNorm)
+            ):
+                module.reset_parameters()
+        self.pos_embed.data.copy_(sincos_2d(self.config.hidden_size, self.config.grid).unsqueeze(0))
+
+    # --- forward pieces -----------------------------------------------------------------
+    @property
+    def num_tokens(self) -> int:
+        """Tokens ``n`` of the full patch grid."""
+        gh, gw = self.config.grid
+        return gh * gw
+
+    def condition(self, t: Shaped[Tensor, "b"], y: Int[Tensor, "b"]) -> Float[Tensor, "b d"]:
+        """Conditioning vector ``c = embed(t) + embed(y)``."""
+        return self.t_embedder(t) + self.y_embedder(y)
+
+    def head(self, h: Float[Tensor, "b n d"], c: Float[Tensor, "b d"]) -> Float[Tensor, "b c2 hh ww"]:
+        """Final layer and unpatchify to ``(b, out_channels, H, W)``."""
+        cfg = self.config
+        return unpatchify(self.final_layer(h, c), cfg.patch_size, cfg.out_channels, cfg.grid)
+
+    def check_inputs(self, x: object, t: object, y: object) -> None:
+        """Validate ``(x, t, y)`` against the config (see :func:`~mdtblocks.models.inputs.check_inputs`)."""
+        check_inputs(self.config, x, t, y, self.y_embedder.has_null, self.check_values)
+
+    def drop_labels(self, y: Int[Tensor, "b"], generator: torch.Generator | None = None) -> Int[Tensor, "b"]:
+        """Classifier-free-guidance label dropout with an explicit generator (training only)."""
+        return self.y_embedder.drop(y, generator)
+
+    # --- files --------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (atomically) into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        write_json(directory / CONFIG_NAME, {"class": type(self).__name__, **self.config.to_dict()})
+        return directory
+
+    @classmethod
+    def from_pretrained(cls: type[M], directory: str | os.PathLike, **overrides: Any) -> M:
+        """Load a model written by :meth:`save_pretrained`; ``overrides`` replace config fields
+        that do not change the weights (e.g. ``attention_backend``)."""
+        directory = Path(directory)
+        data = read_json(directory / CONFIG_NAME)
+        saved_cls = data.pop("class", cls.__name__)
+        if saved_cls != cls.__name__:
+            raise ValueError(f"{directory} holds a {saved_cls}, not a {cls.__name__}")
+        data.update(overrides)
+        model = cls(config_from_dict(cls.config_class, data))
+        try:
+            state = load_file(str(directory / WEIGHTS_NAME))
+        except Exception as err:  # safetensors raises its own error types
+            raise ValueError(f"cannot read weights from {directory / WEIGHTS_NAME}: {err}") from err
+        model.load_state_dict(state, strict=True)
+        return model.eval()

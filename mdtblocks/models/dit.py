@@ -1,0 +1,59 @@
+"""DiT (Peebles and Xie, 2023): the plain adaLN-Zero transformer baseline."""
+
+from __future__ import annotations
+
+from jaxtyping import Float, Int, Shaped
+from torch import Tensor, nn
+
+from ..blocks import AdaLNBlock
+from .base import DiffusionBackbone
+from .config import DiTConfig
+
+__all__ = ["DiT"]
+
+
+class DiT(DiffusionBackbone):
+    """Diffusion Transformer: patch tokens with a fixed sin-cos position table, ``depth``
+    adaLN-Zero blocks without relative bias, and a modulated linear head.
+
+    Build with :meth:`from_preset` (``"DiT-XL/2"``, ...) or from a
+    :class:`~mdtblocks.models.config.DiTConfig`; load official weights (including
+    ``DiT-XL-2-256x256.pt``) with :func:`~mdtblocks.load_official`.
+    """
+
+    config_class = DiTConfig
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__(config)
+        cfg = config
+        # DiT's position table is fixed; it stays a parameter (frozen) so that parameter
+        # counts and state-dict keys match the official model.
+        self.pos_embed.requires_grad_(False)
+        self.blocks = nn.ModuleList(
+            AdaLNBlock(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio, grid=None, backend=cfg.attention_backend)  # type: ignore[arg-type]
+            for _ in range(cfg.depth)
+        )
+        self.mask_sampler = None
+        self.reset_parameters()
+
+    def forward(
+        self,
+        x: Float[Tensor, "b c hh ww"],
+        t: Shaped[Tensor, "b"],
+        y: Int[Tensor, "b"],
+        ids_keep: Int[Tensor, "b k"] | None = None,
+    ) -> Float[Tensor, "b c2 hh ww"]:
+        """Predict the model output for ``x`` at timesteps ``t`` with labels ``y``.
+
+        ``ids_keep`` exists only for signature compatibility with
+        :class:`~mdtblocks.MaskedDiffusionTransformer`; DiT has no masked pass and
+        rejects it.
+        """
+        if ids_keep is not None:
+            raise ValueError("DiT has no masked pass; ids_keep must be None")
+        self.check_inputs(x, t, y)
+        h = self.x_embedder(x) + self.pos_embed
+        c = self.condition(t, y)
+        for blk in self.blocks:
+            h = blk(h, c)
+        return self.head(h, c)

@@ -1,0 +1,119 @@
+"""The Masked Diffusion Transformer: MDT v1 and MDTv2 from one configurable module."""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int, Shaped
+from torch import Tensor, nn
+
+from ..blocks import AdaLNBlock, gather_relative_index, relative_position_index, sincos_2d
+from ..masking import MaskSampler, SideInterpolater, validate_ids_keep
+from .base import DiffusionBackbone
+from .config import MDTConfig
+
+__all__ = ["MaskedDiffusionTransformer"]
+
+
+class MaskedDiffusionTransformer(DiffusionBackbone):
+    """Masked Diffusion Transformer (Gao et al., ICCV 2023) and MDTv2 (arXiv 2303.14389v2).
+
+    Structure, by config:
+
+    - **MDT v1** (``long_skip=False, dense_skip=False``): ``depth - decode_layer``
+      encoder blocks, the side-interpolater (masked pass only), ``decode_layer``
+      decoder blocks.
+    - **MDTv2** (``long_skip=True, dense_skip=True``): the encoder in two halves, block
+      ``i`` of the second half fusing the output of block ``half-1-i`` of the first
+      (long shortcuts); every decoder block fuses the input tokens (dense shortcut).
+
+    Every attention layer carries a learned relative position bias. In the masked
+    pass (``ids_keep`` given) the encoder sees only the kept tokens; in the plain pass
+    (inference, the unmasked training loss) it sees all of them and the
+    side-interpolater is skipped.
+
+    Build with :meth:`from_preset` (``"MDT-XL/2"``, ``"MDTv2-S/2"``, ...) or from an
+    :class:`~mdtblocks.models.config.MDTConfig`; load official weights with
+    :func:`~mdtblocks.load_official`.
+    """
+
+    config_class = MDTConfig
+    config: MDTConfig
+
+    def __init__(self, config: MDTConfig) -> None:
+        super().__init__(config)
+        cfg = config
+        d, grid = cfg.hidden_size, cfg.grid
+
+        def block(skip: bool = False) -> AdaLNBlock:
+            return AdaLNBlock(d, cfg.num_heads, cfg.mlp_ratio, grid=grid, skip=skip, backend=cfg.attention_backend)  # type: ignore[arg-type]
+
+        enc = cfg.encoder_depth
+        self.encoder = nn.ModuleList(block(skip=cfg.long_skip and i >= enc // 2) for i in range(enc))
+        self.side_interpolater = SideInterpolater(
+            d, cfg.num_heads, cfg.mlp_ratio, grid, cfg.side_blocks, backend=cfg.attention_backend  # type: ignore[arg-type]
+        )
+        self.decoder = nn.ModuleList(block(skip=cfg.dense_skip) for _ in range(cfg.decode_layer))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, d))
+        self.register_buffer("rel_index", relative_position_index(grid), persistent=False)
+        self.mask_sampler: MaskSampler | None = (
+            MaskSampler(cfg.mask_ratio, cfg.mask_ratio_range) if cfg.mask_ratio is not None else None
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Official initialisation (sin-cos tables for both position embeddings)."""
+        super().reset_parameters()
+        self.decoder_pos_embed.data.copy_(sincos_2d(self.config.hidden_size, self.config.grid).unsqueeze(0))
+
+    def encode(
+        self, h: Float[Tensor, "b k d"], c: Float[Tensor, "b d"], rel_index: Int[Tensor, "b k k"] | None = None
+    ) -> Float[Tensor, "b k d"]:
+        """Run the encoder over the tokens present (all, or the kept ones)."""
+        if not self.config.long_skip:
+            for blk in self.encoder:
+                h = blk(h, c, rel_index=rel_index)
+            return h
+        half = len(self.encoder) // 2
+        skips = []
+        for blk in self.encoder[:half]:
+            h = blk(h, c, rel_index=rel_index)
+            skips.append(h)
+        for blk in self.encoder[half:]:
+            h = blk(h, c, skip=skips.pop(), rel_index=rel_index)
+        return h
+
+    def forward(
+        self,
+        x: Float[Tensor, "b c hh ww"],
+        t: Shaped[Tensor, "b"],
+        y: Int[Tensor, "b"],
+        ids_keep: Int[Tensor, "b k"] | None = None,
+    ) -> Float[Tensor, "b c2 hh ww"]:
+        """Predict the model output for noisy input ``x`` at timesteps ``t`` with labels ``y``.
+
+        Args:
+            x: noisy latents (or images), ``(b, in_channels, input_size, input_size)``.
+            t: diffusion timesteps (step indices, integer or float valued, non-negative).
+            y: class labels in ``[0, num_classes]`` (``num_classes`` is the null class).
+            ids_keep: for the masked training pass, the ``(b, k)`` kept-token indices in
+                row-major patch order (e.g. ``model.mask_sampler(...).ids_keep``). The
+                result does not depend on their order within a row.
+
+        Returns:
+            ``(b, out_channels, input_size, input_size)``: epsilon (and the variance
+            interpolation ``v`` channels when ``learn_sigma``).
+        """
+        self.check_inputs(x, t, y)
+        tokens = self.x_embedder(x) + self.pos_embed
+        c = self.condition(t, y)
+        if ids_keep is None:
+            h = self.encode(tokens, c) + self.decoder_pos_embed
+        else:
+            validate_ids_keep(ids_keep, x.shape[0], self.num_tokens, self.check_values)
+            kept = tokens.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+            h = self.encode(kept, c, gather_relative_index(self.rel_index, ids_keep))
+            h = self.side_interpolater(h, c, ids_keep, self.decoder_pos_embed)
+        skip = tokens if self.config.dense_skip else None
+        for blk in self.decoder:
+            h = blk(h, c, skip=skip)
+        return self.head(h, c)
