@@ -51,9 +51,9 @@ class RelativePositionBias(nn.Module):
 
     def forward(
         self, index: Int[Tensor, "n n"] | Int[Tensor, "b k k"] | None = None
-    ) -> Float[Tensor, "h n n"] | Float[Tensor, "b h k k"]:
-        """The additive attention bias for the full grid (``index=None``) or for given table rows."""
-        idx = self.index if index is None else index
+    ) -> Float[Tensor, "1 h n n"] | Float[Tensor, "b h k k"]:
+        """The additive attention bias for the full grid (``index=None``, batch axis 1) or for given table rows."""
+        idx = self.index.unsqueeze(0) if index is None else index
         bias = self.relative_position_bias_table[idx]  # (..., q, kv, h)
         return bias.movedim(-1, -3)
 
