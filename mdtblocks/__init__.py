@@ -1,7 +1,7 @@
 """mdtblocks: typed, composable blocks for masked diffusion transformers (MDT, MDTv2) and DiT."""
 
 from .compat import load_official
-from .models import PRESETS, DiT, DiTConfig, MaskedDiffusionTransformer, MDTConfig
+from .models import PRESETS, DiT, DiTConfig, MaskedDiffusionTransformer, MDTConfig, load_pretrained
 
-__all__ = ["MaskedDiffusionTransformer", "DiT", "MDTConfig", "DiTConfig", "PRESETS", "load_official"]
+__all__ = ["MaskedDiffusionTransformer", "DiT", "MDTConfig", "DiTConfig", "PRESETS", "load_official", "load_pretrained"]
 __version__ = "0.1.0"

@@ -5,5 +5,6 @@ from .config import DiTConfig, MDTConfig
 from .dit import DiT
 from .mdt import MaskedDiffusionTransformer
 from .presets import PRESETS
+from .pretrained import load_pretrained
 
-__all__ = ["DiffusionBackbone", "DiTConfig", "MDTConfig", "DiT", "MaskedDiffusionTransformer", "PRESETS"]
+__all__ = ["DiffusionBackbone", "DiTConfig", "MDTConfig", "DiT", "MaskedDiffusionTransformer", "PRESETS", "load_pretrained"]

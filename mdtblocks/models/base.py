@@ -108,9 +108,17 @@ class DiffusionBackbone(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls: type[M], directory: str | os.PathLike, **overrides: Any) -> M:
-        """Load a model written by :meth:`save_pretrained`; ``overrides`` replace config fields
-        that do not change the weights (e.g. ``attention_backend``)."""
+    def from_pretrained(
+        cls: type[M], directory: str | os.PathLike, weights_name: str = WEIGHTS_NAME, **overrides: Any
+    ) -> M:
+        """Load a model written by :meth:`save_pretrained`.
+
+        Args:
+            directory: folder holding ``config.json`` and the weights.
+            weights_name: the safetensors file to load (e.g. ``"ema.safetensors"`` in a
+                training checkpoint).
+            **overrides: config fields that do not change the weights (e.g. ``attention_backend``).
+        """
         directory = Path(directory)
         data = read_json(directory / CONFIG_NAME)
         saved_cls = data.pop("class", cls.__name__)
@@ -119,8 +127,10 @@ class DiffusionBackbone(nn.Module):
         data.update(overrides)
         model = cls(config_from_dict(cls.config_class, data))
         try:
-            state = load_file(str(directory / WEIGHTS_NAME))
+            state = load_file(str(directory / weights_name))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{directory / weights_name} does not exist") from None
         except Exception as err:  # safetensors raises its own error types
-            raise ValueError(f"cannot read weights from {directory / WEIGHTS_NAME}: {err}") from err
+            raise ValueError(f"cannot read weights from {directory / weights_name}: {err}") from err
         model.load_state_dict(state, strict=True)
         return model.eval()
