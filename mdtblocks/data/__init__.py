@@ -1,0 +1,30 @@
+"""Datasets (image folders, built-in digits, latent caches), autoencoders, a resumable sampler, image grids."""
+
+from .autoencoder import DEFAULT_VAE, Autoencoder, KLAutoencoder, PixelSpace, load_autoencoder
+from .digits import DigitsDataset
+from .grid import save_image_grid
+from .image_folder import IMAGE_EXTENSIONS, ImageFolderDataset, list_image_folder
+from .latents import LATENT_FORMAT, LatentDataset, LatentWriter, encode_dataset
+from .sampler import ResumableSampler
+from .transforms import center_crop, pil_to_tensor, to_uint8
+
+__all__ = [
+    "DEFAULT_VAE",
+    "Autoencoder",
+    "KLAutoencoder",
+    "PixelSpace",
+    "load_autoencoder",
+    "DigitsDataset",
+    "save_image_grid",
+    "IMAGE_EXTENSIONS",
+    "ImageFolderDataset",
+    "list_image_folder",
+    "LATENT_FORMAT",
+    "LatentDataset",
+    "LatentWriter",
+    "encode_dataset",
+    "ResumableSampler",
+    "center_crop",
+    "pil_to_tensor",
+    "to_uint8",
+]

@@ -1,0 +1,51 @@
+"""Save a batch of images as one PNG grid (atomically)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from jaxtyping import Float
+from PIL import Image
+from torch import Tensor
+
+from ..io import atomic_write
+from .transforms import to_uint8
+
+__all__ = ["save_image_grid"]
+
+
+def save_image_grid(
+    images: Float[Tensor, "b c hh ww"], path: str | os.PathLike, nrow: int | None = None, padding: int = 2
+) -> Path:
+    """Tile a batch into a grid and write it as a PNG; a reader never sees a partial file.
+
+    Args:
+        images: 1- or 3-channel images in [-1, 1].
+        path: output ``.png`` path (parent folders are created).
+        nrow: images per row; default ``ceil(sqrt(b))``.
+        padding: black pixels between and around tiles.
+
+    Returns:
+        The written path.
+    """
+    b, c, h, w = images.shape
+    if c not in (1, 3):
+        raise ValueError(f"can only save 1- or 3-channel images as PNG, got {c} channels")
+    if b == 0:
+        raise ValueError("cannot save an empty batch as an image grid")
+    nrow = nrow or math.ceil(math.sqrt(b))
+    if nrow <= 0:
+        raise ValueError(f"nrow must be positive, got {nrow}")
+    ncol = math.ceil(b / nrow)
+    tiles = to_uint8(images)  # (b, h, w, c)
+    grid = torch.zeros(ncol * (h + padding) + padding, nrow * (w + padding) + padding, c, dtype=torch.uint8)
+    for i in range(b):
+        row, col = divmod(i, nrow)
+        top, left = padding + row * (h + padding), padding + col * (w + padding)
+        grid[top : top + h, left : left + w] = tiles[i]
+    array = grid.numpy()
+    image = Image.fromarray(array[:, :, 0] if c == 1 else array)  # uint8 2-D -> "L", (h, w, 3) -> "RGB"
+    return atomic_write(path, lambda p: image.save(p, format="PNG"))

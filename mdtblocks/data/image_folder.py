@@ -1,0 +1,165 @@
+"""Labelled image folders (ImageNet class folders or ADM flat files), center-cropped, flips by index."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from jaxtyping import Float
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .transforms import center_crop, pil_to_tensor
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "list_image_folder"]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+"""File suffixes (lower-cased) that count as images."""
+
+# What a broken file can raise while PIL opens and decodes it.
+_DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def _images_under(directory: Path) -> list[Path]:
+    """Every image file below ``directory`` (recursively), sorted for a stable order."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        dirnames.sort()
+        found.extend(Path(dirpath) / f for f in filenames if Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(found)
+
+
+def list_image_folder(root: str | os.PathLike) -> tuple[list[Path], list[int], list[str]]:
+    """List a labelled image folder in either of the two common layouts.
+
+    - Class folders (``torchvision.datasets.ImageFolder`` / ImageNet ``train/``):
+      ``root/<class>/**/<image>``; classes sorted by folder name.
+    - ADM flat files (``root/**/<ClassID>_<ImgID>.<ext>``, the layout ADM's
+      ``image_datasets.py`` reads): the label is the text before the first
+      underscore of the file name; classes sorted by that prefix.
+
+    Args:
+        root: the dataset folder.
+
+    Returns:
+        ``(files, labels, classes)``: sorted image paths, their integer labels
+        (indices into ``classes``) and the sorted class names.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a directory")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    top_files = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    files: list[Path] = []
+    names: list[str] = []
+    if subdirs and not top_files:
+        for sub in subdirs:
+            images = _images_under(sub)
+            files.extend(images)
+            names.extend([sub.name] * len(images))
+    else:
+        for path in _images_under(root):
+            if "_" not in path.name:
+                raise ValueError(
+                    f"{str(root)!r} looks like an ADM flat folder (images at the top level) but {path.name!r} has no "
+                    "'<ClassID>_' prefix; use 'ClassID_ImgID.ext' names or one subfolder per class"
+                )
+            files.append(path)
+            names.append(path.name.split("_", 1)[0])
+    if not files:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {str(root)!r}")
+    classes = sorted(set(names))
+    index = {name: i for i, name in enumerate(classes)}
+    return files, [index[n] for n in names], classes
+
+
+class ImageFolderDataset(Dataset):
+    """Labelled images, ADM center-cropped to ``image_size``, as float32 RGB tensors in [-1, 1].
+
+    With ``flip=True`` the dataset holds each image twice: index ``i`` for
+    ``i < num_images`` is image ``i``, index ``num_images + i`` its horizontal
+    mirror. Flips are therefore a function of the index (no random state in the
+    dataset), so a resumed run that replays the sampler sees identical batches.
+
+    A file that cannot be read or decoded is never fatal: the dataset returns
+    the next readable image (same flip, wrapping around) instead, and marks the
+    file as bad in a shared-memory table, so ``num_skipped`` counts the broken
+    files seen by any DataLoader worker.
+
+    Args:
+        root: class-folder or ADM flat-file layout (see :func:`list_image_folder`).
+        image_size: output side length.
+        flip: add the mirrored copy of every image.
+    """
+
+    def __init__(self, root: str | os.PathLike, image_size: int, flip: bool = True) -> None:
+        if image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        self.root = Path(root)
+        self.image_size = image_size
+        self.flip = flip
+        self.files, self.labels, self.classes = list_image_folder(root)
+        self.num_images = len(self.files)
+        self.num_classes = len(self.classes)
+        # Shared memory: DataLoader workers (fork or spawn) write into the same table.
+        self._bad = torch.zeros(self.num_images, dtype=torch.bool).share_memory_()
+
+    def __len__(self) -> int:
+        return 2 * self.num_images if self.flip else self.num_images
+
+    @property
+    def num_skipped(self) -> int:
+        """Number of distinct files found unreadable so far (in this process or any worker)."""
+        return int(self._bad.sum())
+
+    @property
+    def skipped_files(self) -> list[Path]:
+        """The files found unreadable so far."""
+        return [self.files[i] for i in torch.nonzero(self._bad).flatten().tolist()]
+
+    def split_index(self, index: int) -> tuple[int, bool]:
+        """Map a dataset index to ``(file_index, mirrored)``.
+
+        Args:
+            index: an index in ``[0, len(self))``.
+
+        Returns:
+            The image file's position in ``self.files`` and whether it is the mirrored copy.
+        """
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of length {len(self)}")
+        return index % self.num_images, index >= self.num_images
+
+    def load(self, file_index: int, mirrored: bool = False) -> Float[Tensor, "c hh ww"] | None:
+        """Read, crop and normalise one file, or return ``None`` (and mark it bad) if it is unreadable.
+
+        Args:
+            file_index: position in ``self.files``.
+            mirrored: return the horizontal mirror image.
+
+        Returns:
+            A ``(3, image_size, image_size)`` tensor in [-1, 1], or ``None``.
+        """
+        if self._bad[file_index]:
+            return None
+        try:
+            with Image.open(self.files[file_index]) as img:
+                img.load()
+                image = center_crop(img.convert("RGB"), self.image_size)
+        except _DECODE_ERRORS:
+            self._bad[file_index] = True
+            return None
+        if mirrored:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return pil_to_tensor(image)
+
+    def __getitem__(self, index: int) -> tuple[Float[Tensor, "c hh ww"], int]:
+        file_index, mirrored = self.split_index(index)
+        for offset in range(self.num_images):
+            j = (file_index + offset) % self.num_images
+            x = self.load(j, mirrored)
+            if x is not None:
+                return x, self.labels[j]
+        raise RuntimeError(f"none of the {self.num_images} images under {str(self.root)!r} could be read")
