@@ -1,0 +1,165 @@
+"""Property tests of the blocks over random valid configurations (Hypothesis)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mdtblocks.blocks import (
+    AdaLNBlock,
+    FinalLayer,
+    PatchEmbed,
+    RelativePositionBias,
+    SelfAttention,
+    attention,
+    gather_relative_index,
+    patchify,
+    relative_position_index,
+    sincos_2d,
+    unpatchify,
+)
+
+SETTINGS = settings(max_examples=25, deadline=None)
+
+
+@SETTINGS
+@given(p=st.integers(1, 4), gh=st.integers(1, 5), gw=st.integers(1, 5), c=st.integers(1, 4), b=st.integers(1, 3))
+def test_patchify_unpatchify_invert(p, gh, gw, c, b):
+    x = torch.randn(b, c, gh * p, gw * p)
+    tokens = patchify(x, p)
+    assert tokens.shape == (b, gh * gw, p * p * c)
+    assert torch.equal(unpatchify(tokens, p, c, (gh, gw)), x)
+
+
+@SETTINGS
+@given(p=st.integers(1, 4), gh=st.integers(1, 4), gw=st.integers(1, 4), c=st.integers(1, 4), d=st.sampled_from([8, 16]))
+def test_patch_embed_is_linear_map_of_patchify(p, gh, gw, c, d):
+    embed = PatchEmbed(p, c, d)
+    x = torch.randn(2, c, gh * p, gw * p)
+    out = embed(x)
+    assert out.shape == (2, gh * gw, d)
+    # the conv equals a linear map of the raw patches in (p, q, c) order
+    w = embed.proj.weight.permute(0, 2, 3, 1).reshape(d, -1)
+    torch.testing.assert_close(out, patchify(x, p) @ w.T + embed.proj.bias, rtol=1e-4, atol=1e-5)
+
+
+@SETTINGS
+@given(gh=st.integers(1, 5), gw=st.integers(1, 5), h=st.integers(1, 3), b=st.integers(1, 3), data=st.data())
+def test_relative_bias_gather_equals_full_table_indexing(gh, gw, h, b, data):
+    n = gh * gw
+    k = data.draw(st.integers(1, n))
+    bias = RelativePositionBias((gh, gw), h)
+    torch.nn.init.normal_(bias.relative_position_bias_table)
+    ids = torch.stack([torch.randperm(n)[:k] for _ in range(b)])
+    full = bias()  # (1, h, n, n)
+    expected = torch.stack([full[0][:, ids[i]][:, :, ids[i]] for i in range(b)])
+    got = bias(gather_relative_index(bias.index, ids))
+    assert got.shape == (b, h, k, k)
+    assert torch.equal(got, expected)
+
+
+def test_relative_index_is_translation_invariant():
+    idx = relative_position_index((3, 4))
+    # token (0,0)->(1,1) and (1,2)->(2,3) have the same offset, hence the same row
+    assert idx[0, 5] == idx[6, 11]
+    assert idx.max() < (2 * 3 - 1) * (2 * 4 - 1)
+    assert torch.equal(idx.diagonal(), torch.full((12,), idx[0, 0].item()))
+
+
+@SETTINGS
+@given(b=st.integers(1, 3), h=st.integers(1, 3), n=st.integers(1, 9), e=st.sampled_from([4, 8]), with_bias=st.booleans())
+def test_attention_backends_agree_in_value_and_gradient(b, h, n, e, with_bias):
+    g = torch.Generator().manual_seed(b * 100 + n)
+    base = [torch.randn(b, h, n, e, generator=g, dtype=torch.float64) for _ in range(3)]
+    bias0 = torch.randn(b, h, n, n, generator=g, dtype=torch.float64) if with_bias else None
+    results = {}
+    for backend in ("math", "sdpa"):
+        q, k, v = (t.clone().requires_grad_() for t in base)
+        bias = bias0.clone().requires_grad_() if bias0 is not None else None
+        out = attention(q, k, v, bias, backend)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        grads = [q.grad, k.grad, v.grad] + ([bias.grad] if bias is not None else [])
+        results[backend] = (out, grads)
+    torch.testing.assert_close(results["sdpa"][0], results["math"][0])
+    for gs, gm in zip(results["sdpa"][1], results["math"][1]):
+        torch.testing.assert_close(gs, gm)
+
+
+def test_self_attention_backends_agree_with_relative_bias_gradients():
+    torch.manual_seed(0)
+    attn = SelfAttention(16, 2, grid=(3, 3)).double()
+    torch.nn.init.normal_(attn.rel_pos_bias.relative_position_bias_table)
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    outs, grads = {}, {}
+    for backend in ("math", "sdpa"):
+        attn.backend = backend
+        attn.zero_grad()
+        out = attn(x)
+        out.square().sum().backward()
+        outs[backend] = out.detach()
+        grads[backend] = attn.rel_pos_bias.relative_position_bias_table.grad.clone()
+    torch.testing.assert_close(outs["sdpa"], outs["math"])
+    torch.testing.assert_close(grads["sdpa"], grads["math"])
+    assert grads["math"].abs().sum() > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="xformers runs on CUDA only")
+def test_xformers_backend_agrees_with_math():  # pragma: no cover - needs a GPU
+    pytest.importorskip("xformers")
+    q, k, v = (torch.randn(2, 3, 10, 16, device="cuda") for _ in range(3))
+    bias = torch.randn(2, 3, 10, 10, device="cuda")
+    torch.testing.assert_close(attention(q, k, v, bias, "xformers"), attention(q, k, v, bias, "math"), rtol=1e-3, atol=1e-3)
+
+
+def test_xformers_backend_refuses_cpu_tensors():
+    q = torch.randn(1, 1, 4, 8)
+    with pytest.raises((ValueError, ImportError), match="xformers"):
+        attention(q, q, q, None, "xformers")
+
+
+def test_unknown_backend_is_named():
+    with pytest.raises((ValueError, TypeError), match="flash9"):
+        SelfAttention(8, 2, backend="flash9")
+
+
+@SETTINGS
+@given(d=st.sampled_from([8, 16]), heads=st.sampled_from([1, 2]), n=st.integers(1, 9), skip=st.booleans(), rel=st.booleans())
+def test_adaln_block_shapes_and_zero_init_identity(d, heads, n, skip, rel):
+    side = 3
+    grid = (side, side) if rel else None
+    n = side * side if rel else n
+    block = AdaLNBlock(d, heads, 2.0, grid=grid, skip=skip)
+    block.reset_parameters()
+    x, c = torch.randn(2, n, d), torch.randn(2, d)
+    s = torch.randn(2, n, d) if skip else None
+    out = block(x, c, skip=s)
+    assert out.shape == x.shape
+    if not skip:  # adaLN-Zero: a fresh block is the identity
+        torch.testing.assert_close(out, x)
+
+
+def test_adaln_block_skip_contract():
+    block = AdaLNBlock(8, 2, skip=True)
+    with pytest.raises(ValueError, match="skip"):
+        block(torch.randn(1, 4, 8), torch.randn(1, 8))
+    with pytest.raises(ValueError, match="skip"):
+        AdaLNBlock(8, 2)(torch.randn(1, 4, 8), torch.randn(1, 8), skip=torch.randn(1, 4, 8))
+
+
+def test_final_layer_zero_init_and_shape():
+    layer = FinalLayer(16, 2, 3)
+    layer.reset_parameters()
+    out = layer(torch.randn(2, 5, 16), torch.randn(2, 16))
+    assert out.shape == (2, 5, 12) and out.abs().max() == 0
+
+
+def test_sincos_table_layout():
+    table = sincos_2d(8, (2, 3))
+    assert table.shape == (6, 8) and table.dtype == torch.float32
+    # first half encodes the column, second half the row: tokens in one row share the second half
+    torch.testing.assert_close(table[0, 4:], table[2, 4:])
+    torch.testing.assert_close(table[0, :4], table[3, :4])
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(6, (2, 2))
