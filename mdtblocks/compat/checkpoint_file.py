@@ -17,7 +17,7 @@ __all__ = ["read_state_dict"]
 _NESTED_KEYS = ("ema", "model", "state_dict", "module")
 
 
-def read_state_dict(source: str | os.PathLike | dict[str, Tensor]) -> dict[str, Tensor]:
+def read_state_dict(source: str | os.PathLike | dict[str, object]) -> dict[str, Tensor]:
     """Return a flat ``name -> tensor`` dict from a checkpoint path or an in-memory state dict.
 
     Files are read with ``torch.load(weights_only=True)``: a pickle that would import or

@@ -133,7 +133,7 @@ def convert_official_state_dict(state: dict[str, Tensor], config: MDTConfig | Di
     return out
 
 
-def load_official(source: str | os.PathLike | dict[str, Tensor], **config: Any) -> MaskedDiffusionTransformer | DiT:
+def load_official(source: str | os.PathLike | dict[str, object], **config: Any) -> MaskedDiffusionTransformer | DiT:
     """Build the model an official checkpoint describes and load its weights exactly.
 
     Args:
