@@ -1,0 +1,3 @@
+"""Training: the loop, checkpoints, EMA, optimizers and distributed setup."""
+
+from .adan import Adan
