@@ -163,3 +163,19 @@ def test_sincos_table_layout():
     torch.testing.assert_close(table[0, :4], table[3, :4])
     with pytest.raises(ValueError, match="divisible by 4"):
         sincos_2d(6, (2, 2))
+
+
+@SETTINGS
+@given(b=st.integers(1, 4), d=st.sampled_from([4, 8, 12]), freq=st.integers(1, 17), classes=st.integers(1, 9), p=st.sampled_from([0.0, 0.1]))
+def test_embedders_shapes(b, d, freq, classes, p):
+    from mdtblocks.blocks import LabelEmbedder, TimestepEmbedder, timestep_frequencies
+
+    t = torch.rand(b) * 999
+    feats = timestep_frequencies(t, freq)
+    assert feats.shape == (b, freq) and bool((feats.abs() <= 1).all())
+    assert TimestepEmbedder(d, freq)(t).shape == (b, d)
+    labels = LabelEmbedder(classes, d, p)
+    assert labels.embedding_table.num_embeddings == classes + (p > 0)
+    y = torch.randint(0, classes, (b,))
+    assert labels(y).shape == (b, d)
+    assert labels.null_class == (classes if p > 0 else None)
