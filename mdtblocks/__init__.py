@@ -5,3 +5,7 @@ from .models import PRESETS, DiT, DiTConfig, MaskedDiffusionTransformer, MDTConf
 
 __all__ = ["MaskedDiffusionTransformer", "DiT", "MDTConfig", "DiTConfig", "PRESETS", "load_official", "load_pretrained"]
 __version__ = "0.1.0"
+
+from .diffusion import GaussianDiffusion, MaskedDiffusionObjective, create_diffusion  # noqa: E402
+
+__all__ += ["create_diffusion", "GaussianDiffusion", "MaskedDiffusionObjective"]

@@ -1,0 +1,39 @@
+"""The diffusion process: schedules, respacing, the Gaussian process, losses and weightings."""
+
+from .factory import create_diffusion
+from .gaussian import LOSS_TYPES, GaussianDiffusion
+from .likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from .losses import losses_from_output, training_losses, vb_terms_bpd
+from .noise import gaussian_noise
+from .objective import MaskedDiffusionObjective
+from .parameterization import PREDICTIONS, check_prediction
+from .respace import respace_betas, space_timesteps
+from .schedules import SCHEDULES, betas_for_alpha_bar, cosine_betas, linear_betas, named_betas
+from .variance import VARIANCE_TYPES
+from .weighting import min_snr_weight, snr
+
+__all__ = [
+    "create_diffusion",
+    "GaussianDiffusion",
+    "MaskedDiffusionObjective",
+    "LOSS_TYPES",
+    "PREDICTIONS",
+    "SCHEDULES",
+    "VARIANCE_TYPES",
+    "space_timesteps",
+    "respace_betas",
+    "linear_betas",
+    "cosine_betas",
+    "betas_for_alpha_bar",
+    "named_betas",
+    "training_losses",
+    "losses_from_output",
+    "vb_terms_bpd",
+    "normal_kl",
+    "discretized_gaussian_log_likelihood",
+    "mean_flat",
+    "gaussian_noise",
+    "check_prediction",
+    "min_snr_weight",
+    "snr",
+]

@@ -1,0 +1,165 @@
+"""Training losses of a Gaussian diffusion: the (weighted) mse of the prediction and the vb term."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .gaussian import GaussianDiffusion
+from .likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from .noise import gaussian_noise
+from .variance import split_model_output
+
+__all__ = ["training_losses", "losses_from_output", "vb_terms_bpd", "fp32_math"]
+
+Image = Float[Tensor, "b c hh ww"]
+Steps = Int[Tensor, "b"]
+
+
+def fp32_math(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """Context in which autocast is off, so the diffusion math runs in fp32 even inside a bf16 step.
+
+    Args:
+        device: the device whose autocast to disable.
+
+    Returns:
+        A context manager.
+    """
+    if device.type in ("cuda", "cpu", "xpu", "mps") and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _math_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def vb_terms_bpd(
+    diffusion: GaussianDiffusion, p_out: dict[str, Tensor], x_start: Image, x_t: Image, t: Steps
+) -> Float[Tensor, "b"]:
+    """One term of the variational bound, in bits per dimension, per sample.
+
+    ``KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))`` for ``t > 0`` and the discretised
+    decoder NLL ``-log p(x_0 | x_1)`` at ``t = 0`` (Ho et al. 2020, Eq. 5).
+
+    Args:
+        diffusion: the process.
+        p_out: the model's reverse step, from :meth:`GaussianDiffusion.p_mean_variance`.
+        x_start: clean data.
+        x_t: noised data.
+        t: ``(b,)`` steps.
+
+    Returns:
+        ``(b,)`` bits per dimension.
+    """
+    true_mean, _, true_log_var = diffusion.q_posterior_mean_variance(x_start, x_t, t)
+    kl = mean_flat(normal_kl(true_mean, true_log_var, p_out["mean"], p_out["log_variance"])) / math.log(2.0)
+    nll = -discretized_gaussian_log_likelihood(x_start, means=p_out["mean"], log_scales=0.5 * p_out["log_variance"])
+    nll = mean_flat(nll) / math.log(2.0)
+    return torch.where(t == 0, nll, kl)
+
+
+def losses_from_output(
+    diffusion: GaussianDiffusion,
+    model_output: Float[Tensor, "b c2 hh ww"],
+    x_start: Image,
+    x_t: Image,
+    t: Steps,
+    noise: Image,
+) -> dict[str, Tensor]:
+    """Per-sample losses for a model output already computed at ``x_t = q_sample(x_start, t, noise)``.
+
+    Args:
+        diffusion: the process (prediction type, variance type, loss type, weighting).
+        model_output: the raw model output (``c`` or ``2c`` channels).
+        x_start: clean data.
+        x_t: noised data.
+        t: ``(b,)`` steps.
+        noise: the noise that made ``x_t``.
+
+    Returns:
+        ``"loss"``, ``"mse"`` (mse losses) and ``"vb"`` (learned sigma), each ``(b,)``.
+    """
+    dtype = _math_dtype(x_start)
+    with fp32_math(x_start.device):
+        model_output = model_output.to(dtype)
+        x_start, x_t, noise = x_start.to(dtype), x_t.to(dtype), noise.to(dtype)
+        terms: dict[str, Tensor] = {}
+        if diffusion.loss_type in ("kl", "rescaled_kl"):
+            out = diffusion.p_mean_variance_from_output(model_output, x_t, t, clip_denoised=False)
+            terms["loss"] = vb_terms_bpd(diffusion, out, x_start, x_t, t)
+            if diffusion.loss_type == "rescaled_kl":
+                terms["loss"] = terms["loss"] * diffusion.num_timesteps
+            return terms
+
+        prediction, var_values = split_model_output(model_output, x_start.shape[1], diffusion.variance_type)
+        if var_values is not None:
+            # The vb term trains the variance only: the mean it sees is detached (Nichol & Dhariwal 2021, Sec. 3.1).
+            frozen = torch.cat([prediction.detach(), var_values], dim=1)
+            out = diffusion.p_mean_variance_from_output(frozen, x_t, t, clip_denoised=False)
+            terms["vb"] = vb_terms_bpd(diffusion, out, x_start, x_t, t)
+            if diffusion.loss_type == "rescaled_mse":
+                # Scaled by T / 1000 so that the vb term does not swamp the mse term.
+                terms["vb"] = terms["vb"] * (diffusion.num_timesteps / 1000.0)
+
+        if diffusion.predict == "epsilon":
+            target = noise
+        elif diffusion.predict == "x0":
+            target = x_start
+        else:
+            a = diffusion.coef("sqrt_alphas_cumprod", t, x_start)
+            s = diffusion.coef("sqrt_one_minus_alphas_cumprod", t, x_start)
+            target = a * noise - s * x_start
+        mse = mean_flat((target - prediction) ** 2)
+        if diffusion.snr_gamma is not None:
+            mse = diffusion.mse_weight(t).to(dtype) * mse
+        terms["mse"] = mse
+        terms["loss"] = mse + terms["vb"] if "vb" in terms else mse
+        return terms
+
+
+def training_losses(
+    diffusion: GaussianDiffusion,
+    model: Callable[..., Tensor],
+    x_start: Image,
+    t: Steps,
+    model_kwargs: dict[str, Any] | None = None,
+    noise: Image | None = None,
+    *,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Noise ``x_start`` to steps ``t``, run the model, and return per-sample losses.
+
+    The model runs under whatever autocast the caller set; the diffusion math runs
+    in fp32 (fp64 for fp64 inputs). Nothing here reads tensor values on the host
+    for accelerator tensors, so the step has no host sync.
+
+    Args:
+        diffusion: the process.
+        model: called as ``model(x_t, timestep_map[t], **model_kwargs)``.
+        x_start: clean data ``(b, c, hh, ww)``.
+        t: ``(b,)`` steps of the process.
+        model_kwargs: extra model arguments; ``{"y": y, "ids_keep": ids}`` gives MDT's masked loss.
+        noise: the noise; drawn from ``generator`` when ``None``.
+        generator: the source of the noise (``None``: torch's global generator).
+
+    Returns:
+        ``"loss"``, ``"mse"`` and, when sigma is learned, ``"vb"``: ``(b,)`` tensors.
+    """
+    if not isinstance(x_start, Tensor) or not x_start.is_floating_point():
+        raise TypeError(f"x_start must be a floating-point tensor, got {getattr(x_start, 'dtype', type(x_start))}")
+    diffusion.check_timesteps(t, x_start.shape[0])
+    with fp32_math(x_start.device):
+        x_start32 = x_start.to(_math_dtype(x_start))
+        if noise is None:
+            noise = gaussian_noise(x_start32, generator)
+        x_t = diffusion.q_sample(x_start32, t, noise.to(x_start32.dtype))
+    model_output = model(x_t, diffusion.model_timesteps(t), **(model_kwargs or {}))
+    return losses_from_output(diffusion, model_output, x_start32, x_t, t, noise)
+

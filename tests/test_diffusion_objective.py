@@ -1,0 +1,108 @@
+"""The MDT training objective: unmasked plus masked loss, explicit randomness, no DiT masking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mdtblocks import DiT, MaskedDiffusionObjective, MaskedDiffusionTransformer, create_diffusion
+from mdtblocks.masking import plan_from_ids_keep
+
+def randomize(model):
+    # Fresh models output zeros (adaLN-Zero); random weights make every pass distinct.
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.08)
+    return model.eval()
+
+
+SMALL = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=4, num_heads=2, num_classes=5)
+
+
+@pytest.fixture(scope="module")
+def mdt():
+    torch.manual_seed(0)
+    return randomize(MaskedDiffusionTransformer.from_preset("MDTv2-S/2", decode_layer=2, **SMALL))
+
+
+@pytest.fixture(scope="module")
+def dit():
+    torch.manual_seed(0)
+    return randomize(DiT.from_preset("DiT-S/2", **SMALL))
+
+
+def batch(b=3):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(b, 4, 8, 8, generator=g), torch.randint(0, 5, (b,), generator=g)
+
+
+def test_objective_sums_unmasked_and_masked_terms(mdt):
+    x, y = batch()
+    objective = MaskedDiffusionObjective(create_diffusion(snr_gamma=5.0))
+    out = objective(mdt, x, y, generator=torch.Generator().manual_seed(0))
+    for key in ("loss", "loss_unmasked", "loss_masked", "mse", "vb", "mse_masked", "vb_masked", "t"):
+        assert out[key].shape == (3,), key
+    torch.testing.assert_close(out["loss"], out["loss_unmasked"] + out["loss_masked"])
+    torch.testing.assert_close(out["loss_unmasked"], out["mse"] + out["vb"])
+    assert not torch.allclose(out["loss_unmasked"], out["loss_masked"])
+
+
+def test_objective_terms_equal_training_losses(mdt):
+    # Same t and noise in both passes; the masked pass is training_losses with ids_keep.
+    mdt.eval()
+    x, y = batch()
+    diffusion = create_diffusion()
+    t = torch.tensor([5, 500, 999])
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    ids_keep = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i))[:11] for i in range(3)])
+    plan = plan_from_ids_keep(ids_keep, 16)
+    out = MaskedDiffusionObjective(diffusion)(mdt, x, y, generator=torch.Generator(), t=t, noise=noise, mask=plan)
+    full = diffusion.training_losses(mdt, x, t, {"y": y}, noise=noise)
+    masked = diffusion.training_losses(mdt, x, t, {"y": y, "ids_keep": ids_keep}, noise=noise)
+    torch.testing.assert_close(out["loss_unmasked"], full["loss"])
+    torch.testing.assert_close(out["loss_masked"], masked["loss"])
+
+
+def test_objective_is_reproducible_from_the_generator(mdt):
+    mdt.train()
+    x, y = batch()
+    objective = MaskedDiffusionObjective(create_diffusion())
+    a = objective(mdt, x, y, generator=torch.Generator().manual_seed(7))
+    b = objective(mdt, x, y, generator=torch.Generator().manual_seed(7))
+    c = objective(mdt, x, y, generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(a["loss"], b["loss"])
+    assert not torch.allclose(a["loss"], c["loss"])
+    mdt.eval()
+
+
+def test_objective_backpropagates(mdt):
+    x, y = batch()
+    mdt.zero_grad()
+    out = MaskedDiffusionObjective(create_diffusion())(mdt, x, y, generator=torch.Generator().manual_seed(0))
+    out["loss"].mean().backward()
+    grads = [p.grad for p in mdt.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    mdt.zero_grad()
+
+
+def test_objective_dit_has_no_masked_term(dit):
+    x, y = batch()
+    out = MaskedDiffusionObjective(create_diffusion())(dit, x, y, generator=torch.Generator().manual_seed(0))
+    assert "loss_masked" not in out
+    torch.testing.assert_close(out["loss"], out["loss_unmasked"])
+
+
+def test_objective_under_bf16_autocast_returns_fp32(mdt):
+    x, y = batch()
+    objective = MaskedDiffusionObjective(create_diffusion(snr_gamma=5.0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = objective(mdt, x, y, generator=torch.Generator().manual_seed(0))
+    assert out["loss"].dtype == torch.float32
+    assert torch.isfinite(out["loss"]).all()
+
+
+def test_objective_needs_a_generator(mdt):
+    x, y = batch()
+    with pytest.raises(TypeError, match="generator"):
+        MaskedDiffusionObjective(create_diffusion())(mdt, x, y, generator=0)
