@@ -1,0 +1,320 @@
+"""The training loop: one straight-line function over small named helpers (DiT ``train.py``, edm2 ``training_loop``).
+
+The loop receives everything it trains (backbone, objective, dataset, autoencoder,
+optimizer factory) and never builds a model or an autoencoder itself; recipes do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ..data import Autoencoder, PixelSpace, save_image_grid
+from ..diffusion import GaussianDiffusion, MaskedDiffusionObjective
+from .batches import BatchStream
+from .checkpoint import Checkpoint, TrainState, latest_checkpoint, model_config_json, read_checkpoint, write_checkpoint
+from .config import TrainConfig
+from .distributed import Distributed
+from .ema import make_ema, update_ema
+from .parallel import enable_activation_checkpointing, full_state, load_full_state, wrap_model
+from .precision import AutocastForward
+from .progress import Meter, MetricsWriter, progress_bar
+from .randomness import StepRandomness, draw_step_randomness, step_generator
+
+__all__ = ["train", "TrainResult", "OptimizerFactory"]
+
+log = logging.getLogger("mdtblocks.training")
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+"""Builds the optimizer from the (possibly sharded) trainable parameters."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished :func:`train` leaves behind.
+
+    Attributes:
+        step: the final step.
+        checkpoint: the folder of the last checkpoint.
+        resumed_from: the step the run resumed from (0 for a fresh run).
+    """
+
+    step: int
+    checkpoint: Path
+    resumed_from: int
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    model: nn.Module,
+    objective: MaskedDiffusionObjective,
+    dataset: Dataset,
+    autoencoder: Autoencoder,
+    make_optimizer: OptimizerFactory,
+    out: str | os.PathLike,
+    dist: Distributed,
+    sample_diffusion: GaussianDiffusion | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``dataset`` until ``cfg.steps``, resuming from the newest checkpoint in ``out``.
+
+    Args:
+        cfg: loop settings.
+        model: the backbone (a freshly initialised one, identical on every rank).
+        objective: the training loss (``MaskedDiffusionObjective``; DiT gets its unmasked part).
+        dataset: ``(x, y)`` pairs: images for ``autoencoder`` to encode, or latents with
+            :class:`~mdtblocks.data.PixelSpace` (an identity) as the autoencoder.
+        autoencoder: maps dataset items to the space the model works in, and back for samples.
+        make_optimizer: builds the optimizer from the trainable parameters.
+        out: run folder (``checkpoints/``, ``samples/``, ``metrics.jsonl``).
+        dist: this process's place in the job (:func:`~mdtblocks.training.setup_distributed`).
+        sample_diffusion: process for the sample grids (e.g. ``create_diffusion("ddim50")``);
+            ``None`` skips them.
+    """
+    out = Path(out)
+    device = dist.device
+    per_rank, micro, accum = cfg.split(dist.world_size)
+    model.to(device).train()
+    model.check_values = device.type != "cuda"  # value checks cost a host sync per forward on GPUs
+    ema = make_ema(model)
+    if cfg.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    net = wrap_model(model, ema, dist, cfg.strategy)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
+    batches = BatchStream(
+        dataset, per_rank, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
+        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+    )
+    start = resume(out, model, ema, optimizer, batches, cfg, dist)
+    if cfg.compile:
+        net = torch.compile(net)
+    forward = AutocastForward(net, device, cfg.precision)
+    # The trainer draws label drops for the whole global batch itself (split-invariant).
+    objective = dataclasses.replace(objective, drop_labels=False)
+    sample_shape = (model.config.in_channels, model.config.input_size, model.config.input_size)
+    rows = local_rows(dist, per_rank, device)
+
+    meter = Meter(device)
+    metrics = MetricsWriter(out / "metrics.jsonl", enabled=dist.is_main)
+    bar = progress_bar(cfg.steps, start, dist.is_main)
+    log_start(cfg, dist, model, per_rank, micro, accum, start, out)
+    step, ckpt_dir = start, latest_checkpoint(out)
+    while step < cfg.steps:
+        x, y = batches.next()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        randomness = draw_step_randomness(
+            model, seed=cfg.seed, step=step, global_batch=cfg.global_batch_size,
+            sample_shape=sample_shape, num_timesteps=objective.diffusion.num_timesteps, device=device,
+        ).rows(rows)
+        latents = encode(autoencoder, x, step_generator(cfg.seed, f"vae-rank{dist.rank}", step, device))
+        y = torch.where(randomness.drop_label, model.config.num_classes, y)
+        loss = accumulate_gradients(net, forward, objective, latents, y, randomness, micro, accum)
+        grad_norm = clip_gradients(model, cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        update_ema(ema, model, cfg.ema_decay)
+        step += 1
+        meter.add(loss=loss, grad_norm=grad_norm)
+        bar.update(1)
+
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            record = {"step": step, "lr": optimizer.param_groups[0]["lr"], **meter.read(dist)}
+            record["samples_per_s"] = record["steps_per_s"] * cfg.global_batch_size
+            metrics.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            ckpt_dir = save(out, step, model, ema, optimizer, batches, cfg, dist)
+            if sample_diffusion is not None and cfg.num_samples > 0:
+                save_samples(out / "samples" / f"{step:07d}.png", ema, sample_diffusion, autoencoder, cfg, dist)
+    bar.close()
+    dist.barrier()
+    assert ckpt_dir is not None
+    return TrainResult(step=step, checkpoint=ckpt_dir, resumed_from=start)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def local_rows(dist: Distributed, per_rank: int, device: torch.device) -> Tensor:
+    """Global batch positions of this rank's samples: ``rank + world_size * j`` (see :class:`BatchStream`)."""
+    return torch.arange(per_rank) * dist.world_size + dist.rank
+
+
+@torch.no_grad()
+def encode(autoencoder: Autoencoder, x: Tensor, generator: torch.Generator) -> Tensor:
+    """Images -> model space (identity in pixel space and for cached latents), in fp32."""
+    return autoencoder.encode(x, generator=generator).float()
+
+
+def accumulate_gradients(
+    net: nn.Module,
+    forward: nn.Module,
+    objective: MaskedDiffusionObjective,
+    latents: Tensor,
+    y: Tensor,
+    randomness: StepRandomness,
+    micro: int,
+    accum: int,
+) -> Tensor:
+    """Forward and backward ``accum`` micro batches; returns this rank's mean loss (on device).
+
+    Each micro loss is the mean over its samples divided by ``accum``, and DDP averages
+    over ranks, so the summed gradient is that of the global-batch mean loss whatever
+    the split. Gradients are synchronised only on the last micro batch.
+    """
+    total = torch.zeros((), device=latents.device)
+    for i in range(accum):
+        part = slice(i * micro, (i + 1) * micro)
+        r = randomness.rows(torch.arange(part.start, part.stop))
+        sync = i == accum - 1
+        with no_sync(net, enabled=not sync):
+            terms = objective(
+                forward, latents[part], y[part], generator=_UNUSED_GENERATOR, t=r.t, noise=r.noise, mask=r.mask
+            )
+            loss = terms["loss"].mean() / accum
+            loss.backward()
+        total += loss.detach()
+    return total
+
+
+# Every draw is passed in explicitly (t, noise, mask; labels dropped by the trainer);
+# the objective still requires a generator argument.
+_UNUSED_GENERATOR = torch.Generator()
+
+
+def no_sync(net: nn.Module, enabled: bool) -> Any:
+    """DDP's ``no_sync`` (skip the gradient all-reduce) for all but the last micro batch."""
+    import contextlib
+
+    if enabled and hasattr(net, "no_sync"):
+        return net.no_sync()
+    return contextlib.nullcontext()
+
+
+def clip_gradients(model: nn.Module, max_norm: float | None) -> Tensor:
+    """Clip to a global gradient norm (1.0 for MDTv2); returns the norm before clipping, on device."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm is None:
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+def log_start(
+    cfg: TrainConfig, dist: Distributed, model: nn.Module, per_rank: int, micro: int, accum: int, start: int, out: Path
+) -> None:
+    """Say what is being trained, where, and how the batch is split."""
+    if not dist.is_main:
+        return
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info(
+        "training %s (%.2fM parameters) on %d x %s, %s, %s; global batch %d = %d ranks x %d micro x %d accumulation; "
+        "steps %d -> %d; output %s",
+        type(model).__name__, params / 1e6, dist.world_size, dist.device.type, cfg.precision, cfg.strategy,
+        cfg.global_batch_size, dist.world_size, micro, accum, start, cfg.steps, out,
+    )
+
+
+def save(
+    out: Path,
+    step: int,
+    model: nn.Module,
+    ema: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: BatchStream,
+    cfg: TrainConfig,
+    dist: Distributed,
+) -> Path:
+    """Gather full state (a collective under FSDP) and write ``OUT/checkpoints/<step>`` on rank 0."""
+    model_sd, opt_sd = full_state(model, optimizer, cfg.strategy, dist)
+    ema_sd, _ = full_state(ema, None, cfg.strategy, dist)
+    data = gather_objects(batches.state_dict(), dist)
+    path = latest_checkpoint(out) or out / "checkpoints"
+    if dist.is_main:
+        state = TrainState(
+            step=step, seed=cfg.seed, data=data, torch_rng=torch.get_rng_state().tolist(), world_size=dist.world_size
+        )
+        path = write_checkpoint(out, Checkpoint(model_sd, ema_sd, opt_sd or {}, state, model_config_json(model)))
+        log.info("saved checkpoint %s", path)
+    dist.barrier()
+    return out / "checkpoints" / f"{step:07d}"
+
+
+def gather_objects(obj: Any, dist: Distributed) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank."""
+    if not dist.enabled:
+        return [obj]
+    gathered: list[Any] = [None] * dist.world_size
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+def resume(
+    out: Path,
+    model: nn.Module,
+    ema: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: BatchStream,
+    cfg: TrainConfig,
+    dist: Distributed,
+) -> int:
+    """Load the newest complete checkpoint in ``out`` if any; returns the step to start from.
+
+    Restores model, EMA, optimizer, data position and the global torch RNG; all the
+    loop's own randomness derives from ``(seed, step)``, so nothing else is needed.
+    """
+    path = latest_checkpoint(out)
+    if path is None:
+        return 0
+    ckpt = read_checkpoint(path)
+    if ckpt.state.seed != cfg.seed:
+        raise ValueError(f"{path} was trained with seed {ckpt.state.seed}, this run has --seed {cfg.seed}")
+    if ckpt.state.world_size != dist.world_size:
+        raise ValueError(
+            f"{path} was written by {ckpt.state.world_size} ranks; resuming on {dist.world_size} would change the "
+            "data order (resume with the same number of processes)"
+        )
+    load_full_state(model, ckpt.model, optimizer, ckpt.optimizer, cfg.strategy, dist)
+    load_full_state(ema, ckpt.ema, None, None, cfg.strategy, dist)
+    batches.load_state_dict(ckpt.state.data[dist.rank])
+    if ckpt.state.torch_rng:
+        torch.set_rng_state(torch.tensor(ckpt.state.torch_rng, dtype=torch.uint8))
+    if dist.is_main:
+        log.info("resumed from %s (step %d)", path, ckpt.state.step)
+    return ckpt.state.step
+
+
+@torch.no_grad()
+def save_samples(
+    path: Path,
+    ema: nn.Module,
+    diffusion: GaussianDiffusion,
+    autoencoder: Autoencoder,
+    cfg: TrainConfig,
+    dist: Distributed,
+) -> None:
+    """A grid of EMA samples with classes ``0, 1, 2, ...`` and fixed noise, so grids compare across checkpoints.
+
+    Every rank samples (the EMA may be sharded); rank 0 writes the PNG.
+    """
+    conf = ema.config
+    device = dist.device
+    n = cfg.num_samples
+    labels = torch.arange(n, device=device) % conf.num_classes
+    generator = step_generator(cfg.seed, "samples", 0)
+    latents = diffusion.ddim_sample_loop(
+        ema, (n, conf.in_channels, conf.input_size, conf.input_size), clip_denoised=isinstance(autoencoder, PixelSpace),
+        model_kwargs={"y": labels}, generator=generator, device=device,
+    )
+    images = autoencoder.decode(latents)
+    if dist.is_main:
+        save_image_grid(images.float().cpu(), path)

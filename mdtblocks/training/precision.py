@@ -1,0 +1,41 @@
+"""The one precision boundary of training: the backbone's forward under autocast, everything else fp32."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["autocast", "AutocastForward"]
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` to bf16 on ``device`` for ``"bf16"``, nothing for ``"fp32"``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise ValueError(f"precision {precision!r} is not 'fp32' or 'bf16'")
+
+
+class AutocastForward(nn.Module):
+    """Runs ``module``'s forward under :func:`autocast` and returns fp32.
+
+    The diffusion process calls this; its own math (noising, loss, variance terms)
+    stays outside autocast, in fp32, as do the weights and the optimizer. The wrapped
+    network is ``.module`` (as with DDP), so code that unwraps models finds it.
+    """
+
+    def __init__(self, module: nn.Module, device: torch.device, precision: str) -> None:
+        super().__init__()
+        autocast(device, precision)  # validate early
+        self.module = module
+        self.device = device
+        self.precision = precision
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        with autocast(self.device, self.precision):
+            out = self.module(*args, **kwargs)
+        return out.float()

@@ -1,0 +1,95 @@
+"""All randomness of a training step, derived from ``(seed, step)`` so that resume needs only the step.
+
+A step draws the randomness of the *whole global batch* (timesteps, noise, label
+drops, mask plan) from generators seeded by ``(seed, stream, step)``; each rank then
+takes the rows of its own samples. The same sample therefore gets the same
+timestep, noise and mask whatever the split over ranks and accumulation steps, which
+is what makes 1 process and N processes give the same update for the same global batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from ..masking import MaskPlan
+
+__all__ = ["derive_seed", "step_generator", "StepRandomness", "draw_step_randomness"]
+
+
+def derive_seed(seed: int, *keys: int | str) -> int:
+    """A 63-bit seed from ``seed`` and any keys (stream name, step, rank), stable across runs and machines."""
+    digest = hashlib.sha256(repr((int(seed), *keys)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def step_generator(seed: int, stream: str, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh generator for one ``stream`` (e.g. ``"noise"``) of one training ``step``."""
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, stream, step))
+
+
+@dataclass(frozen=True)
+class StepRandomness:
+    """Random draws of one global batch of ``g`` samples.
+
+    Attributes:
+        t: ``(g,)`` diffusion timesteps, uniform in ``[0, num_timesteps)``.
+        noise: ``(g, c, h, w)`` standard normal noise.
+        drop_label: ``(g,)`` True where the label becomes the null class (classifier-free guidance).
+        mask: the mask plan of the masked pass, or None for models without masking.
+    """
+
+    t: Int[Tensor, "g"]
+    noise: Float[Tensor, "g c h w"]
+    drop_label: Bool[Tensor, "g"]
+    mask: MaskPlan | None
+
+    def rows(self, index: Int[Tensor, "b"]) -> StepRandomness:
+        """The draws of the samples at global batch positions ``index``."""
+        return StepRandomness(
+            t=self.t[index],
+            noise=self.noise[index],
+            drop_label=self.drop_label[index],
+            mask=None if self.mask is None else MaskPlan(
+                ids_keep=self.mask.ids_keep[index], ids_restore=self.mask.ids_restore[index], mask=self.mask.mask[index]
+            ),
+        )
+
+
+def draw_step_randomness(
+    model: torch.nn.Module,
+    *,
+    seed: int,
+    step: int,
+    global_batch: int,
+    sample_shape: tuple[int, int, int],
+    num_timesteps: int,
+    device: torch.device,
+) -> StepRandomness:
+    """Draw the randomness of global batch ``step`` (identical on every rank).
+
+    Small draws (timesteps, label flips, mask plan) come from CPU generators, so that the
+    per-batch mask ratio is read without a device sync; the noise is drawn on ``device``.
+    ``model`` is the unwrapped backbone: its ``drop_labels`` and ``mask_sampler`` define
+    the label dropout and masking.
+    """
+    g_small = step_generator(seed, "t-labels-mask", step)
+    t = torch.randint(0, num_timesteps, (global_batch,), generator=g_small)
+    # Flip coins for the whole global batch with the model's own dropout rule: a zero
+    # label becomes the null class exactly where the coin says drop.
+    zeros = torch.zeros(global_batch, dtype=torch.long)
+    drop_label = model.drop_labels(zeros, generator=g_small) != 0
+    sampler = getattr(model, "mask_sampler", None)
+    mask = None
+    if sampler is not None:
+        mask = sampler(global_batch, model.num_tokens, generator=g_small, device=device)
+    noise = torch.randn(
+        (global_batch, *sample_shape), generator=step_generator(seed, "noise", step, device), device=device
+    )
+    return StepRandomness(
+        t=t.to(device, non_blocking=True), noise=noise, drop_label=drop_label.to(device, non_blocking=True), mask=mask
+    )
