@@ -96,3 +96,17 @@ def test_attention_backend_can_change_on_load(tmp_path):
     x, t, y = inputs(model)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, t, y), model(x, t, y), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("build", [tiny_mdt, tiny_dit])
+def test_bf16_autocast_trains_every_parameter(build):
+    model = build().train()
+    x, t, y = inputs(model)
+    ids = model.mask_sampler(2, model.num_tokens, generator=torch.Generator().manual_seed(0)).ids_keep if model.mask_sampler else None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, t, y) if ids is None else model(x, t, y) + model(x, t, y, ids_keep=ids)
+    assert out.dtype == torch.bfloat16
+    out.float().square().mean().backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
