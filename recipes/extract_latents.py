@@ -2,7 +2,7 @@
 
 Usage::
 
-    python recipes/extract_latents.py --data /data/imagenet/train --out latents/in256 \
+    python recipes/extract_latents.py --data /data/imagenet/train --out latents/in256 \\
         --vae stabilityai/sd-vae-ft-ema --image-size 256
 
 then train with ``--latents latents/in256``. With no ``--data`` the built-in
@@ -11,73 +11,40 @@ digits dataset (RGB, upscaled) is encoded, which is only useful for tests.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, get_type_hints
+from typing import Any, Literal
 
 import torch
 
 from mdtblocks.data import DEFAULT_VAE, DigitsDataset, ImageFolderDataset, encode_dataset, load_autoencoder
+from mdtblocks.training import resolve_device
+from mdtblocks.training.recipe import flag, parse_flags
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """What to encode and how.
+    """Every field is a ``--flag`` (``python recipes/extract_latents.py --help``)."""
 
-    Attributes:
-        data: image folder (class folders or ADM ``ClassID_ImgID.ext`` files); ``None`` for the built-in digits.
-        out: new folder for the cache.
-        vae: diffusers AutoencoderKL name or local folder.
-        image_size: side of the ADM center crop, in pixels.
-        batch_size: images per encoder call.
-        seed: seed of the posterior samples.
-        device: ``auto``, ``cpu`` or ``cuda``.
-        num_workers: image-decoding worker processes.
-        shard_size: images per shard file.
-    """
-
-    out: str
-    data: str | None = None
-    vae: str = DEFAULT_VAE
-    image_size: int = 256
-    batch_size: int = 64
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 4
-    shard_size: int = 4096
+    out: str = flag("", "new folder for the latent cache (required)")
+    data: str | None = flag(None, "image folder (class subfolders or ADM ClassID_ImgID.ext files); none: built-in digits")
+    vae: str = flag(DEFAULT_VAE, "diffusers AutoencoderKL name or local folder")
+    image_size: int = flag(256, "side of the ADM center crop, in pixels")
+    batch_size: int = flag(64, "images per encoder call (their mirrors are encoded in the same call)")
+    seed: int = flag(0, "seed of the posterior samples")
+    device: Literal["auto", "cpu", "cuda"] = flag("auto", "encoding device")
+    num_workers: int = flag(4, "image-decoding worker processes")
+    shard_size: int = flag(4096, "images per shard file")
 
     def __post_init__(self) -> None:
+        if not self.out:
+            raise ValueError("--out is required (a new folder for the latent cache)")
         for name in ("image_size", "batch_size", "shard_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.num_workers < 0:
-            raise ValueError(f"num_workers must be non-negative, got {self.num_workers}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device {self.device!r} is not one of 'auto', 'cpu', 'cuda'")
-
-
-def parse_config(argv: list[str] | None = None) -> ExtractConfig:
-    """Build the config from command-line flags (one ``--flag`` per field).
-
-    Args:
-        argv: arguments without the program name; ``None`` reads ``sys.argv``.
-
-    Returns:
-        The validated config.
-    """
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    hints = get_type_hints(ExtractConfig)
-    for f in dataclasses.fields(ExtractConfig):
-        kind = hints[f.name]
-        convert = int if kind is int else str
-        required = f.default is dataclasses.MISSING
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"), type=convert, required=required, default=None if required else f.default
-        )
-    return ExtractConfig(**vars(parser.parse_args(argv)))
+            raise ValueError(f"--num-workers must be non-negative, got {self.num_workers}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -89,11 +56,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     Returns:
         The cache's metadata (as written to ``OUT/meta.json``).
     """
-    cfg = parse_config(argv)
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
+    cfg = ExtractConfig(**parse_flags(ExtractConfig, argv, description=__doc__))
+    device = resolve_device(cfg.device)
     if cfg.data is None:
         dataset = DigitsDataset(image_size=cfg.image_size, channels=3, flip=False)
     else:
