@@ -9,3 +9,7 @@ __version__ = "0.1.0"
 from .diffusion import GaussianDiffusion, MaskedDiffusionObjective, create_diffusion  # noqa: E402
 
 __all__ += ["create_diffusion", "GaussianDiffusion", "MaskedDiffusionObjective"]
+
+from .sampling import classifier_free_guidance  # noqa: E402
+
+__all__ += ["classifier_free_guidance"]

@@ -18,7 +18,7 @@ def create_diffusion(
     diffusion_steps: int = 1000,
     learn_sigma: bool = True,
     predict: str = "epsilon",
-    snr_gamma: float | None = None,
+    snr_gamma: float | int | None = None,
     *,
     sigma_small: bool = False,
     use_kl: bool = False,

@@ -75,7 +75,7 @@ class GaussianDiffusion:
         predict: str = "epsilon",
         variance_type: str = "learned_range",
         loss_type: str = "mse",
-        snr_gamma: float | None = None,
+        snr_gamma: float | int | None = None,
         timestep_map: Int[Tensor, "T"] | None = None,
     ) -> None:
         betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
@@ -401,7 +401,7 @@ class GaussianDiffusion:
         clip_denoised: bool = True,
         denoised_fn: Callable[[Tensor], Tensor] | None = None,
         model_kwargs: dict[str, Any] | None = None,
-        eta: float = 0.0,
+        eta: float | int = 0.0,
         *,
         generator: torch.Generator | None = None,
         noise: Image | None = None,
@@ -447,7 +447,7 @@ class GaussianDiffusion:
         clip_denoised: bool = True,
         denoised_fn: Callable[[Tensor], Tensor] | None = None,
         model_kwargs: dict[str, Any] | None = None,
-        eta: float = 0.0,
+        eta: float | int = 0.0,
     ) -> dict[str, Tensor]:
         """One deterministic DDIM step forward in time, ``x_t -> x_{t+1}`` (encoding)."""
         if eta != 0.0:
@@ -480,7 +480,7 @@ class GaussianDiffusion:
         )
 
     def ddim_sample_loop(self, model: Model, shape: tuple[int, ...], noise: Image | None = None,
-                         clip_denoised: bool = True, model_kwargs: dict[str, Any] | None = None, eta: float = 0.0,
+                         clip_denoised: bool = True, model_kwargs: dict[str, Any] | None = None, eta: float | int = 0.0,
                          progress: bool = False, generator: torch.Generator | None = None, **kwargs: Any) -> Image:
         """DDIM sampling over every step of this process; see :func:`mdtblocks.diffusion.loops.ddim_sample_loop`."""
         from . import loops  # loops.py builds on this class
@@ -491,7 +491,7 @@ class GaussianDiffusion:
 
     def ddim_sample_loop_progressive(self, model: Model, shape: tuple[int, ...], noise: Image | None = None,
                                      clip_denoised: bool = True, model_kwargs: dict[str, Any] | None = None,
-                                     eta: float = 0.0, progress: bool = False,
+                                     eta: float | int = 0.0, progress: bool = False,
                                      generator: torch.Generator | None = None,
                                      **kwargs: Any) -> Iterator[dict[str, Tensor]]:
         """Yield every step of :meth:`ddim_sample_loop`."""

@@ -45,7 +45,7 @@ class MaskedDiffusionObjective:
     """
 
     diffusion: GaussianDiffusion
-    masked_weight: float = 1.0
+    masked_weight: float | int = 1.0
     drop_labels: bool = True
 
     def __call__(

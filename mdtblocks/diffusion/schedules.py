@@ -35,7 +35,7 @@ def linear_betas(num_steps: int) -> Float[Tensor, "T"]:
 
 
 def betas_for_alpha_bar(
-    num_steps: int, alpha_bar: Callable[[float], float], max_beta: float = 0.999
+    num_steps: int, alpha_bar: Callable[[float], float], max_beta: float | int = 0.999
 ) -> Float[Tensor, "T"]:
     """Discretise a continuous ``alpha_bar(s)``, ``s`` in ``[0, 1]``, into ``T`` betas.
 

@@ -25,7 +25,7 @@ def snr(alphas_cumprod: Float[Tensor, "*s"]) -> Float[Tensor, "*s"]:
     return alphas_cumprod / (1.0 - alphas_cumprod)
 
 
-def min_snr_weight(snr_t: Float[Tensor, "*s"], gamma: float, predict: str) -> Float[Tensor, "*s"]:
+def min_snr_weight(snr_t: Float[Tensor, "*s"], gamma: float | int, predict: str) -> Float[Tensor, "*s"]:
     """Weight that turns the raw mse of a ``predict`` model into the min-SNR-gamma loss.
 
     Min-SNR-gamma weights the x0 error ``||x0 - x0_hat||^2`` by ``min(snr, gamma)``.
