@@ -68,8 +68,8 @@ class ResumableSampler(Sampler[int]):
         else:
             order = torch.arange(self.length)
         total = len(self) * self.world_size
-        if total > self.length:
-            order = torch.cat([order, order[: total - self.length]])
+        if total > self.length:  # repeat from the start (more than once when length < world_size)
+            order = order.repeat(-(-total // self.length))[:total]
         return order[self.rank :: self.world_size].tolist()
 
     def __iter__(self) -> Iterator[int]:

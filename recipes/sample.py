@@ -1,0 +1,220 @@
+"""Sample a trained checkpoint into an ADM-evaluator ``.npz`` (uint8 NHWC ``arr_0``, labels ``arr_1``) and a PNG grid.
+
+Usage::
+
+    python recipes/sample.py --ckpt runs/mdtv2/checkpoints/0400000 --num-samples 50000 \\
+        --sampler ddpm --steps 250 --cfg-scale 3.8 --scale-pow 4
+    torchrun --nproc-per-node 8 recipes/sample.py --ckpt ... --num-samples 50000
+
+The run's recipe config (``CKPT/../../config.json``) tells the VAE (``null``: pixel
+space) and image size; flags override it. Samples are drawn in global batches of
+``--batch-size``; batch ``j`` uses a generator seeded from ``(--seed, j)`` and rank
+``r`` of ``W`` draws batches ``r, r + W, ...``. Every rank thus draws different seeds,
+the gathered set has no duplicates, and the result does not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from mdtblocks import load_pretrained
+from mdtblocks.data import load_autoencoder, save_image_grid, to_uint8
+from mdtblocks.io import atomic_write, read_json, write_json
+from mdtblocks.sampling import sample
+from mdtblocks.training import setup_distributed
+from mdtblocks.training.randomness import derive_seed
+from mdtblocks.training.recipe import flag, parse_flags, setup_logging
+
+log = logging.getLogger("mdtblocks.sample")
+
+# Our flag names -> mdtblocks.sampling.sample's sampler names.
+SAMPLER_NAMES = {"ddpm": "ddpm", "ddim": "ddim", "dpm-solver": "dpm_solver++"}
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Every field is a ``--flag`` (``python recipes/sample.py --help``)."""
+
+    ckpt: str = flag("", "checkpoint folder (OUT/checkpoints/NNNNNNN) or any save_pretrained folder")
+    out: str | None = flag(None, "output folder; none: RUN/samples/<ckpt>-<sampler><steps>-cfg<scale>-seed<seed>")
+    num_samples: int = flag(64, "images to generate over all processes (50000 for FID)")
+    sampler: Literal["ddpm", "ddim", "dpm-solver"] = flag("ddpm", "sampler (the papers: ddpm, 250 steps)")
+    steps: int = flag(250, "sampling steps")
+    cfg_scale: float = flag(1.0, "classifier-free guidance scale; 1 disables guidance")
+    scale_pow: float = flag(0.0, "MDT's power-cosine guidance schedule power (MDT: 4); 0: constant scale (DiT)")
+    guided_channels: int | None = flag(None, "output channels to guide; none: all (3 reproduces the official eval)")
+    weights: Literal["ema", "model"] = flag("ema", "which weights of the checkpoint to sample")
+    batch_size: int = flag(32, "images per batch (per process)")
+    labels: str | None = flag(None, "comma-separated class labels, cycled; none: uniform random labels")
+    seed: int = flag(0, "seed; each batch's generator derives from (seed, batch index)")
+    device: Literal["auto", "cpu", "cuda"] = flag("auto", "sampling device")
+    vae: str | None = flag(None, "VAE name or folder; none: the run config's (pixel space if it has none)")
+    image_size: int | None = flag(None, "image side; none: the run config's, or model input size x VAE downsampling")
+    progress: bool = flag(True, "show a progress bar per batch on rank 0")
+
+    def __post_init__(self) -> None:
+        if not self.ckpt:
+            raise ValueError("--ckpt is required (a checkpoint folder such as runs/x/checkpoints/0000100)")
+        for name in ("num_samples", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.scale_pow < 0:
+            raise ValueError(f"--scale-pow must be non-negative, got {self.scale_pow}")
+        if self.sampler not in SAMPLER_NAMES:
+            raise ValueError(f"--sampler {self.sampler!r} is not one of {sorted(SAMPLER_NAMES)}")
+
+
+def parse_labels(text: str | None, num_classes: int) -> list[int] | None:
+    """Parse ``--labels`` ("3,7,7") and check every label is a real class.
+
+    Args:
+        text: the flag's value, or ``None``.
+        num_classes: classes the model knows.
+
+    Returns:
+        The labels, or ``None`` for random labels.
+    """
+    if text is None:
+        return None
+    try:
+        labels = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--labels must be comma-separated integers, got {text!r}") from None
+    bad = [y for y in labels if not 0 <= y < num_classes]
+    if not labels or bad:
+        raise ValueError(f"--labels {text!r}: need labels in [0, {num_classes}), got {bad or 'none'}")
+    return labels
+
+
+def run_settings(cfg: SampleConfig) -> dict[str, Any]:
+    """The run's recipe config (``CKPT/../../config.json``) if present, else ``{}``."""
+    path = Path(cfg.ckpt) / ".." / ".." / "config.json"
+    return read_json(path) if path.is_file() else {}
+
+
+def default_out(cfg: SampleConfig) -> Path:
+    """``RUN/samples/<ckpt>-<sampler><steps>-cfg<scale>-seed<seed>`` (next to the checkpoint without a run)."""
+    ckpt = Path(cfg.ckpt).resolve()
+    pow_tag = f"-pow{cfg.scale_pow:g}" if cfg.scale_pow else ""
+    tag = f"{ckpt.name}-{cfg.weights}-{cfg.sampler}{cfg.steps}-cfg{cfg.cfg_scale:g}{pow_tag}-seed{cfg.seed}"
+    run = ckpt.parent.parent
+    return (run / "samples" / tag) if (run / "config.json").is_file() else (ckpt / "samples" / tag)
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write an uncompressed ``.npz`` atomically (what ADM's evaluator reads)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez(path) would append ".npz" to the temp name
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Generate the samples; rank 0 writes ``samples.npz``, ``grid.png`` and ``sample_config.json``.
+
+    Args:
+        argv: command-line arguments (``None``: ``sys.argv``).
+
+    Returns:
+        The output folder.
+    """
+    cfg = SampleConfig(**parse_flags(SampleConfig, argv, description=__doc__))
+    dist = setup_distributed(cfg.device)
+    setup_logging(dist)
+    run = run_settings(cfg)
+    vae = cfg.vae if cfg.vae is not None else run.get("vae")
+    out = Path(cfg.out) if cfg.out is not None else default_out(cfg)
+
+    model = load_pretrained(cfg.ckpt, weights_name=f"{cfg.weights}.safetensors").to(dist.device).eval()
+    mc = model.config
+    autoencoder = load_autoencoder(vae, channels=mc.in_channels).to(dist.device)
+    if autoencoder.latent_channels != mc.in_channels:
+        raise ValueError(f"the model takes {mc.in_channels} channels but the VAE {vae!r} makes {autoencoder.latent_channels}")
+    image_size = cfg.image_size or run.get("image_size") or mc.input_size * autoencoder.downsample
+    if image_size != mc.input_size * autoencoder.downsample:
+        raise ValueError(
+            f"image size {image_size} does not match the model's input {mc.input_size} x the VAE's downsampling "
+            f"{autoencoder.downsample}"
+        )
+    if cfg.cfg_scale != 1.0 and getattr(mc, "class_dropout_prob", 0.0) <= 0:
+        raise ValueError(f"--cfg-scale {cfg.cfg_scale} needs a model trained with label dropout (it has no null class)")
+    fixed_labels = parse_labels(cfg.labels, mc.num_classes)
+
+    num_batches = math.ceil(cfg.num_samples / cfg.batch_size)
+    mine = list(range(dist.rank, num_batches, dist.world_size))
+    log.info(
+        "sampling %d images of %dx%d (%s, %d steps, cfg %g, pow %g) in %d batches on %d process(es) -> %s",
+        cfg.num_samples, image_size, image_size, cfg.sampler, cfg.steps, cfg.cfg_scale, cfg.scale_pow,
+        num_batches, dist.world_size, out,
+    )
+    start = time.perf_counter()
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    for j in mine:
+        first = j * cfg.batch_size
+        b = min(cfg.batch_size, cfg.num_samples - first)
+        gen = torch.Generator(device=dist.device).manual_seed(derive_seed(cfg.seed, "sample", j))
+        if fixed_labels is None:
+            y = torch.randint(mc.num_classes, (b,), generator=gen, device=dist.device)
+        else:
+            y = torch.tensor([fixed_labels[(first + i) % len(fixed_labels)] for i in range(b)], device=dist.device)
+        with torch.no_grad():
+            z = sample(
+                model, y, sampler=SAMPLER_NAMES[cfg.sampler], num_steps=cfg.steps, cfg_scale=cfg.cfg_scale,
+                scale_pow=cfg.scale_pow or None, guided_channels=cfg.guided_channels, generator=gen,
+                progress=cfg.progress and dist.is_main,
+                noise_schedule=run.get("noise_schedule", "linear"), diffusion_steps=run.get("diffusion_steps", 1000),
+                predict=run.get("predict", "epsilon"),
+            )
+            x = autoencoder.decode(z).float()
+        u8 = to_uint8(x)
+        if u8.shape[-1] == 1:  # grey (the digits demo): the evaluator's Inception network wants RGB
+            u8 = u8.expand(-1, -1, -1, 3)
+        images.append(u8.numpy())
+        labels.append(y.cpu().numpy().astype(np.int64))
+    log.info("rank %d drew %d batches in %.1fs", dist.rank, len(mine), time.perf_counter() - start)
+
+    parts = out / ".parts"
+    if dist.enabled:
+        arrays = {"batches": np.asarray(mine, dtype=np.int64)}
+        for k, (im, la) in enumerate(zip(images, labels)):
+            arrays[f"images_{k}"], arrays[f"labels_{k}"] = im, la
+        save_npz(parts / f"rank{dist.rank:05d}.npz", **arrays)
+        dist.barrier()
+    if dist.is_main:
+        by_batch = dict(zip(mine, zip(images, labels)))
+        for r in range(1, dist.world_size):
+            with np.load(parts / f"rank{r:05d}.npz", allow_pickle=False) as part:
+                for k, j in enumerate(part["batches"].tolist()):
+                    by_batch[j] = (part[f"images_{k}"], part[f"labels_{k}"])
+        if sorted(by_batch) != list(range(num_batches)):
+            raise RuntimeError(f"gathered batches {sorted(by_batch)} but expected 0..{num_batches - 1}")
+        all_images = np.concatenate([by_batch[j][0] for j in range(num_batches)])
+        all_labels = np.concatenate([by_batch[j][1] for j in range(num_batches)])
+        save_npz(out / "samples.npz", arr_0=all_images, arr_1=all_labels)
+        # Back from uint8 to [-1, 1] (+0.5: the centre of each level, so the grid's own conversion is exact).
+        grid = torch.from_numpy(all_images[:64, ..., : x.shape[1]]).permute(0, 3, 1, 2).float()
+        save_image_grid((grid + 0.5) / 127.5 - 1.0, out / "grid.png")
+        write_json(out / "sample_config.json", {**dataclasses.asdict(cfg), "vae": vae, "image_size": image_size,
+                                                "world_size": dist.world_size})
+        shutil.rmtree(parts, ignore_errors=True)
+        log.info("wrote %s (arr_0 %s uint8, arr_1 labels) and %s", out / "samples.npz", all_images.shape, out / "grid.png")
+    dist.barrier()
+    dist.close()
+    return out
+
+
+if __name__ == "__main__":
+    main()
