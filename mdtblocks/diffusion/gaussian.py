@@ -221,6 +221,7 @@ class GaussianDiffusion:
         Returns:
             The noised data.
         """
+        self.check_timesteps(t, x_start.shape[0])
         if noise is None:
             noise = gaussian_noise(x_start, generator)
         if noise.shape != x_start.shape:

@@ -28,8 +28,13 @@ def linear_betas(num_steps: int) -> Float[Tensor, "T"]:
 
     Returns:
         ``(T,)`` float64 betas.
+
+    Raises:
+        ValueError: for fewer than 20 steps, where betas would exceed 1.
     """
     _check_steps(num_steps)
+    if num_steps < 20:
+        raise ValueError(f"the linear schedule needs at least 20 steps (its last beta is 20 / T), got {num_steps}")
     scale = 1000.0 / num_steps
     return torch.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=torch.float64)
 
