@@ -52,7 +52,7 @@ class TrainState:
             whole random state of the loop.
         data: data position per rank (the sampler's ``state_dict`` after the last
             consumed batch), indexed by rank.
-        torch_rng: ``torch.get_rng_state()`` of rank 0 as a list of bytes, restored for
+        torch_rng: ``torch.get_rng_state()`` of rank 0 as a hex string, restored for
             code outside the loop that still uses the global generator.
         world_size: processes that wrote the checkpoint.
     """
@@ -60,7 +60,7 @@ class TrainState:
     step: int
     seed: int
     data: list[Any] = field(default_factory=list)
-    torch_rng: list[int] = field(default_factory=list)
+    torch_rng: str = ""
     world_size: int = 1
 
 

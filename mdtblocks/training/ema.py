@@ -23,7 +23,8 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
     Runs as a few fused ``foreach`` kernels and never reads a value back to the host.
     Frozen parameters (DiT's fixed position table) and buffers are copied, so the EMA
-    model is always a complete, loadable model.
+    model is always a complete, loadable model. Under FSDP both are sharded alike and
+    each rank updates its own shards.
     """
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"EMA decay {decay} is outside [0, 1]")
@@ -32,13 +33,21 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     for name, p_ema in ema.named_parameters():
         if name not in src:
             raise KeyError(f"EMA parameter {name!r} is missing from the model")
-        p = src[name]
-        if p.requires_grad:
-            trained_ema.append(p_ema)
-            trained_src.append(p.detach().to(p_ema.dtype))
+        p = _local(src[name].detach())
+        if src[name].requires_grad:
+            trained_ema.append(_local(p_ema))
+            trained_src.append(p.to(p_ema.dtype))
         else:
-            p_ema.copy_(p.detach())
+            _local(p_ema).copy_(p)
     if trained_ema:
         torch._foreach_lerp_(trained_ema, trained_src, 1.0 - decay)
     for (name, b_ema), (_, b) in zip(ema.named_buffers(), model.named_buffers()):
         b_ema.copy_(b)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP (DTensor) parameter; the tensor itself otherwise.
+
+    The EMA copy is sharded exactly like the model, so shard-local updates are the full update.
+    """
+    return t.to_local() if hasattr(t, "to_local") else t

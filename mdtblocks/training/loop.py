@@ -86,6 +86,7 @@ def train(
     model.to(device).train()
     model.check_values = device.type != "cuda"  # value checks cost a host sync per forward on GPUs
     ema = make_ema(model)
+    model_config = model_config_json(model)  # before FSDP renames the class
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(model)
     net = wrap_model(model, ema, dist, cfg.strategy)
@@ -106,7 +107,7 @@ def train(
     meter = Meter(device)
     metrics = MetricsWriter(out / "metrics.jsonl", enabled=dist.is_main)
     bar = progress_bar(cfg.steps, start, dist.is_main)
-    log_start(cfg, dist, model, per_rank, micro, accum, start, out)
+    log_start(cfg, dist, model_config["class"], model, per_rank, micro, accum, start, out)
     step, ckpt_dir = start, latest_checkpoint(out)
     while step < cfg.steps:
         x, y = batches.next()
@@ -132,7 +133,7 @@ def train(
             metrics.write(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            ckpt_dir = save(out, step, model, ema, optimizer, batches, cfg, dist)
+            ckpt_dir = save(out, step, model, model_config, ema, optimizer, batches, cfg, dist)
             if sample_diffusion is not None and cfg.num_samples > 0:
                 save_samples(out / "samples" / f"{step:07d}.png", ema, sample_diffusion, autoencoder, cfg, dist)
     bar.close()
@@ -210,7 +211,7 @@ def clip_gradients(model: nn.Module, max_norm: float | None) -> Tensor:
 
 
 def log_start(
-    cfg: TrainConfig, dist: Distributed, model: nn.Module, per_rank: int, micro: int, accum: int, start: int, out: Path
+    cfg: TrainConfig, dist: Distributed, name: str, model: nn.Module, per_rank: int, micro: int, accum: int, start: int, out: Path
 ) -> None:
     """Say what is being trained, where, and how the batch is split."""
     if not dist.is_main:
@@ -219,7 +220,7 @@ def log_start(
     log.info(
         "training %s (%.2fM parameters) on %d x %s, %s, %s; global batch %d = %d ranks x %d micro x %d accumulation; "
         "steps %d -> %d; output %s",
-        type(model).__name__, params / 1e6, dist.world_size, dist.device.type, cfg.precision, cfg.strategy,
+        name, params / 1e6, dist.world_size, dist.device.type, cfg.precision, cfg.strategy,
         cfg.global_batch_size, dist.world_size, micro, accum, start, cfg.steps, out,
     )
 
@@ -228,6 +229,7 @@ def save(
     out: Path,
     step: int,
     model: nn.Module,
+    model_config: dict[str, Any],
     ema: nn.Module,
     optimizer: torch.optim.Optimizer,
     batches: BatchStream,
@@ -238,12 +240,11 @@ def save(
     model_sd, opt_sd = full_state(model, optimizer, cfg.strategy, dist)
     ema_sd, _ = full_state(ema, None, cfg.strategy, dist)
     data = gather_objects(batches.state_dict(), dist)
-    path = latest_checkpoint(out) or out / "checkpoints"
     if dist.is_main:
         state = TrainState(
-            step=step, seed=cfg.seed, data=data, torch_rng=torch.get_rng_state().tolist(), world_size=dist.world_size
+            step=step, seed=cfg.seed, data=data, torch_rng=torch.get_rng_state().numpy().tobytes().hex(), world_size=dist.world_size
         )
-        path = write_checkpoint(out, Checkpoint(model_sd, ema_sd, opt_sd or {}, state, model_config_json(model)))
+        path = write_checkpoint(out, Checkpoint(model_sd, ema_sd, opt_sd or {}, state, model_config))
         log.info("saved checkpoint %s", path)
     dist.barrier()
     return out / "checkpoints" / f"{step:07d}"
@@ -287,7 +288,7 @@ def resume(
     load_full_state(ema, ckpt.ema, None, None, cfg.strategy, dist)
     batches.load_state_dict(ckpt.state.data[dist.rank])
     if ckpt.state.torch_rng:
-        torch.set_rng_state(torch.tensor(ckpt.state.torch_rng, dtype=torch.uint8))
+        torch.set_rng_state(torch.frombuffer(bytearray.fromhex(ckpt.state.torch_rng), dtype=torch.uint8))
     if dist.is_main:
         log.info("resumed from %s (step %d)", path, ckpt.state.step)
     return ckpt.state.step
@@ -316,5 +317,8 @@ def save_samples(
         model_kwargs={"y": labels}, generator=generator, device=device,
     )
     images = autoencoder.decode(latents)
+    for module in ema.modules():  # FSDP keeps the root's parameters gathered after a forward without backward
+        if hasattr(module, "reshard"):
+            module.reshard()
     if dist.is_main:
         save_image_grid(images.float().cpu(), path)

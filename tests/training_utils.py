@@ -1,0 +1,38 @@
+"""Shared by the training tests: load a recipe module, tiny model flags, compare checkpoint weights."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "recipes"
+
+# A model and run small enough for a test: 8x8 digits, width 32, 3 blocks, batch 8.
+TINY = [
+    "--model", "MDTv2-S/2", "--depth", "3", "--hidden-size", "32", "--num-heads", "2", "--decode-layer", "1",
+    "--image-size", "8", "--global-batch-size", "8", "--num-workers", "0", "--device", "cpu",
+    "--num-samples", "4", "--sample-steps", "2", "--log-every", "1",
+]
+
+
+def load_recipe(name: str):
+    """Import ``recipes/<name>.py`` as a module."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def weights(ckpt: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
+    return load_file(str(ckpt / name))
+
+
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
