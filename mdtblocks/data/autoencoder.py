@@ -32,9 +32,28 @@ class Autoencoder(Protocol):
 
     def encode(
         self, images: Float[Tensor, "b c hh ww"], generator: torch.Generator | None = None
-    ) -> Float[Tensor, "b c2 h2 w2"]: ...
+    ) -> Float[Tensor, "b c2 h2 w2"]:
+        """Map images to scaled latents.
 
-    def decode(self, latents: Float[Tensor, "b c2 h2 w2"]) -> Float[Tensor, "b c hh ww"]: ...
+        Args:
+            images: a batch in [-1, 1].
+            generator: noise source for sampling the posterior (VAEs), explicit for reproducibility.
+
+        Returns:
+            The latents the diffusion model works on.
+        """
+        ...
+
+    def decode(self, latents: Float[Tensor, "b c2 h2 w2"]) -> Float[Tensor, "b c hh ww"]:
+        """Map scaled latents back to images.
+
+        Args:
+            latents: as :meth:`encode` returns, or generated.
+
+        Returns:
+            Images in [-1, 1].
+        """
+        ...
 
 
 class PixelSpace(nn.Module):

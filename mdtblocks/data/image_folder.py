@@ -92,6 +92,12 @@ class ImageFolderDataset(Dataset):
         root: class-folder or ADM flat-file layout (see :func:`list_image_folder`).
         image_size: output side length.
         flip: add the mirrored copy of every image.
+
+    Attributes:
+        files: the image files, sorted; ``labels`` their class indices.
+        classes: class names, sorted; label ``i`` is ``classes[i]``.
+        num_classes: ``len(classes)``.
+        num_images: number of files (half the length when ``flip``).
     """
 
     def __init__(self, root: str | os.PathLike, image_size: int, flip: bool = True) -> None:
