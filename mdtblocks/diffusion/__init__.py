@@ -1,11 +1,12 @@
 """The diffusion process: schedules, respacing, the Gaussian process, losses and weightings."""
 
 from .factory import create_diffusion
-from .gaussian import LOSS_TYPES, GaussianDiffusion
+from .gaussian import GaussianDiffusion
 from .likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .losses import losses_from_output, training_losses, vb_terms_bpd
 from .noise import gaussian_noise
 from .objective import MaskedDiffusionObjective
+from .process import LOSS_TYPES, GaussianProcess
 from .parameterization import PREDICTIONS, check_prediction
 from .respace import respace_betas, space_timesteps
 from .schedules import SCHEDULES, betas_for_alpha_bar, cosine_betas, linear_betas, named_betas
@@ -15,6 +16,7 @@ from .weighting import min_snr_weight, snr
 __all__ = [
     "create_diffusion",
     "GaussianDiffusion",
+    "GaussianProcess",
     "MaskedDiffusionObjective",
     "LOSS_TYPES",
     "PREDICTIONS",
