@@ -49,9 +49,9 @@ class ClassifierFreeGuidance(nn.Module):
         cfg_scale: the guidance scale ``s`` (1 turns guidance off).
         scale_pow: ``None`` for a constant scale (DiT), else MDT's power-cosine schedule
             (:func:`power_cosine_scale`) with this power.
-        guided_channels: output channels to guide; ``None`` guides all channels of the
-            prediction (the input's channel count). The official checkpoints were
-            evaluated with 3.
+        guided_channels: output channels to guide (at most all of them); ``None`` guides
+            all channels of the prediction (the input's channel count). The official
+            checkpoints were evaluated with 3.
         diffusion_steps: steps of the original process (for the schedule).
     """
 
@@ -112,9 +112,8 @@ class ClassifierFreeGuidance(nn.Module):
             raise ValueError(f"guidance needs the stacked batch [cond; uncond] of even size, got batch {n}")
         half = x[: n // 2]
         out = self.model(torch.cat([half, half]), t, y, **kwargs)
-        k = x.shape[1] if self.guided_channels is None else self.guided_channels
-        if k > out.shape[1]:
-            raise ValueError(f"guided_channels={k} exceeds the model's {out.shape[1]} output channels")
+        # Like the official slice model_out[:, :3], a count above the output's channels guides them all.
+        k = x.shape[1] if self.guided_channels is None else min(self.guided_channels, out.shape[1])
         guided, rest = out[:, :k], out[:, k:]
         cond, uncond = guided.chunk(2)
         scale = self.scale(t[: n // 2]).to(out.dtype).view(-1, *([1] * (out.ndim - 1)))
