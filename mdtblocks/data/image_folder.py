@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from PIL import Image, UnidentifiedImageError
@@ -94,7 +95,6 @@ class ImageFolderDataset(Dataset):
         flip: add the mirrored copy of every image.
 
     Attributes:
-        files: the image files, sorted; ``labels`` their class indices.
         classes: class names, sorted; label ``i`` is ``classes[i]``.
         num_classes: ``len(classes)``.
         num_images: number of files (half the length when ``flip``).
@@ -106,14 +106,50 @@ class ImageFolderDataset(Dataset):
         self.root = Path(root)
         self.image_size = image_size
         self.flip = flip
-        self.files, self.labels, self.classes = list_image_folder(root)
-        self.num_images = len(self.files)
+        files, labels, self.classes = list_image_folder(root)
+        # Numpy arrays, not lists of Python objects: DataLoader workers forked from this process
+        # would otherwise copy the pages of a million-entry list as they touch refcounts.
+        self._paths = np.array([os.fsencode(f.relative_to(self.root)) for f in files], dtype=np.bytes_)
+        self._labels = np.asarray(labels, dtype=np.int64)
+        self.num_images = len(files)
         self.num_classes = len(self.classes)
         # Shared memory: DataLoader workers (fork or spawn) write into the same table.
         self._bad = torch.zeros(self.num_images, dtype=torch.bool).share_memory_()
 
     def __len__(self) -> int:
         return 2 * self.num_images if self.flip else self.num_images
+
+    @property
+    def files(self) -> list[Path]:
+        """The image files, sorted (built on each call; use :meth:`file` for one)."""
+        return [self.file(i) for i in range(self.num_images)]
+
+    @property
+    def labels(self) -> list[int]:
+        """The class index of each file."""
+        return self._labels.tolist()
+
+    def file(self, file_index: int) -> Path:
+        """The path of one image file.
+
+        Args:
+            file_index: position in the sorted file list.
+
+        Returns:
+            The file's path.
+        """
+        return self.root / os.fsdecode(self._paths[file_index])
+
+    def label(self, file_index: int) -> int:
+        """The class index of one image file.
+
+        Args:
+            file_index: position in the sorted file list.
+
+        Returns:
+            Its label in ``[0, num_classes)``.
+        """
+        return int(self._labels[file_index])
 
     @property
     def num_skipped(self) -> int:
@@ -123,7 +159,7 @@ class ImageFolderDataset(Dataset):
     @property
     def skipped_files(self) -> list[Path]:
         """The files found unreadable so far."""
-        return [self.files[i] for i in torch.nonzero(self._bad).flatten().tolist()]
+        return [self.file(i) for i in torch.nonzero(self._bad).flatten().tolist()]
 
     def split_index(self, index: int) -> tuple[int, bool]:
         """Map a dataset index to ``(file_index, mirrored)``.
@@ -151,7 +187,7 @@ class ImageFolderDataset(Dataset):
         if self._bad[file_index]:
             return None
         try:
-            with Image.open(self.files[file_index]) as img:
+            with Image.open(self.file(file_index)) as img:
                 img.load()
                 image = center_crop(img.convert("RGB"), self.image_size)
         except _DECODE_ERRORS:
@@ -167,5 +203,5 @@ class ImageFolderDataset(Dataset):
             j = (file_index + offset) % self.num_images
             x = self.load(j, mirrored)
             if x is not None:
-                return x, self.labels[j]
+                return x, self.label(j)
         raise RuntimeError(f"none of the {self.num_images} images under {str(self.root)!r} could be read")

@@ -208,7 +208,7 @@ class _ReadableImages(Dataset):
         if x is None:
             size = self.dataset.image_size
             return torch.zeros(3, size, size), -1, False
-        return x, self.dataset.labels[index], True
+        return x, self.dataset.label(index), True
 
 
 def _batches(dataset: Dataset, batch_size: int, num_workers: int) -> Iterator[tuple[Tensor, Tensor]]:
