@@ -78,7 +78,10 @@ def test_p_mean_variance_golden(variance, predict, respacing):
     t = np.array([0, 1, len(kept) // 2, len(kept) - 1])
     mean, var, log_var, x0 = Ref(kept).pmv(out, x, t, variance, predict)
     got = d.p_mean_variance(
-        lambda *a, **k: torch.from_numpy(out).float(), torch.from_numpy(x).float(), torch.from_numpy(t), clip_denoised=False
+        lambda *a, **k: torch.from_numpy(out).float(),
+        torch.from_numpy(x).float(),
+        torch.from_numpy(t),
+        clip_denoised=False,
     )
     for name, ref in (("mean", mean), ("variance", var), ("log_variance", log_var), ("pred_xstart", x0)):
         assert got[name].shape == x.shape
@@ -100,7 +103,9 @@ def test_fixed_variance_training_loss_golden(predict, gamma):
         seen["x"] = x
         return torch.from_numpy(out).float()
 
-    terms = d.training_losses(model, torch.from_numpy(x0).float(), torch.from_numpy(t), noise=torch.from_numpy(noise).float())
+    terms = d.training_losses(
+        model, torch.from_numpy(x0).float(), torch.from_numpy(t), noise=torch.from_numpy(noise).float()
+    )
     assert set(terms) == {"loss", "mse"}
     assert rel_err(seen["x"], torch.from_numpy(xt)) < 1e-6
     target = {"epsilon": noise, "x0": x0, "v": np.sqrt(ab) * noise - np.sqrt(1 - ab) * x0}[predict]
@@ -129,7 +134,9 @@ def test_learned_variance_vb_golden_including_decoder_term():
     clipped = ref.post_var.copy()
     clipped[0] = ref.post_var[1]
     true_log_var = np.log(ref.col(clipped, t)) + 0 * x0
-    kl = 0.5 * (-1 + log_var - true_log_var + np.exp(true_log_var - log_var) + (true_mean - mean) ** 2 * np.exp(-log_var))
+    kl = 0.5 * (
+        -1 + log_var - true_log_var + np.exp(true_log_var - log_var) + (true_mean - mean) ** 2 * np.exp(-log_var)
+    )
     kl = kl.mean(axis=(1, 2, 3)) / math.log(2)
 
     def cdf(v):
@@ -137,12 +144,17 @@ def test_learned_variance_vb_golden_including_decoder_term():
 
     inv = np.exp(-0.5 * log_var)
     hi, lo = cdf(inv * (x0 - mean + 1 / 255)), cdf(inv * (x0 - mean - 1 / 255))
-    logp = np.where(x0 < -0.999, np.log(np.maximum(hi, 1e-12)),
-                    np.where(x0 > 0.999, np.log(np.maximum(1 - lo, 1e-12)), np.log(np.maximum(hi - lo, 1e-12))))
+    logp = np.where(
+        x0 < -0.999,
+        np.log(np.maximum(hi, 1e-12)),
+        np.where(x0 > 0.999, np.log(np.maximum(1 - lo, 1e-12)), np.log(np.maximum(hi - lo, 1e-12))),
+    )
     nll = -logp.mean(axis=(1, 2, 3)) / math.log(2)
     expected_vb = np.where(t == 0, nll, kl)
     terms = d.training_losses(
-        lambda *a, **k: torch.from_numpy(out).float(), torch.from_numpy(x0).float(), torch.from_numpy(t),
+        lambda *a, **k: torch.from_numpy(out).float(),
+        torch.from_numpy(x0).float(),
+        torch.from_numpy(t),
         noise=torch.from_numpy(noise).float(),
     )
     assert rel_err(terms["vb"], torch.from_numpy(expected_vb)) < 1e-4

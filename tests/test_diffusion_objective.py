@@ -8,6 +8,7 @@ import torch
 from mdtblocks import DiT, MaskedDiffusionObjective, MaskedDiffusionTransformer, create_diffusion
 from mdtblocks.masking import plan_from_ids_keep
 
+
 def randomize(model):
     # Fresh models output zeros (adaLN-Zero); random weights make every pass distinct.
     g = torch.Generator().manual_seed(0)
@@ -102,7 +103,14 @@ def test_objective_under_bf16_autocast_returns_fp32(mdt):
     assert torch.isfinite(out["loss"]).all()
 
 
-def test_objective_needs_a_generator(mdt):
+def test_objective_needs_a_generator_for_what_it_draws(mdt):
     x, y = batch()
+    objective = MaskedDiffusionObjective(create_diffusion())
     with pytest.raises(TypeError, match="generator"):
-        MaskedDiffusionObjective(create_diffusion())(mdt, x, y, generator=0)
+        objective(mdt, x, y, generator=0)
+    with pytest.raises(TypeError, match="must draw t, noise, mask"):
+        objective(mdt, x, y, generator=None)
+    # Everything given: no generator needed.
+    plan = plan_from_ids_keep(torch.arange(10).expand(3, 10), 16)
+    out = objective(mdt, x, y, generator=None, t=torch.tensor([1, 2, 3]), noise=torch.zeros_like(x), mask=plan)
+    assert out["loss"].shape == (3,)

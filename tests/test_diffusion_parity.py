@@ -26,7 +26,9 @@ def test_training_losses_match_official(arch, conformance_inputs, conformance_re
     ref = conformance_reference(arch)
     diffusion = create_diffusion(snr_gamma=SNR_GAMMA[arch])
     terms = diffusion.training_losses(
-        fixed_output(ref["loss_model_output"]), conformance_inputs["x"], conformance_inputs["t"],
+        fixed_output(ref["loss_model_output"]),
+        conformance_inputs["x"],
+        conformance_inputs["t"],
         noise=ref["loss_noise"],
     )
     assert set(terms) == {"loss", "mse", "vb"}
@@ -39,7 +41,10 @@ def test_min_snr_changes_the_loss(conformance_inputs, conformance_reference):
     # The weighting must matter on these timesteps, or the MDTv2 check above proves nothing.
     ref = conformance_reference("mdtv2")
     plain = create_diffusion().training_losses(
-        fixed_output(ref["loss_model_output"]), conformance_inputs["x"], conformance_inputs["t"], noise=ref["loss_noise"]
+        fixed_output(ref["loss_model_output"]),
+        conformance_inputs["x"],
+        conformance_inputs["t"],
+        noise=ref["loss_noise"],
     )
     assert rel_err(plain["mse"], ref["loss_mse"]) > 1e-2
 
@@ -74,8 +79,12 @@ def test_ddim_loop_matches_official(arch, official_model, conformance_reference)
     model = official_model(arch)
     diffusion = create_diffusion("ddim10")
     sample = diffusion.ddim_sample_loop(
-        model, tuple(ref["ddim_z"].shape), noise=ref["ddim_z"], clip_denoised=False,
-        model_kwargs={"y": ref["ddim_y"]}, eta=0.0,
+        model,
+        tuple(ref["ddim_z"].shape),
+        noise=ref["ddim_z"],
+        clip_denoised=False,
+        model_kwargs={"y": ref["ddim_y"]},
+        eta=0.0,
     )
     err = rel_err(sample, ref["ddim_sample"])
     assert err < TOL, f"{arch} ddim_sample: relative error {err:.2e}"

@@ -91,7 +91,10 @@ def test_posterior_variance_positive(name, respacing):
 @given(name=st.sampled_from(SCHEDULES), seed=st.integers(0, 2**16), t=st.integers(0, 999))
 def test_prediction_conversions_invert_each_other(name, seed, t):
     g = torch.Generator().manual_seed(seed)
-    x0, eps = torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64), torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64)
+    x0, eps = (
+        torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64),
+        torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64),
+    )
     ab = torch.cumprod(1 - named_betas(name, 1000), 0)[t]
     a, s = ab.sqrt().expand(2, 1, 1, 1), (1 - ab).sqrt().expand(2, 1, 1, 1)
     xt = a * x0 + s * eps
@@ -107,7 +110,10 @@ def test_prediction_conversions_invert_each_other(name, seed, t):
 @given(predict=st.sampled_from(PREDICTIONS), t=st.integers(0, 999), seed=st.integers(0, 2**16))
 def test_diffusion_predictions_agree(predict, t, seed):
     g = torch.Generator().manual_seed(seed)
-    x0, eps = torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64), torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64)
+    x0, eps = (
+        torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64),
+        torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64),
+    )
     d = create_diffusion(learn_sigma=False, predict=predict)
     tt = torch.full((2,), t)
     xt = d.q_sample(x0, tt, eps)

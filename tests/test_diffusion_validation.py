@@ -27,7 +27,9 @@ def test_malformed_respacing(respacing):
         create_diffusion(respacing)
 
 
-@pytest.mark.parametrize("respacing, match", [("2000", "2000"), ("ddim999", "999"), ("0", "positive"), ("10,600", "600")])
+@pytest.mark.parametrize(
+    "respacing, match", [("2000", "2000"), ("ddim999", "999"), ("0", "positive"), ("10,600", "600")]
+)
 def test_impossible_respacing(respacing, match):
     with pytest.raises(ValueError, match=match):
         space_timesteps(1000, respacing)
@@ -74,7 +76,12 @@ def test_float_and_misshaped_timesteps():
 
 @pytest.mark.parametrize(
     "learn_sigma, sigma_small, channels, variance",
-    [(True, False, 4, "learned_range"), (False, False, 8, "fixed_large"), (False, True, 8, "fixed_small"), (True, False, 6, "learned_range")],
+    [
+        (True, False, 4, "learned_range"),
+        (False, False, 8, "fixed_large"),
+        (False, True, 8, "fixed_small"),
+        (True, False, 6, "learned_range"),
+    ],
 )
 def test_wrong_output_channels(learn_sigma, sigma_small, channels, variance):
     d = create_diffusion(learn_sigma=learn_sigma, sigma_small=sigma_small)

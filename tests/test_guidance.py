@@ -23,7 +23,11 @@ def test_guidance_matches_official_forward_with_cfg(arch, official_model, confor
     num_classes = model.config.num_classes
     guided = classifier_free_guidance(model, 4.0, scale_pow=SCALE_POW[arch], guided_channels=3)
     with torch.no_grad():
-        out = guided(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y.clamp(max=num_classes - 1), torch.full_like(y, num_classes)]))
+        out = guided(
+            torch.cat([x, x]),
+            torch.cat([t, t]),
+            torch.cat([y.clamp(max=num_classes - 1), torch.full_like(y, num_classes)]),
+        )
     err = rel_err(out, ref["out_cfg"])
     assert err < 1e-4, f"{arch} out_cfg: relative error {err:.2e}"
 

@@ -23,7 +23,10 @@ def test_ddpm_learned_range_step_matches_p_sample(step, fp64_tables):
     g = torch.Generator().manual_seed(step)
     x = torch.randn(2, 4, 4, 4, generator=g, dtype=torch.float64)
     output = torch.cat(
-        [torch.randn(2, 4, 4, 4, generator=g, dtype=torch.float64), torch.rand(2, 4, 4, 4, generator=g, dtype=torch.float64) * 2 - 1],
+        [
+            torch.randn(2, 4, 4, 4, generator=g, dtype=torch.float64),
+            torch.rand(2, 4, 4, 4, generator=g, dtype=torch.float64) * 2 - 1,
+        ],
         dim=1,
     )
     diffusion = create_diffusion("ddim50")
@@ -41,9 +44,7 @@ def test_ddpm_learned_range_step_matches_p_sample(step, fp64_tables):
 
     ours = diffusion.p_mean_variance(fixed(output), x, torch.full((2,), step), clip_denoised=False)
     z = [torch.randn(x.shape, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in (1, 2)]
-    prev = [
-        scheduler.step(output, t_train, x, generator=torch.Generator().manual_seed(s)).prev_sample for s in (1, 2)
-    ]
+    prev = [scheduler.step(output, t_train, x, generator=torch.Generator().manual_seed(s)).prev_sample for s in (1, 2)]
     # Solve prev_k = mean + std * z_k for mean and std where the two noises differ enough.
     ok = (z[0] - z[1]).abs() > 0.5
     std = (prev[0] - prev[1]) / (z[0] - z[1])
@@ -84,7 +85,9 @@ def test_schedulers_recover_x0_with_an_oracle(kind, predict):
     x0 = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
     g = torch.Generator().manual_seed(1)
     scheduler = make_scheduler(kind, predict=predict)
-    out = diffusers_sample_loop(oracle(x0, predict=predict), scheduler, (2, 4, 4, 4), num_inference_steps=25, generator=g)
+    out = diffusers_sample_loop(
+        oracle(x0, predict=predict), scheduler, (2, 4, 4, 4), num_inference_steps=25, generator=g
+    )
     assert out.shape == (2, 4, 4, 4)
     assert rel_err(out, x0.expand_as(out)) < 1e-3
 
@@ -110,6 +113,10 @@ def test_diffusers_loop_is_reproducible_from_the_generator():
     x0 = torch.zeros(1, 4, 4, 4)
     model = oracle(x0)
     sched = make_scheduler("ddpm")
-    a = diffusers_sample_loop(model, sched, (1, 4, 4, 4), num_inference_steps=5, generator=torch.Generator().manual_seed(3))
-    b = diffusers_sample_loop(model, sched, (1, 4, 4, 4), num_inference_steps=5, generator=torch.Generator().manual_seed(3))
+    a = diffusers_sample_loop(
+        model, sched, (1, 4, 4, 4), num_inference_steps=5, generator=torch.Generator().manual_seed(3)
+    )
+    b = diffusers_sample_loop(
+        model, sched, (1, 4, 4, 4), num_inference_steps=5, generator=torch.Generator().manual_seed(3)
+    )
     torch.testing.assert_close(a, b)

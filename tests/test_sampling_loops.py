@@ -35,7 +35,7 @@ def test_sample_equals_the_few_lines_it_replaces(official_model):
 
 def test_ddpm_loop_generator_controls_every_draw():
     d = create_diffusion("10", learn_sigma=False)
-    model = lambda x, t, **k: 0.1 * x  # noqa: E731
+    model = lambda x, t, **k: 0.1 * x
     a = d.p_sample_loop(model, (2, 3, 4, 4), generator=torch.Generator().manual_seed(5), progress=True)
     b = d.p_sample_loop(model, (2, 3, 4, 4), generator=torch.Generator().manual_seed(5))
     c = d.p_sample_loop(model, (2, 3, 4, 4), generator=torch.Generator().manual_seed(6))
@@ -45,7 +45,7 @@ def test_ddpm_loop_generator_controls_every_draw():
 
 def test_ddim_eta_uses_the_generator():
     d = create_diffusion("ddim10", learn_sigma=False)
-    model = lambda x, t, **k: 0.1 * x  # noqa: E731
+    model = lambda x, t, **k: 0.1 * x
     z = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     a = d.ddim_sample_loop(model, z.shape, z, eta=1.0, generator=torch.Generator().manual_seed(1))
     b = d.ddim_sample_loop(model, z.shape, z, eta=1.0, generator=torch.Generator().manual_seed(1))
@@ -56,7 +56,7 @@ def test_ddim_eta_uses_the_generator():
 
 def test_progressive_loops_yield_every_step():
     d = create_diffusion("ddim10", learn_sigma=False)
-    model = lambda x, t, **k: 0.1 * x  # noqa: E731
+    model = lambda x, t, **k: 0.1 * x
     steps = list(d.ddim_sample_loop_progressive(model, (1, 3, 4, 4), generator=torch.Generator().manual_seed(0)))
     assert len(steps) == 10 and all("pred_xstart" in s for s in steps)
 

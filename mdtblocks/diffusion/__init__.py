@@ -6,8 +6,8 @@ from .likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_k
 from .losses import losses_from_output, training_losses, vb_terms_bpd
 from .noise import gaussian_noise
 from .objective import MaskedDiffusionObjective
-from .process import LOSS_TYPES, GaussianProcess
 from .parameterization import PREDICTIONS, check_prediction
+from .process import LOSS_TYPES, GaussianProcess
 from .respace import respace_betas, space_timesteps
 from .schedules import SCHEDULES, betas_for_alpha_bar, cosine_betas, linear_betas, named_betas
 from .variance import VARIANCE_TYPES

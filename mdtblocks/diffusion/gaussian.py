@@ -258,8 +258,16 @@ class GaussianDiffusion(GaussianProcess):
         from . import loops  # loops.py builds on this class
 
         return loops.p_sample_loop(
-            self, model, shape, noise, clip_denoised, model_kwargs, progress, generator,
-            device=device, denoised_fn=denoised_fn,
+            self,
+            model,
+            shape,
+            noise,
+            clip_denoised,
+            model_kwargs,
+            progress,
+            generator,
+            device=device,
+            denoised_fn=denoised_fn,
         )
 
     def p_sample_loop_progressive(
@@ -294,8 +302,16 @@ class GaussianDiffusion(GaussianProcess):
         from . import loops
 
         return loops.p_sample_loop_progressive(
-            self, model, shape, noise, clip_denoised, model_kwargs, progress, generator,
-            device=device, denoised_fn=denoised_fn,
+            self,
+            model,
+            shape,
+            noise,
+            clip_denoised,
+            model_kwargs,
+            progress,
+            generator,
+            device=device,
+            denoised_fn=denoised_fn,
         )
 
     def ddim_sample_loop(
@@ -332,8 +348,17 @@ class GaussianDiffusion(GaussianProcess):
         from . import loops
 
         return loops.ddim_sample_loop(
-            self, model, shape, noise, clip_denoised, model_kwargs, eta, progress, generator,
-            device=device, denoised_fn=denoised_fn,
+            self,
+            model,
+            shape,
+            noise,
+            clip_denoised,
+            model_kwargs,
+            eta,
+            progress,
+            generator,
+            device=device,
+            denoised_fn=denoised_fn,
         )
 
     def ddim_sample_loop_progressive(
@@ -370,8 +395,17 @@ class GaussianDiffusion(GaussianProcess):
         from . import loops
 
         return loops.ddim_sample_loop_progressive(
-            self, model, shape, noise, clip_denoised, model_kwargs, eta, progress, generator,
-            device=device, denoised_fn=denoised_fn,
+            self,
+            model,
+            shape,
+            noise,
+            clip_denoised,
+            model_kwargs,
+            eta,
+            progress,
+            generator,
+            device=device,
+            denoised_fn=denoised_fn,
         )
 
     def training_losses(

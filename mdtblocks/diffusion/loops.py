@@ -118,8 +118,16 @@ def p_sample_loop(
     """
     final = None
     for out in p_sample_loop_progressive(
-        diffusion, model, shape, noise, clip_denoised, model_kwargs, progress, generator,
-        device=device, denoised_fn=denoised_fn,
+        diffusion,
+        model,
+        shape,
+        noise,
+        clip_denoised,
+        model_kwargs,
+        progress,
+        generator,
+        device=device,
+        denoised_fn=denoised_fn,
     ):
         final = out
     assert final is not None
@@ -162,9 +170,7 @@ def ddim_sample_loop_progressive(
     for i in _steps(diffusion, progress):
         t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
         with torch.no_grad():
-            out = diffusion.ddim_sample(
-                model, x, t, clip_denoised, denoised_fn, model_kwargs, eta, generator=generator
-            )
+            out = diffusion.ddim_sample(model, x, t, clip_denoised, denoised_fn, model_kwargs, eta, generator=generator)
         yield out
         x = out["sample"]
 
@@ -203,8 +209,17 @@ def ddim_sample_loop(
     """
     final = None
     for out in ddim_sample_loop_progressive(
-        diffusion, model, shape, noise, clip_denoised, model_kwargs, eta, progress, generator,
-        device=device, denoised_fn=denoised_fn,
+        diffusion,
+        model,
+        shape,
+        noise,
+        clip_denoised,
+        model_kwargs,
+        eta,
+        progress,
+        generator,
+        device=device,
+        denoised_fn=denoised_fn,
     ):
         final = out
     assert final is not None

@@ -162,4 +162,3 @@ def training_losses(
         x_t = diffusion.q_sample(x_start32, t, noise.to(x_start32.dtype))
     model_output = model(x_t, diffusion.model_timesteps(t), **(model_kwargs or {}))
     return losses_from_output(diffusion, model_output, x_start32, x_t, t, noise)
-

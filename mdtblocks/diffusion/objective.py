@@ -54,7 +54,7 @@ class MaskedDiffusionObjective:
         x_start: Float[Tensor, "b c hh ww"],
         y: Int[Tensor, "b"],
         *,
-        generator: torch.Generator,
+        generator: torch.Generator | None,
         t: Int[Tensor, "b"] | None = None,
         noise: Float[Tensor, "b c hh ww"] | None = None,
         mask: MaskPlan | None = None,
@@ -66,7 +66,8 @@ class MaskedDiffusionObjective:
             model: the denoiser (DDP- or compile-wrapped is fine); ``model(x, t, y, ids_keep=None)``.
             x_start: clean latents.
             y: class labels.
-            generator: the source of every random draw.
+            generator: the source of every random draw; may be ``None`` only when ``t``,
+                ``noise`` and (for a masked model) ``mask`` are given and no labels are dropped.
             t: timesteps to use instead of uniform draws.
             noise: noise to use instead of a draw.
             mask: mask plan to use instead of ``model.mask_sampler``'s.
@@ -77,10 +78,27 @@ class MaskedDiffusionObjective:
             ``"mse"`` and (learned sigma) ``"vb"`` of the full pass; with a mask sampler also
             ``"loss_masked"``, ``"mse_masked"`` and ``"vb_masked"``; and the ``"t"`` used.
         """
-        if not isinstance(generator, torch.Generator):
+        if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         b, device = x_start.shape[0], x_start.device
         net = _unwrap(model)
+        sampler = getattr(net, "mask_sampler", None)
+        drop = self.drop_labels and net.training and hasattr(net, "drop_labels")
+        if generator is None:
+            needs = [
+                name
+                for name, missing in (
+                    ("t", t is None),
+                    ("noise", noise is None),
+                    ("mask", mask is None and sampler is not None),
+                    ("label dropout", drop),
+                )
+                if missing
+            ]
+            if needs:
+                raise TypeError(
+                    f"generator is None but the objective must draw {', '.join(needs)}; pass a torch.Generator"
+                )
         if t is None:
             t = torch.randint(0, self.diffusion.num_timesteps, (b,), generator=generator, device=generator.device)
             t = t.to(device)
@@ -88,7 +106,7 @@ class MaskedDiffusionObjective:
             x32 = x_start.to(torch.float64 if x_start.dtype == torch.float64 else torch.float32)
             if noise is None:
                 noise = gaussian_noise(x32, generator)
-        if self.drop_labels and net.training and hasattr(net, "drop_labels"):
+        if drop:
             y = net.drop_labels(y, generator)
         kwargs = {"y": y, **(model_kwargs or {})}
 
@@ -98,7 +116,6 @@ class MaskedDiffusionObjective:
             result["vb"] = full["vb"]
         loss = full["loss"]
 
-        sampler = getattr(net, "mask_sampler", None)
         if mask is None and sampler is not None:
             mask = sampler(b, net.num_tokens, generator=generator, device=device)
         if mask is not None:

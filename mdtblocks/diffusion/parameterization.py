@@ -55,7 +55,9 @@ def check_prediction(predict: str) -> str:
     return name
 
 
-def xstart_from_eps(x_t: Float[Tensor, "b c hh ww"], eps: Float[Tensor, "b c hh ww"], a: Coef, s: Coef) -> Float[Tensor, "b c hh ww"]:
+def xstart_from_eps(
+    x_t: Float[Tensor, "b c hh ww"], eps: Float[Tensor, "b c hh ww"], a: Coef, s: Coef
+) -> Float[Tensor, "b c hh ww"]:
     """``x0 = (x_t - s eps) / a``.
 
     Args:
@@ -70,7 +72,9 @@ def xstart_from_eps(x_t: Float[Tensor, "b c hh ww"], eps: Float[Tensor, "b c hh 
     return (x_t - s * eps) / a
 
 
-def eps_from_xstart(x_t: Float[Tensor, "b c hh ww"], x0: Float[Tensor, "b c hh ww"], a: Coef, s: Coef) -> Float[Tensor, "b c hh ww"]:
+def eps_from_xstart(
+    x_t: Float[Tensor, "b c hh ww"], x0: Float[Tensor, "b c hh ww"], a: Coef, s: Coef
+) -> Float[Tensor, "b c hh ww"]:
     """``eps = (x_t - a x0) / s``.
 
     Args:
@@ -85,7 +89,9 @@ def eps_from_xstart(x_t: Float[Tensor, "b c hh ww"], x0: Float[Tensor, "b c hh w
     return (x_t - a * x0) / s
 
 
-def xstart_from_v(x_t: Float[Tensor, "b c hh ww"], v: Float[Tensor, "b c hh ww"], a: Coef, s: Coef) -> Float[Tensor, "b c hh ww"]:
+def xstart_from_v(
+    x_t: Float[Tensor, "b c hh ww"], v: Float[Tensor, "b c hh ww"], a: Coef, s: Coef
+) -> Float[Tensor, "b c hh ww"]:
     """``x0 = a x_t - s v``.
 
     Args:
@@ -100,7 +106,9 @@ def xstart_from_v(x_t: Float[Tensor, "b c hh ww"], v: Float[Tensor, "b c hh ww"]
     return a * x_t - s * v
 
 
-def eps_from_v(x_t: Float[Tensor, "b c hh ww"], v: Float[Tensor, "b c hh ww"], a: Coef, s: Coef) -> Float[Tensor, "b c hh ww"]:
+def eps_from_v(
+    x_t: Float[Tensor, "b c hh ww"], v: Float[Tensor, "b c hh ww"], a: Coef, s: Coef
+) -> Float[Tensor, "b c hh ww"]:
     """``eps = s x_t + a v``.
 
     Args:
@@ -115,7 +123,9 @@ def eps_from_v(x_t: Float[Tensor, "b c hh ww"], v: Float[Tensor, "b c hh ww"], a
     return s * x_t + a * v
 
 
-def v_from_xstart_eps(x0: Float[Tensor, "b c hh ww"], eps: Float[Tensor, "b c hh ww"], a: Coef, s: Coef) -> Float[Tensor, "b c hh ww"]:
+def v_from_xstart_eps(
+    x0: Float[Tensor, "b c hh ww"], eps: Float[Tensor, "b c hh ww"], a: Coef, s: Coef
+) -> Float[Tensor, "b c hh ww"]:
     """``v = a eps - s x0``, the v-prediction target.
 
     Args:

@@ -97,7 +97,9 @@ class GaussianProcess:
             timestep_map = torch.arange(self.num_timesteps)
         self.timestep_map = torch.as_tensor(timestep_map, dtype=torch.int64).cpu()
         if self.timestep_map.shape != (self.num_timesteps,):
-            raise ValueError(f"timestep_map has shape {tuple(self.timestep_map.shape)}, expected ({self.num_timesteps},)")
+            raise ValueError(
+                f"timestep_map has shape {tuple(self.timestep_map.shape)}, expected ({self.num_timesteps},)"
+            )
 
         ab = torch.cumprod(1.0 - betas, dim=0)
         one = torch.ones(1, dtype=torch.float64)
@@ -175,7 +177,9 @@ class GaussianProcess:
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
             raise TypeError(f"timesteps t must be an integer tensor of step indices, got dtype {t.dtype}")
         if t.ndim != 1 or (batch is not None and t.shape[0] != batch):
-            raise ValueError(f"timesteps t must have shape ({batch if batch is not None else 'b'},), got {tuple(t.shape)}")
+            raise ValueError(
+                f"timesteps t must have shape ({batch if batch is not None else 'b'},), got {tuple(t.shape)}"
+            )
         if t.numel() and (t.device.type == "cpu" or self.check_values):
             lo, hi = int(t.min()), int(t.max())
             if lo < 0 or hi >= self.num_timesteps:
@@ -226,9 +230,10 @@ class GaussianProcess:
             noise = gaussian_noise(x_start, generator)
         if noise.shape != x_start.shape:
             raise ValueError(f"noise has shape {tuple(noise.shape)} but x_start has {tuple(x_start.shape)}")
-        return self.coef("sqrt_alphas_cumprod", t, x_start) * x_start + self.coef(
-            "sqrt_one_minus_alphas_cumprod", t, x_start
-        ) * noise
+        return (
+            self.coef("sqrt_alphas_cumprod", t, x_start) * x_start
+            + self.coef("sqrt_one_minus_alphas_cumprod", t, x_start) * noise
+        )
 
     def q_posterior_mean_variance(self, x_start: Image, x_t: Image, t: Steps) -> tuple[Image, Image, Image]:
         """Mean, variance and clipped log-variance of the posterior ``q(x_{t-1} | x_t, x_0)``."""
@@ -245,7 +250,10 @@ class GaussianProcess:
 
     def _predict_xstart_from_eps(self, x_t: Image, t: Steps, eps: Image) -> Image:
         """``x_0`` from ``x_t`` and epsilon (official name)."""
-        return self.coef("sqrt_recip_alphas_cumprod", t, x_t) * x_t - self.coef("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
+        return (
+            self.coef("sqrt_recip_alphas_cumprod", t, x_t) * x_t
+            - self.coef("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
+        )
 
     def _predict_eps_from_xstart(self, x_t: Image, t: Steps, pred_xstart: Image) -> Image:
         """Epsilon from ``x_t`` and ``x_0`` (official name)."""

@@ -69,8 +69,9 @@ class ClassifierFreeGuidance(nn.Module):
             raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
         if scale_pow is not None and (not isinstance(scale_pow, (int, float)) or not scale_pow > 0):
             raise ValueError(f"scale_pow must be a positive number or None (constant scale), got {scale_pow!r}")
-        if guided_channels is not None and (isinstance(guided_channels, bool) or not isinstance(guided_channels, int)
-                                            or guided_channels < 1):
+        if guided_channels is not None and (
+            isinstance(guided_channels, bool) or not isinstance(guided_channels, int) or guided_channels < 1
+        ):
             raise ValueError(f"guided_channels must be a positive int or None (all channels), got {guided_channels!r}")
         if isinstance(diffusion_steps, bool) or not isinstance(diffusion_steps, int) or diffusion_steps < 1:
             raise ValueError(f"diffusion_steps must be a positive int, got {diffusion_steps!r}")

@@ -84,7 +84,10 @@ def sample(
     kwargs = {"y": y}
     if sampler == "dpm_solver++":
         scheduler = make_scheduler(
-            "dpm_solver++", noise_schedule=noise_schedule, diffusion_steps=diffusion_steps, predict=predict,
+            "dpm_solver++",
+            noise_schedule=noise_schedule,
+            diffusion_steps=diffusion_steps,
+            predict=predict,
             learn_sigma=cfg.learn_sigma,
         )
         out = diffusers_sample_loop(net, scheduler, noise.shape, noise, num_steps, kwargs, progress, generator)
