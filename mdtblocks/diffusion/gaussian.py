@@ -215,7 +215,20 @@ class GaussianDiffusion(GaussianProcess):
         model_kwargs: dict[str, Any] | None = None,
         eta: float | int = 0.0,
     ) -> dict[str, Tensor]:
-        """One deterministic DDIM step forward in time, ``x_t -> x_{t+1}`` (encoding)."""
+        """One deterministic DDIM step forward in time, ``x_t -> x_{t+1}`` (encoding).
+
+        Args:
+            model: the denoiser (see :meth:`p_mean_variance`).
+            x: ``x_t``.
+            t: ``(b,)`` steps.
+            clip_denoised: clamp the ``x_0`` estimate to ``[-1, 1]``.
+            denoised_fn: applied to the ``x_0`` estimate before clipping.
+            model_kwargs: extra model arguments.
+            eta: must be 0 (the reverse ODE is deterministic).
+
+        Returns:
+            ``"sample"`` (``x_{t+1}``) and ``"pred_xstart"``.
+        """
         if eta != 0.0:
             raise ValueError(f"the reverse DDIM ODE is deterministic; eta must be 0, got {eta}")
         out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)

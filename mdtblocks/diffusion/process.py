@@ -127,6 +127,7 @@ class GaussianProcess:
         self._rows = {name: i for i, name in enumerate(_TABLES)}
         self._stack = torch.stack([tab[name] for name in _TABLES])
         self._on_device: dict[torch.device, Tensor] = {}
+        self._map_on_device: dict[torch.device, Tensor] = {}
         for name in _TABLES:
             setattr(self, name, tab[name])
 
@@ -189,23 +190,43 @@ class GaussianProcess:
                 )
 
     def model_timesteps(self, t: Steps) -> Steps:
-        """Original-process steps the model sees for steps ``t`` of this process."""
+        """Original-process steps the model sees for steps ``t`` of this process.
+
+        Args:
+            t: ``(b,)`` steps of this process.
+
+        Returns:
+            ``timestep_map[t]``, in ``t``'s dtype and device.
+        """
         return self._map_on(t.device)[t].to(t.dtype)
 
     def _map_on(self, device: torch.device) -> Tensor:
-        key = torch.device(device)
-        cache = self.__dict__.setdefault("_map_cache", {})
-        if key not in cache:
-            cache[key] = self.timestep_map.to(key)
-        return cache[key]
+        if device not in self._map_on_device:
+            self._map_on_device[device] = self.timestep_map.to(device)
+        return self._map_on_device[device]
 
     def wrap_model(self, model: Model) -> Model:
-        """``model`` called with this process's steps instead of the original ones."""
+        """``model`` called with this process's steps instead of the original ones.
+
+        Args:
+            model: a denoiser taking original-process timesteps.
+
+        Returns:
+            A callable ``(x, t, **kwargs)`` taking steps of this process.
+        """
         return lambda x, t, **kwargs: model(x, self.model_timesteps(t), **kwargs)
 
     # --- forward process ------------------------------------------------------------------
     def q_mean_variance(self, x_start: Image, t: Steps) -> tuple[Image, Image, Image]:
-        """Mean, variance and log-variance of ``q(x_t | x_0)``."""
+        """Mean, variance and log-variance of ``q(x_t | x_0)``.
+
+        Args:
+            x_start: clean data ``x_0``.
+            t: ``(b,)`` steps.
+
+        Returns:
+            ``(mean, variance, log_variance)``, each shaped like ``x_start``.
+        """
         mean = self.coef("sqrt_alphas_cumprod", t, x_start) * x_start
         var = (1.0 - self.coef("alphas_cumprod", t, x_start)).expand_as(x_start)
         log_var = self.coef("log_one_minus_alphas_cumprod", t, x_start).expand_as(x_start)
@@ -236,7 +257,16 @@ class GaussianProcess:
         )
 
     def q_posterior_mean_variance(self, x_start: Image, x_t: Image, t: Steps) -> tuple[Image, Image, Image]:
-        """Mean, variance and clipped log-variance of the posterior ``q(x_{t-1} | x_t, x_0)``."""
+        """Mean, variance and clipped log-variance of the posterior ``q(x_{t-1} | x_t, x_0)``.
+
+        Args:
+            x_start: clean data (or its estimate).
+            x_t: noised data at step ``t``.
+            t: ``(b,)`` steps.
+
+        Returns:
+            ``(mean, variance, log_variance_clipped)``, each shaped like ``x_t``.
+        """
         if x_start.shape != x_t.shape:
             raise ValueError(f"x_start {tuple(x_start.shape)} and x_t {tuple(x_t.shape)} must have the same shape")
         mean = self.coef("posterior_mean_coef1", t, x_t) * x_start + self.coef("posterior_mean_coef2", t, x_t) * x_t
@@ -262,13 +292,31 @@ class GaussianProcess:
         )
 
     def predict_xstart(self, prediction: Image, x_t: Image, t: Steps) -> Image:
-        """``x_0`` from a prediction of this process's type (epsilon, x0 or v)."""
+        """``x_0`` from a prediction of this process's type (epsilon, x0 or v).
+
+        Args:
+            prediction: the model's prediction channels.
+            x_t: noised data.
+            t: ``(b,)`` steps.
+
+        Returns:
+            The clean-data estimate.
+        """
         if self.predict == "epsilon":
             return self._predict_xstart_from_eps(x_t, t, prediction)
         return to_xstart(self.predict, x_t, prediction, *self._ab_coefs(t, x_t))
 
     def predict_eps(self, prediction: Image, x_t: Image, t: Steps) -> Image:
-        """Epsilon from a prediction of this process's type (epsilon, x0 or v)."""
+        """Epsilon from a prediction of this process's type (epsilon, x0 or v).
+
+        Args:
+            prediction: the model's prediction channels.
+            x_t: noised data.
+            t: ``(b,)`` steps.
+
+        Returns:
+            The noise estimate.
+        """
         if self.predict == "epsilon":
             return prediction
         if self.predict == "v":
@@ -276,12 +324,26 @@ class GaussianProcess:
         return eps_from_xstart(x_t, prediction, *self._ab_coefs(t, x_t))
 
     def snr(self, t: Steps) -> Float[Tensor, "b"]:
-        """Signal-to-noise ratio ``alpha_bar / (1 - alpha_bar)`` at steps ``t`` (float32)."""
+        """Signal-to-noise ratio ``alpha_bar / (1 - alpha_bar)`` at steps ``t``.
+
+        Args:
+            t: ``(b,)`` steps.
+
+        Returns:
+            ``(b,)`` float32 SNRs (computed in float64).
+        """
         ab = self._table(t.device)[self._rows["alphas_cumprod"]][t]
         return (ab / (1.0 - ab)).float()
 
     def mse_weight(self, t: Steps) -> Float[Tensor, "b"]:
-        """Weight of the mse term at steps ``t``: min-SNR-gamma for :attr:`predict`, or ones."""
+        """Weight of the mse term at steps ``t``: min-SNR-gamma for :attr:`predict`, or ones.
+
+        Args:
+            t: ``(b,)`` steps.
+
+        Returns:
+            ``(b,)`` positive float32 weights.
+        """
         snr_t = self.snr(t)
         if self.snr_gamma is None:
             return torch.ones_like(snr_t)

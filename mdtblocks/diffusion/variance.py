@@ -37,7 +37,14 @@ def check_variance_type(variance_type: str) -> str:
 
 
 def learns_variance(variance_type: str) -> bool:
-    """Whether the model output carries variance channels for this variance type."""
+    """Whether the model output carries variance channels for this variance type.
+
+    Args:
+        variance_type: one of :data:`VARIANCE_TYPES`.
+
+    Returns:
+        ``True`` for ``learned_range`` and ``learned``.
+    """
     return variance_type in ("learned_range", "learned")
 
 

@@ -88,7 +88,14 @@ class ClassifierFreeGuidance(nn.Module):
         )
 
     def scale(self, t: Shaped[Tensor, "b"]) -> Float[Tensor, "b"]:
-        """Guidance scale at each timestep (of the original process)."""
+        """Guidance scale at each timestep.
+
+        Args:
+            t: ``(b,)`` timesteps of the original process.
+
+        Returns:
+            ``(b,)`` float32 scales: constant, or the power-cosine schedule.
+        """
         if self.scale_pow is None:
             return torch.full(t.shape, self.cfg_scale, device=t.device)
         return power_cosine_scale(t, self.cfg_scale, self.scale_pow, self.diffusion_steps)
