@@ -25,10 +25,11 @@ from mdtblocks import MaskedDiffusionObjective, MaskedDiffusionTransformer, crea
 from mdtblocks.training import Adan, setup_distributed, train
 from mdtblocks.training.recipe import (
     RecipeConfig,
+    announce_builtin,
+    choose_config,
     flag,
     load_run_data,
     model_overrides,
-    parse_flags,
     setup_logging,
     train_config,
     write_run_config,
@@ -77,16 +78,15 @@ def resolve(cfg: MDTv2Config) -> MDTv2Config:
 
 
 def main(argv: list[str] | None = None) -> None:
-    given = parse_flags(MDTv2Config, argv, description=__doc__)
-    builtin = "data" not in given and "latents" not in given
-    cfg = resolve(dataclasses.replace(BUILTIN, **given) if builtin else MDTv2Config(**given))
+    cfg, builtin = choose_config(MDTv2Config, BUILTIN, argv, description=__doc__)
+    cfg = resolve(cfg)
     dist = setup_distributed(cfg.device)
     setup_logging(dist)
     if builtin:
-        log.info(
-            "no --data or --latents: training a small MDTv2 on the built-in digits in pixel space (a first look, "
-            "about 5 minutes on 2 CPU cores). The paper run: torchrun --nproc-per-node 8 recipes/mdtv2_imagenet256.py "
-            "--data /path/to/imagenet/train (or --latents DIR from recipes/extract_latents.py), on 64 GPUs for MDTv2-XL/2."
+        announce_builtin(
+            "recipes/mdtv2_imagenet256.py",
+            "torchrun --nnodes 8 --nproc-per-node 8 ... recipes/mdtv2_imagenet256.py --data /path/to/imagenet/train "
+            "(MDTv2-XL/2 on 64 GPUs; --model MDTv2-S/2 on 8)",
         )
 
     data = load_run_data(cfg)

@@ -27,6 +27,8 @@ __all__ = [
     "flag",
     "RecipeConfig",
     "parse_flags",
+    "choose_config",
+    "announce_builtin",
     "build_parser",
     "RunData",
     "load_run_data",
@@ -142,6 +144,31 @@ def parse_flags(cls: type[C], argv: Sequence[str] | None = None, description: st
         if f.name in given and isinstance(given[f.name], list):
             given[f.name] = tuple(given[f.name])
     return given
+
+
+def choose_config(cls: type[C], builtin: C, argv: Sequence[str] | None = None, description: str = "") -> tuple[C, bool]:
+    """Parse the command line into ``cls``; without ``--data`` and ``--latents`` start from ``builtin``.
+
+    Flags given on the command line always win; the built-in demo only changes the
+    defaults (dataset, model size, steps), never the code path.
+
+    Returns:
+        ``(config, is_builtin)``.
+    """
+    given = parse_flags(cls, argv, description)
+    if "data" in given or "latents" in given:
+        return cls(**given), False
+    return dataclasses.replace(builtin, **given), True  # type: ignore[type-var]
+
+
+def announce_builtin(script: str, real_run: str) -> None:
+    """Log that the built-in demo runs, and how to run the real thing."""
+    log.info(
+        "no --data or --latents: training a small model on the built-in digits (scikit-learn, upscaled) in pixel "
+        "space, sized for a CPU (about 5 minutes on 2 cores) -- the same code path as the real run. "
+        "The real run: %s (or --latents DIR, from recipes/extract_latents.py). python %s --help lists every flag.",
+        real_run, script,
+    )
 
 
 def train_config(cfg: RecipeConfig) -> TrainConfig:

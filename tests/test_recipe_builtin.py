@@ -1,0 +1,117 @@
+"""End to end: the recipes' built-in default (digits in pixel space), a few steps, and the documented output layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from training_utils import TINY, load_recipe
+
+import mdtblocks
+from mdtblocks.data import DigitsDataset
+from mdtblocks.training.recipe import build_parser
+
+COMMON_FLAGS = [
+    "--data", "--out", "--model", "--steps", "--global-batch-size", "--lr", "--seed", "--ckpt-every",
+    "--precision", "--device", "--vae", "--latents",
+]
+RECIPES = ["mdtv2_imagenet256", "mdt_imagenet256", "dit_imagenet256"]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_has_the_common_flags(name: str) -> None:
+    recipe = load_recipe(name)
+    cls = next(v for k, v in vars(recipe).items() if k.endswith("Config") and k != "RecipeConfig")
+    help_text = build_parser(cls).format_help()
+    for f in COMMON_FLAGS:
+        assert f in help_text, f"{name} lacks {f}"
+    parser = build_parser(cls)
+    assert parser.parse_args(["--precision", "bf16"]).precision == "bf16"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--precision", "fp16"])
+    assert parser.parse_args(["--vae", "none"]).vae is None
+
+
+def test_mdtv2_paper_defaults() -> None:
+    """Without the built-in demo, the config is the paper's (XL: lr 3e-4, batch 512; S: 5e-4, 256)."""
+    r = load_recipe("mdtv2_imagenet256")
+    cfg, builtin = r.choose_config(r.MDTv2Config, r.BUILTIN, ["--data", "/nonexistent"])
+    cfg = r.resolve(cfg)
+    assert not builtin
+    assert (cfg.model, cfg.lr, cfg.global_batch_size, cfg.image_size) == ("MDTv2-XL/2", 3e-4, 512, 256)
+    assert (cfg.adan_betas, cfg.weight_decay, cfg.grad_clip, cfg.ema_decay, cfg.snr_gamma) == (
+        (0.98, 0.92, 0.99), 0.0, 1.0, 0.9999, 5.0
+    )
+    assert cfg.vae == "stabilityai/sd-vae-ft-ema"
+    small = r.resolve(r.choose_config(r.MDTv2Config, r.BUILTIN, ["--data", "x", "--model", "MDTv2-S/2"])[0])
+    assert (small.lr, small.global_batch_size) == (5e-4, 256)
+    cfg, builtin = r.choose_config(r.MDTv2Config, r.BUILTIN, ["--steps", "7"])
+    assert builtin and cfg.steps == 7 and cfg.vae is None and cfg.image_size == 16
+
+
+def test_mdt_and_dit_paper_defaults() -> None:
+    for name, model in (("mdt_imagenet256", "MDT-XL/2"), ("dit_imagenet256", "DiT-XL/2")):
+        r = load_recipe(name)
+        cls = next(v for k, v in vars(r).items() if k.endswith("Config") and k != "RecipeConfig")
+        cfg, _ = r.choose_config(cls, r.BUILTIN, ["--data", "x"])
+        assert (cfg.model, cfg.lr, cfg.global_batch_size, cfg.weight_decay, cfg.ema_decay) == (model, 1e-4, 256, 0.0, 0.9999)
+
+
+def test_builtin_default_runs_end_to_end(tmp_path: Path) -> None:
+    """The built-in default (its model and data), two steps with a smaller batch: every documented file appears."""
+    out = tmp_path / "run"
+    r = load_recipe("mdtv2_imagenet256")
+    r.main(["--out", str(out), "--steps", "2", "--global-batch-size", "8", "--ckpt-every", "2",
+            "--num-samples", "4", "--sample-steps", "2", "--log-every", "1"])
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["vae"] is None and config["image_size"] == 16 and config["num_classes"] == 10
+    assert config["model_preset"] == "MDTv2-S/2" and config["model_overrides"]["depth"] == r.BUILTIN.depth
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [rec["step"] for rec in lines] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(rec["loss"])) and rec["steps_per_s"] > 0 for rec in lines)
+    assert (out / "samples" / "0000002.png").is_file()
+
+    ckpt = out / "checkpoints" / "0000002"
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "config.json", "ema.safetensors", "model.safetensors", "optimizer.pt", "state.json"
+    ]
+    assert not list((out / "checkpoints").glob(".tmp*"))
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 2 and state["data"][0]["batches_consumed"] == 2
+    opt = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    assert opt["state"] and opt["param_groups"][0]["betas"] == (0.98, 0.92, 0.99)
+
+    # config.json is exactly what save_pretrained writes, so the colleague's sampler loads the EMA.
+    ema = mdtblocks.load_pretrained(ckpt, weights_name="ema.safetensors")
+    again = tmp_path / "again"
+    ema.save_pretrained(again)
+    assert json.loads((again / "config.json").read_text()) == json.loads((ckpt / "config.json").read_text())
+    assert torch.equal(load_file(str(again / "model.safetensors"))["pos_embed"], load_file(str(ckpt / "ema.safetensors"))["pos_embed"])
+    assert ema.config.input_size == 16 and ema.config.in_channels == DigitsDataset().channels
+
+
+@pytest.mark.parametrize("name", ["mdt_imagenet256", "dit_imagenet256"])
+def test_mdt_and_dit_recipes_train(name: str, tmp_path: Path) -> None:
+    flags = [f for f in TINY]
+    flags[flags.index("--model") + 1] = "MDT-S/2" if name.startswith("mdt") else "DiT-S/2"
+    if name.startswith("dit"):
+        i = flags.index("--decode-layer")
+        del flags[i : i + 2]
+    load_recipe(name).main(flags + ["--out", str(tmp_path), "--steps", "2", "--ckpt-every", "2"])
+    ckpt = tmp_path / "checkpoints" / "0000002"
+    model = mdtblocks.load_pretrained(ckpt, weights_name="ema.safetensors")
+    assert type(model).__name__ == ("DiT" if name.startswith("dit") else "MaskedDiffusionTransformer")
+    assert (tmp_path / "samples" / "0000002.png").is_file()
+
+
+def test_bf16_autocast_keeps_fp32_weights(tmp_path: Path) -> None:
+    load_recipe("mdtv2_imagenet256").main(TINY + ["--out", str(tmp_path), "--steps", "2", "--ckpt-every", "2",
+                                                  "--precision", "bf16", "--num-samples", "0"])
+    ckpt = tmp_path / "checkpoints" / "0000002"
+    assert all(v.dtype == torch.float32 for v in load_file(str(ckpt / "model.safetensors")).values())
+    loss = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["loss"]
+    assert 0 < loss < 10

@@ -1,0 +1,72 @@
+"""Training in latent space with a tiny random-initialised diffusers AutoencoderKL: from a latent cache, and
+encoding an image folder on the fly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from training_utils import TINY, load_recipe
+
+import mdtblocks
+from mdtblocks.data import DigitsDataset, encode_dataset, load_autoencoder
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+        sample_size=16, scaling_factor=0.5,
+    )
+    path = tmp_path_factory.mktemp("vae") / "tiny-vae"
+    vae.save_pretrained(path)
+    return path
+
+
+def flags_for(out: Path, *extra: str) -> list[str]:
+    flags = [f for f in TINY]
+    flags[flags.index("--image-size") + 1] = "16"
+    return flags + ["--out", str(out), "--steps", "2", "--ckpt-every", "2", *extra]
+
+
+def check_run(out: Path, vae: Path) -> None:
+    config = json.loads((out / "config.json").read_text())
+    assert config["vae"] == str(vae)
+    model = mdtblocks.load_pretrained(out / "checkpoints" / "0000002", weights_name="ema.safetensors")
+    assert (model.config.in_channels, model.config.input_size) == (4, 8)  # 16 px / downsample 2, 4 latent channels
+    grid = Image.open(out / "samples" / "0000002.png")
+    assert grid.mode == "RGB"  # decoded by the VAE to RGB images
+
+
+def test_train_from_latent_cache(tiny_vae: Path, tmp_path: Path) -> None:
+    ae = load_autoencoder(str(tiny_vae))
+    cache = tmp_path / "latents"
+    digits = DigitsDataset(image_size=16, channels=3)
+    digits.images, digits.labels, digits.num_images = digits.images[:40], digits.labels[:40], 40
+    encode_dataset(digits, ae, cache, batch_size=20, generator=torch.Generator().manual_seed(0))
+    out = tmp_path / "run"
+    load_recipe("mdtv2_imagenet256").main(flags_for(out, "--latents", str(cache), "--vae", str(tiny_vae)))
+    check_run(out, tiny_vae)
+
+
+def test_train_from_images_through_the_vae(tiny_vae: Path, tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (20, 18, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    out = tmp_path / "run"
+    load_recipe("mdtv2_imagenet256").main(flags_for(out, "--data", str(root), "--vae", str(tiny_vae)))
+    check_run(out, tiny_vae)
+    assert json.loads((out / "config.json").read_text())["num_classes"] == 2
