@@ -82,6 +82,7 @@ class ClassifierFreeGuidance(nn.Module):
         self.diffusion_steps = diffusion_steps
 
     def extra_repr(self) -> str:
+        """The guidance settings, shown in the module's ``repr``."""
         return (
             f"cfg_scale={self.cfg_scale}, scale_pow={self.scale_pow}, guided_channels={self.guided_channels}, "
             f"diffusion_steps={self.diffusion_steps}"
