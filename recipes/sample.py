@@ -59,7 +59,7 @@ class SampleConfig:
     seed: int = flag(0, "seed; each batch's generator derives from (seed, batch index)")
     device: Literal["auto", "cpu", "cuda"] = flag("auto", "sampling device")
     vae: str | None = flag(None, "VAE name or folder; none: the run config's (pixel space if it has none)")
-    image_size: int | None = flag(None, "image side; none: the run config's, or model input size x VAE downsampling")
+    image_size: int | None = flag(None, "image side, a check only: it must equal model input size x VAE downsampling")
     progress: bool = flag(True, "show a progress bar per batch on rank 0")
 
     def __post_init__(self) -> None:
@@ -142,12 +142,16 @@ def main(argv: list[str] | None = None) -> Path:
     autoencoder = load_autoencoder(vae, channels=mc.in_channels).to(dist.device)
     if autoencoder.latent_channels != mc.in_channels:
         raise ValueError(f"the model takes {mc.in_channels} channels but the VAE {vae!r} makes {autoencoder.latent_channels}")
-    image_size = cfg.image_size or run.get("image_size") or mc.input_size * autoencoder.downsample
-    if image_size != mc.input_size * autoencoder.downsample:
+    # The model and the VAE fix the image size; --image-size and the run config can only confirm it.
+    image_size = mc.input_size * autoencoder.downsample
+    if cfg.image_size is not None and cfg.image_size != image_size:
         raise ValueError(
-            f"image size {image_size} does not match the model's input {mc.input_size} x the VAE's downsampling "
-            f"{autoencoder.downsample}"
+            f"--image-size {cfg.image_size} does not match the model's input {mc.input_size} x the VAE's "
+            f"downsampling {autoencoder.downsample} = {image_size}"
         )
+    if run.get("image_size") not in (None, image_size):
+        log.warning("the run config says image_size=%s; sampling %dx%d (model input x VAE downsampling)",
+                    run["image_size"], image_size, image_size)
     if cfg.cfg_scale != 1.0 and getattr(mc, "class_dropout_prob", 0.0) <= 0:
         raise ValueError(f"--cfg-scale {cfg.cfg_scale} needs a model trained with label dropout (it has no null class)")
     fixed_labels = parse_labels(cfg.labels, mc.num_classes)

@@ -88,6 +88,30 @@ def test_sample_is_seeded_and_batch_split_independent(fake_run: Path, tmp_path: 
     assert np.array_equal(load(a), load(b)) and not np.array_equal(load(a), load(c))
 
 
+def test_sample_latent_run_decodes_with_the_run_vae(tmp_path: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+    )
+    vae.save_pretrained(tmp_path / "vae")
+    model = MaskedDiffusionTransformer.from_preset(
+        "MDTv2-S/4", input_size=8, in_channels=4, num_classes=3, depth=2, hidden_size=32, num_heads=2, decode_layer=1
+    )
+    ckpt = tmp_path / "run" / "checkpoints" / "0000001"
+    model.save_pretrained(ckpt)
+    shutil.copy(ckpt / "model.safetensors", ckpt / "ema.safetensors")
+    # A stale image_size in the run config only warns: the model and the VAE decide.
+    write_json(tmp_path / "run" / "config.json", {"vae": str(tmp_path / "vae"), "image_size": 256, "num_classes": 3})
+    out = load_recipe("sample").main(["--ckpt", str(ckpt), "--num-samples", "2", "--sampler", "ddim", "--steps", "2",
+                                      "--cfg-scale", "3", "--guided-channels", "3", "--device", "cpu", "--no-progress"])
+    with np.load(out / "samples.npz", allow_pickle=False) as f:
+        assert f["arr_0"].shape == (2, 16, 16, 3) and f["arr_1"].shape == (2,)
+    assert Image.open(out / "grid.png").mode == "RGB"
+
+
 def test_sample_rejects_bad_flags(fake_run: Path) -> None:
     recipe = load_recipe("sample")
     ckpt = str(fake_run / "checkpoints" / "0000100")
@@ -95,7 +119,7 @@ def test_sample_rejects_bad_flags(fake_run: Path) -> None:
         recipe.main(["--ckpt", ckpt, "--labels", "3,12", "--device", "cpu"])
     with pytest.raises(ValueError, match="num-samples"):
         recipe.main(["--ckpt", ckpt, "--num-samples", "0", "--device", "cpu"])
-    with pytest.raises(ValueError, match="image size 32"):
+    with pytest.raises(ValueError, match="--image-size 32"):
         recipe.main(["--ckpt", ckpt, "--image-size", "32", "--device", "cpu", "--num-samples", "1"])
 
 
