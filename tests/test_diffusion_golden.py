@@ -170,4 +170,7 @@ def test_schedule_and_respacing_golden_numbers():
     assert space_timesteps(1000, "ddim50")[:3] == [0, 20, 40]
     assert space_timesteps(300, "10,15,20")[:3] == [0, 11, 22]
     assert space_timesteps(1000, "250")[:4] == [0, 4, 8, 12] and space_timesteps(1000, "250")[-1] == 999
-    assert create_diffusion("250").num_timesteps == 250
+    d250 = create_diffusion("250")
+    assert d250.num_timesteps == 250 and d250.original_num_steps == 1000
+    assert d250.use_timesteps == set(space_timesteps(1000, "250"))
+    assert create_diffusion("ddim50").original_num_steps == 1000

@@ -69,4 +69,5 @@ def create_diffusion(
         loss_type=loss_type,
         snr_gamma=snr_gamma,
         timestep_map=timestep_map,
+        original_num_steps=diffusion_steps,
     )

@@ -38,6 +38,7 @@ class GaussianDiffusion(GaussianProcess):
         loss_type: one of :data:`~mdtblocks.diffusion.LOSS_TYPES`.
         snr_gamma: min-SNR-gamma weighting of the mse term, or ``None`` for none.
         timestep_map: ``(T,)`` original step of each step of this process; identity if ``None``.
+        original_num_steps: steps of the original process (default: the last mapped step + 1).
 
     Attributes:
         check_values: also validate the values of accelerator timesteps (costs a host

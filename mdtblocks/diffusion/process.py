@@ -62,6 +62,7 @@ class GaussianProcess:
         loss_type: one of :data:`LOSS_TYPES`.
         snr_gamma: min-SNR-gamma weighting of the mse term, or ``None`` for none.
         timestep_map: ``(T,)`` original step of each step of this process; identity if ``None``.
+        original_num_steps: steps of the original process (default: the last mapped step + 1).
 
     Attributes:
         check_values: also validate the values of accelerator timesteps (costs a host
@@ -77,6 +78,7 @@ class GaussianProcess:
         loss_type: str = "mse",
         snr_gamma: float | int | None = None,
         timestep_map: Int[Tensor, "T"] | None = None,
+        original_num_steps: int | None = None,
     ) -> None:
         betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
         if betas.ndim != 1 or betas.numel() == 0:
@@ -100,6 +102,10 @@ class GaussianProcess:
             raise ValueError(
                 f"timestep_map has shape {tuple(self.timestep_map.shape)}, expected ({self.num_timesteps},)"
             )
+        last = int(self.timestep_map.max()) + 1
+        self.original_num_steps = last if original_num_steps is None else int(original_num_steps)
+        if self.original_num_steps < last:
+            raise ValueError(f"original_num_steps {self.original_num_steps} is below the mapped step {last - 1}")
 
         ab = torch.cumprod(1.0 - betas, dim=0)
         one = torch.ones(1, dtype=torch.float64)
@@ -136,6 +142,11 @@ class GaussianProcess:
             f"{type(self).__name__}(num_timesteps={self.num_timesteps}, predict={self.predict!r}, "
             f"variance_type={self.variance_type!r}, loss_type={self.loss_type!r}, snr_gamma={self.snr_gamma})"
         )
+
+    @property
+    def use_timesteps(self) -> set[int]:
+        """The original steps this process visits (the official attribute)."""
+        return set(self.timestep_map.tolist())
 
     @property
     def learn_sigma(self) -> bool:
