@@ -20,7 +20,9 @@ from .relative_bias import RelativePositionBias
 __all__ = ["AttentionBackend", "BACKENDS", "attention", "SelfAttention"]
 
 AttentionBackend = Literal["sdpa", "xformers", "math"]
+"""Name of an attention kernel: ``"sdpa"`` (default), ``"xformers"`` (CUDA, optional extra) or ``"math"`` (reference)."""
 BACKENDS: tuple[str, ...] = ("sdpa", "xformers", "math")
+"""Every accepted :data:`AttentionBackend` name."""
 
 
 def _math(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:

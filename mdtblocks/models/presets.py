@@ -13,6 +13,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "L": (24, 1024, 16),
     "XL": (28, 1152, 16),
 }
+"""Size letter -> ``(depth, hidden_size, num_heads)``, shared by all three families."""
 
 # family -> (model class name, extra fields; decode_layer may depend on size).
 # MDTv2 decode_layer: 6 for S and B, 4 for L and XL, as in the official training scripts.
@@ -30,6 +31,7 @@ FAMILIES: dict[str, tuple[str, Any]] = {
         },
     ),
 }
+"""Family -> (model class name, function of the size letter giving the family's extra config fields)."""
 
 
 def _build() -> dict[str, tuple[str, dict[str, Any]]]:
