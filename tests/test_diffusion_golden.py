@@ -174,3 +174,28 @@ def test_schedule_and_respacing_golden_numbers():
     assert d250.num_timesteps == 250 and d250.original_num_steps == 1000
     assert d250.use_timesteps == set(space_timesteps(1000, "250"))
     assert create_diffusion("ddim50").original_num_steps == 1000
+
+
+def test_bpd_loop_terms_and_prior():
+    # A perfect model at every step: the bound is finite, the prior term matches its closed form,
+    # and with an exact x0 estimate the per-step mse vanishes.
+    d = create_diffusion("20", learn_sigma=False, sigma_small=True)
+    x0 = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ab = d.alphas_cumprod.float()
+
+    def oracle(x, t, **kwargs):
+        i = torch.searchsorted(d.timestep_map, t)
+        a = ab[i].sqrt().view(-1, 1, 1, 1)
+        return (x - a * x0) / (1 - ab[i]).sqrt().view(-1, 1, 1, 1)
+
+    out = d.calc_bpd_loop(oracle, x0, clip_denoised=False, generator=torch.Generator().manual_seed(1))
+    assert out["vb"].shape == (2, 20) and out["mse"].shape == (2, 20)
+    assert torch.isfinite(out["total_bpd"]).all()
+    assert float(out["xstart_mse"].max()) < 1e-8
+    # With the true x0 and the posterior variance every KL term is 0; only the decoder term remains.
+    assert float(out["vb"][:, 1:].abs().max()) < 1e-4
+    ab_last = float(d.alphas_cumprod[-1])
+    mean, var = ab_last**0.5 * x0.double(), 1 - ab_last
+    prior = (0.5 * (-1 - math.log(var) + var + mean**2)).mean(dim=(1, 2, 3)) / math.log(2)
+    torch.testing.assert_close(out["prior_bpd"].double(), prior, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(out["total_bpd"], out["vb"].sum(1) + out["prior_bpd"])

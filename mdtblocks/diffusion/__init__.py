@@ -1,5 +1,6 @@
 """The diffusion process: schedules, respacing, the Gaussian process, losses and weightings."""
 
+from .bpd import calc_bpd_loop, prior_bpd
 from .factory import create_diffusion
 from .gaussian import GaussianDiffusion
 from .likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_kl
@@ -31,6 +32,8 @@ __all__ = [
     "training_losses",
     "losses_from_output",
     "vb_terms_bpd",
+    "calc_bpd_loop",
+    "prior_bpd",
     "normal_kl",
     "discretized_gaussian_log_likelihood",
     "mean_flat",

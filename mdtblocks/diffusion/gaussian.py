@@ -463,3 +463,38 @@ class GaussianDiffusion(GaussianProcess):
 
         out = self.p_mean_variance(model, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
         return {"output": losses.vb_terms_bpd(self, out, x_start, x_t, t), "pred_xstart": out["pred_xstart"]}
+
+    def _prior_bpd(self, x_start: Image) -> Float[Tensor, "b"]:
+        """Prior term of the variational bound in bits per dimension (official name)."""
+        from . import bpd
+
+        return bpd.prior_bpd(self, x_start)
+
+    def calc_bpd_loop(
+        self,
+        model: Model,
+        x_start: Image,
+        clip_denoised: bool = True,
+        model_kwargs: dict[str, Any] | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> dict[str, Tensor]:
+        """The whole variational bound of ``x_start`` (see :func:`~mdtblocks.diffusion.calc_bpd_loop`).
+
+        Args:
+            model: the denoiser.
+            x_start: clean data in ``[-1, 1]``.
+            clip_denoised: clamp ``x_0`` estimates to ``[-1, 1]``.
+            model_kwargs: extra model arguments.
+            generator: source of the noise of each step.
+            progress: show a tqdm progress bar.
+
+        Returns:
+            ``"total_bpd"``, ``"prior_bpd"`` ``(b,)`` and ``"vb"``, ``"xstart_mse"``, ``"mse"`` ``(b, T)``.
+        """
+        from . import bpd
+
+        return bpd.calc_bpd_loop(
+            self, model, x_start, clip_denoised, model_kwargs, generator=generator, progress=progress
+        )
