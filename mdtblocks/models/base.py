@@ -65,12 +65,12 @@ class DiffusionBackbone(nn.Module):
         return cls(config_from_dict(cls.config_class, fields))
 
     def reset_parameters(self) -> None:
-        """Official initialisation: sin-cos position tables, Xavier linears, adaLN-Zero."""
-        for module in self.modules():
-            if module is not self and hasattr(module, "reset_parameters") and not isinstance(
-                module, (nn.Linear, nn.Conv2d, nn.Embedding, nn.LayerNorm)
-            ):
-                module.reset_parameters()
+        """Official initialisation: sin-cos position table, Xavier linears, adaLN-Zero.
+
+        Each block initialises itself; subclasses extend this for their token mixers.
+        """
+        for part in (self.x_embedder, self.t_embedder, self.y_embedder, self.final_layer):
+            part.reset_parameters()
         self.pos_embed.data.copy_(sincos_2d(self.config.hidden_size, self.config.grid).unsqueeze(0))
 
     # --- forward pieces -----------------------------------------------------------------

@@ -36,6 +36,12 @@ class DiT(DiffusionBackbone):
         self.mask_sampler = None
         self.reset_parameters()
 
+    def reset_parameters(self) -> None:
+        """Official initialisation (fixed sin-cos positions, Xavier linears, adaLN-Zero)."""
+        super().reset_parameters()
+        for block in self.blocks:
+            block.reset_parameters()
+
     def forward(
         self,
         x: Float[Tensor, "b c hh ww"],

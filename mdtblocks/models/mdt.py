@@ -63,6 +63,9 @@ class MaskedDiffusionTransformer(DiffusionBackbone):
     def reset_parameters(self) -> None:
         """Official initialisation (sin-cos tables for both position embeddings)."""
         super().reset_parameters()
+        for block in (*self.encoder, *self.decoder):
+            block.reset_parameters()
+        self.side_interpolater.reset_parameters()
         self.decoder_pos_embed.data.copy_(sincos_2d(self.config.hidden_size, self.config.grid).unsqueeze(0))
 
     def encode(
