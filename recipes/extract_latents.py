@@ -5,21 +5,27 @@ Usage::
     python recipes/extract_latents.py --data /data/imagenet/train --out latents/in256 \\
         --vae stabilityai/sd-vae-ft-ema --image-size 256
 
-then train with ``--latents latents/in256``. With no ``--data`` the built-in
-digits dataset (RGB, upscaled) is encoded, which is only useful for tests.
+    torchrun --nproc-per-node 8 recipes/extract_latents.py --data /data/imagenet/train --out latents/in256
+
+then train with ``--latents latents/in256``. Under torchrun each process encodes a
+contiguous part of the (sorted) files with its own posterior noise stream, seeded
+from ``(--seed, rank)``; rank 0 writes ``meta.json`` when all are done. With no
+``--data`` the built-in digits dataset (RGB, upscaled) is encoded, which is only useful for tests.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
-from mdtblocks.data import DEFAULT_VAE, DigitsDataset, ImageFolderDataset, encode_dataset, load_autoencoder
-from mdtblocks.training import resolve_device
+from mdtblocks.data import DEFAULT_VAE, DigitsDataset, ImageFolderDataset, encode_dataset, load_autoencoder, merge_parts
+from mdtblocks.io import read_json
+from mdtblocks.training import derive_seed, setup_distributed
 from mdtblocks.training.recipe import flag, parse_flags
 
 
@@ -57,15 +63,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         The cache's metadata (as written to ``OUT/meta.json``).
     """
     cfg = ExtractConfig(**parse_flags(ExtractConfig, argv, description=__doc__))
-    device = resolve_device(cfg.device)
+    dist = setup_distributed(cfg.device)
     if cfg.data is None:
         dataset = DigitsDataset(image_size=cfg.image_size, channels=3, flip=False)
     else:
         dataset = ImageFolderDataset(cfg.data, cfg.image_size, flip=False)
-    autoencoder = load_autoencoder(cfg.vae).to(device)
+    autoencoder = load_autoencoder(cfg.vae).to(dist.device)
     if cfg.image_size % autoencoder.downsample:
         raise ValueError(f"--image-size {cfg.image_size} is not divisible by the VAE's downsampling {autoencoder.downsample}")
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    generator = torch.Generator(device=dist.device).manual_seed(derive_seed(cfg.seed, "extract", dist.rank))
     start = time.perf_counter()
     meta = encode_dataset(
         dataset,
@@ -73,17 +79,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cfg.out,
         batch_size=cfg.batch_size,
         generator=generator,
-        device=device,
+        device=dist.device,
         num_workers=cfg.num_workers,
         shard_size=cfg.shard_size,
-        extra_meta={"image_size": cfg.image_size, "data": cfg.data, "seed": cfg.seed},
+        rank=dist.rank,
+        world_size=dist.world_size,
+        extra_meta={"image_size": cfg.image_size, "data": cfg.data, "seed": cfg.seed, "world_size": dist.world_size},
     )
-    print(
-        f"encoded {meta['num_images']} images (x2 flips) of {meta['num_classes']} classes to {cfg.out} "
-        f"in {time.perf_counter() - start:.1f}s; latent shape {tuple(meta['latent_shape'])}, "
-        f"scale {meta['scale_factor']}; skipped {meta['num_skipped']} unreadable files",
-        file=sys.stderr,
-    )
+    if dist.enabled:
+        dist.barrier()
+        if dist.is_main:
+            meta = merge_parts(cfg.out, dist.world_size)
+        dist.barrier()
+        meta = read_json(Path(cfg.out) / "meta.json")
+    if dist.is_main:
+        print(
+            f"encoded {meta['num_images']} images (x2 flips) of {meta['num_classes']} classes to {cfg.out} "
+            f"in {time.perf_counter() - start:.1f}s on {dist.world_size} process(es); latent shape "
+            f"{tuple(meta['latent_shape'])}, scale {meta['scale_factor']}; skipped {meta['num_skipped']} unreadable files",
+            file=sys.stderr,
+        )
+    dist.close()
     return meta
 
 

@@ -4,7 +4,7 @@ from .autoencoder import DEFAULT_VAE, Autoencoder, KLAutoencoder, PixelSpace, lo
 from .digits import DigitsDataset
 from .grid import save_image_grid
 from .image_folder import IMAGE_EXTENSIONS, ImageFolderDataset, list_image_folder
-from .latents import LATENT_FORMAT, LatentDataset, LatentWriter, encode_dataset
+from .latents import LATENT_FORMAT, LatentDataset, LatentWriter, encode_dataset, merge_parts, write_meta
 from .sampler import ResumableSampler
 from .transforms import center_crop, pil_to_tensor, to_uint8
 
@@ -23,6 +23,8 @@ __all__ = [
     "LatentDataset",
     "LatentWriter",
     "encode_dataset",
+    "merge_parts",
+    "write_meta",
     "ResumableSampler",
     "center_crop",
     "pil_to_tensor",

@@ -2,21 +2,22 @@
 
 Layout of a cache folder (what ``recipes/extract_latents.py`` writes)::
 
-    meta.json             format, latent_shape, scale_factor, vae, num_classes, classes, shards, ...
-    labels.npy            int64 (num_images,)
-    shard-00000.npy       float32 (count, 2, c, h, w): [:, 0] the image's latent, [:, 1] its mirror's
-    shard-00001.npy       ...
+    meta.json                   format, latent_shape, scale_factor, vae, num_classes, classes, shards, ...
+    shard-r00000-00000.npy      float32 (count, 2, c, h, w): [:, 0] the image's latent, [:, 1] its mirror's
+    shard-r00000-00000-labels.npy   int64 (count,)
+    shard-r00000-00001.npy      ...
 
-Plain ``.npy`` files are memory-mapped (``allow_pickle=False``), so an ImageNet-size
-cache needs no RAM and loading never runs pickled code. ``meta.json`` is written
-last: a folder without it is an unfinished extraction.
+``rNNNNN`` is the rank that wrote the shard (several processes encode disjoint
+parts under torchrun). Plain ``.npy`` files are memory-mapped
+(``allow_pickle=False``), so an ImageNet-size cache needs no RAM and loading never
+runs pickled code. ``meta.json`` is written last: a folder without it is an
+unfinished extraction.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..io import atomic_write, read_json, write_json
 from .autoencoder import Autoencoder
 
-__all__ = ["LATENT_FORMAT", "LatentDataset", "LatentWriter", "encode_dataset"]
+__all__ = ["LATENT_FORMAT", "LatentDataset", "LatentWriter", "write_meta", "encode_dataset", "merge_parts"]
 
 LATENT_FORMAT = "mdtblocks-latents-v1"
 """Value of ``meta.json["format"]`` for caches this module reads and writes."""
@@ -46,19 +47,21 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 @dataclass
 class LatentWriter:
-    """Accumulate latents and write them in fixed-size shards, then the labels and ``meta.json``.
+    """Accumulate latents and write them in fixed-size shards (each with its labels).
 
     Args:
         root: output folder (created).
         shard_size: images per shard file.
+        prefix: shard file name prefix (distinct per rank when several processes write).
     """
 
     root: Path
     shard_size: int = 4096
+    prefix: str = "shard-r00000-"
     _buffer: list[np.ndarray] = field(default_factory=list, repr=False)
-    _buffered: int = 0
     _labels: list[np.ndarray] = field(default_factory=list, repr=False)
-    _shards: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    _buffered: int = 0
+    shards: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -83,46 +86,57 @@ class LatentWriter:
         """
         pair = torch.stack([latents, mirrored], dim=1).float().cpu().numpy()  # (b, 2, c, h, w)
         self._buffer.append(pair)
-        self._buffered += len(pair)
         self._labels.append(labels.cpu().numpy().astype(np.int64))
+        self._buffered += len(pair)
         while self._buffered >= self.shard_size:
             self._flush(self.shard_size)
 
     def _flush(self, count: int) -> None:
-        data = np.concatenate(self._buffer)
-        name = f"shard-{len(self._shards):05d}.npy"
-        _save_npy(self.root / name, np.ascontiguousarray(data[:count]))
-        self._shards.append({"file": name, "count": int(count)})
-        rest = data[count:]
-        self._buffer = [rest] if len(rest) else []
-        self._buffered = len(rest)
+        data, labels = np.concatenate(self._buffer), np.concatenate(self._labels)
+        stem = f"{self.prefix}{len(self.shards):05d}"
+        _save_npy(self.root / f"{stem}.npy", np.ascontiguousarray(data[:count]))
+        _save_npy(self.root / f"{stem}-labels.npy", np.ascontiguousarray(labels[:count]))
+        self.shards.append({"file": f"{stem}.npy", "labels": f"{stem}-labels.npy", "count": int(count)})
+        self._buffer = [data[count:]] if len(data) > count else []
+        self._labels = [labels[count:]] if len(labels) > count else []
+        self._buffered = len(data) - count
 
-    def finish(self, **meta: Any) -> dict[str, Any]:
-        """Write the last shard, ``labels.npy`` and ``meta.json``.
-
-        Args:
-            **meta: fields recorded in ``meta.json`` (``scale_factor``, ``vae``, ``num_classes``, ...).
+    def close(self) -> list[dict[str, Any]]:
+        """Write the last, partial shard.
 
         Returns:
-            The metadata written.
+            One ``{"file", "labels", "count"}`` entry per shard written, in order.
         """
         if self._buffered:
             self._flush(self._buffered)
-        if not self._shards:
-            raise ValueError("no latents were added; nothing to write")
-        labels = np.concatenate(self._labels)
-        _save_npy(self.root / "labels.npy", labels)
-        first = np.load(self.root / self._shards[0]["file"], mmap_mode="r", allow_pickle=False)
-        full = {
-            **meta,
-            "format": LATENT_FORMAT,
-            "latent_shape": list(first.shape[2:]),
-            "num_images": int(len(labels)),
-            "dtype": str(first.dtype),
-            "shards": self._shards,
-        }
-        write_json(self.root / "meta.json", full)
-        return full
+        return self.shards
+
+
+def write_meta(root: str | os.PathLike, shards: list[dict[str, Any]], **meta: Any) -> dict[str, Any]:
+    """Finish a cache: write ``meta.json`` listing ``shards`` (which completes the folder).
+
+    Args:
+        root: the cache folder.
+        shards: shard entries from :meth:`LatentWriter.close`, in dataset order.
+        **meta: fields recorded as well (``scale_factor``, ``vae``, ``num_classes``, ...).
+
+    Returns:
+        The metadata written.
+    """
+    root = Path(root)
+    if not shards:
+        raise ValueError(f"no latents were written to {str(root)!r} (no readable images?)")
+    first = np.load(root / shards[0]["file"], mmap_mode="r", allow_pickle=False)
+    full = {
+        **meta,
+        "format": LATENT_FORMAT,
+        "latent_shape": list(first.shape[2:]),
+        "num_images": int(sum(s["count"] for s in shards)),
+        "dtype": str(first.dtype),
+        "shards": shards,
+    }
+    write_json(root / "meta.json", full)
+    return full
 
 
 class LatentDataset(Dataset):
@@ -165,9 +179,11 @@ class LatentDataset(Dataset):
         self._starts = np.cumsum([0] + [int(s["count"]) for s in self.meta["shards"]]).tolist()
         if self._starts[-1] != self.num_images:
             raise ValueError(f"{str(meta_path)!r}: shards hold {self._starts[-1]} images but num_images is {self.num_images}")
-        self.labels = np.load(self.root / "labels.npy", allow_pickle=False)
+        self.labels = np.concatenate(
+            [np.load(self.root / s["labels"], allow_pickle=False) for s in self.meta["shards"]]
+        ).astype(np.int64)
         if self.labels.shape != (self.num_images,):
-            raise ValueError(f"labels.npy has shape {self.labels.shape}, expected ({self.num_images},)")
+            raise ValueError(f"{str(self.root)!r}: the shards hold {len(self.labels)} labels for {self.num_images} images")
         self._maps: dict[int, np.ndarray] = {}  # opened lazily, so each DataLoader worker maps its own
 
     def __len__(self) -> int:
@@ -191,15 +207,17 @@ class LatentDataset(Dataset):
 
 
 class _ReadableImages(Dataset):
-    """Each file of an image dataset once (no flip), with a flag instead of a substitute when unreadable."""
+    """Chosen files of an image dataset (no flip), with a flag instead of a substitute when unreadable."""
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset, indices: range) -> None:
         self.dataset = dataset
+        self.indices = indices
 
     def __len__(self) -> int:
-        return self.dataset.num_images
+        return len(self.indices)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int, bool]:
+    def __getitem__(self, position: int) -> tuple[Tensor, int, bool]:
+        index = self.indices[position]
         load = getattr(self.dataset, "load", None)
         if load is None:
             x, y = self.dataset[index]
@@ -211,11 +229,8 @@ class _ReadableImages(Dataset):
         return x, self.dataset.label(index), True
 
 
-def _batches(dataset: Dataset, batch_size: int, num_workers: int) -> Iterator[tuple[Tensor, Tensor]]:
-    loader = DataLoader(_ReadableImages(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    for x, y, ok in loader:
-        if ok.any():
-            yield x[ok], y[ok]
+def _part_path(root: Path, rank: int) -> Path:
+    return root / f"part-r{rank:05d}.json"
 
 
 def encode_dataset(
@@ -228,6 +243,8 @@ def encode_dataset(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     shard_size: int = 4096,
+    rank: int = 0,
+    world_size: int = 1,
     extra_meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Encode every readable image of ``dataset`` and its mirror into a latent cache at ``out``.
@@ -236,31 +253,69 @@ def encode_dataset(
     one posterior sample each, so training needs no VAE at all. Unreadable files
     are left out (``meta["num_skipped"]`` counts them).
 
+    With ``world_size > 1`` rank ``r`` encodes the contiguous ``r``-th part of the
+    files and records its shards in ``part-rNNNNN.json``; once every rank is done
+    (a barrier), rank 0 calls :func:`merge_parts` to write ``meta.json``.
+
     Args:
         dataset: an :class:`ImageFolderDataset` or :class:`DigitsDataset` (its
             ``flip`` setting is ignored: both orientations are always stored).
         autoencoder: from :func:`load_autoencoder`, already on ``device``.
         out: new cache folder.
         batch_size: images per encoder call (each call also encodes the mirrors).
-        generator: posterior noise source on ``device``; one stream for the whole run.
+        generator: posterior noise source on ``device``; one stream for this rank.
         device: where the images are encoded.
         num_workers: DataLoader worker processes for decoding the images.
         shard_size: images per shard file.
+        rank: this process's rank.
+        world_size: number of processes encoding parts of the dataset.
         extra_meta: more fields to record in ``meta.json`` (e.g. the image size).
 
     Returns:
-        The metadata written to ``meta.json``.
+        The metadata written to ``meta.json`` (one process), or this rank's part record.
     """
-    writer = LatentWriter(Path(out), shard_size=shard_size)
-    for x, y in _batches(dataset, batch_size, num_workers):
-        x = x.to(device)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    root = Path(out)
+    n = dataset.num_images
+    part = range(rank * n // world_size, (rank + 1) * n // world_size)  # contiguous: the cache keeps file order
+    writer = LatentWriter(root, shard_size=shard_size, prefix=f"shard-r{rank:05d}-")
+    loader = DataLoader(_ReadableImages(dataset, part), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    for x, y, ok in loader:
+        if not ok.any():
+            continue
+        x = x[ok].to(device)
         z = autoencoder.encode(torch.cat([x, x.flip(-1)]), generator=generator)
-        writer.add(z[: len(x)], z[len(x) :], y)
-    return writer.finish(
+        writer.add(z[: len(x)], z[len(x) :], y[ok])
+    meta = {
         **(extra_meta or {}),
-        scale_factor=float(autoencoder.scale),
-        vae=getattr(autoencoder, "name", None),
-        num_classes=int(dataset.num_classes),
-        classes=list(dataset.classes),
-        num_skipped=int(getattr(dataset, "num_skipped", 0)),
-    )
+        "scale_factor": float(autoencoder.scale),
+        "vae": getattr(autoencoder, "name", None),
+        "num_classes": int(dataset.num_classes),
+        "classes": list(dataset.classes),
+    }
+    record = {"rank": rank, "shards": writer.close(), "num_skipped": int(getattr(dataset, "num_skipped", 0)), "meta": meta}
+    if world_size == 1:
+        return write_meta(root, record["shards"], **meta, num_skipped=record["num_skipped"])
+    write_json(_part_path(root, rank), record)
+    return record
+
+
+def merge_parts(out: str | os.PathLike, world_size: int) -> dict[str, Any]:
+    """Write ``meta.json`` of a cache encoded by ``world_size`` processes (rank 0, after a barrier).
+
+    Args:
+        out: the cache folder.
+        world_size: number of processes that wrote ``part-rNNNNN.json`` records.
+
+    Returns:
+        The metadata written.
+    """
+    root = Path(out)
+    records = [read_json(_part_path(root, r)) for r in range(world_size)]
+    shards = [s for rec in records for s in rec["shards"]]
+    skipped = sum(int(rec["num_skipped"]) for rec in records)
+    meta = write_meta(root, shards, **records[0]["meta"], num_skipped=skipped)
+    for r in range(world_size):
+        _part_path(root, r).unlink()
+    return meta
