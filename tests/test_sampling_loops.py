@@ -13,7 +13,7 @@ from mdtblocks.sampling import SAMPLERS, sample
 def test_sample_official_checkpoint_with_guidance(sampler, official_model):
     model = official_model("mdtv2")
     labels = torch.tensor([1, 7])
-    kwargs = dict(sampler=sampler, num_steps=5, cfg_scale=4.0, scale_pow=4.0, guided_channels=3)
+    kwargs = dict(sampler=sampler, num_steps=3, cfg_scale=4.0, scale_pow=4.0, guided_channels=3)
     a = sample(model, labels, generator=torch.Generator().manual_seed(0), **kwargs)
     b = sample(model, labels, generator=torch.Generator().manual_seed(0), **kwargs)
     c = sample(model, labels, generator=torch.Generator().manual_seed(0), **{**kwargs, "cfg_scale": 1.0})
