@@ -56,6 +56,7 @@ def test_p_mean_variance_match_official(arch, conformance_inputs, conformance_re
     out = diffusion.p_mean_variance(
         fixed_output(ref["loss_model_output"]), conformance_inputs["x"], ref["pmv_t"], clip_denoised=False
     )
+    assert set(out) == {"mean", "variance", "log_variance", "pred_xstart"}
     for key in ("mean", "variance", "log_variance", "pred_xstart"):
         err = rel_err(out[key], ref[f"pmv_{key}"])
         assert err < TOL, f"{arch} pmv_{key}: relative error {err:.2e}"

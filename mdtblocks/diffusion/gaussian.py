@@ -66,8 +66,8 @@ class GaussianDiffusion(GaussianProcess):
             model_kwargs: extra model arguments (e.g. ``{"y": y}``).
 
         Returns:
-            ``"mean"``, ``"variance"``, ``"log_variance"``, ``"pred_xstart"`` (all shaped like
-            ``x``) and ``"model_output"`` (the raw output).
+            ``"mean"``, ``"variance"``, ``"log_variance"`` and ``"pred_xstart"``, all shaped like
+            ``x``, in fp32 (fp64 for fp64 ``x``).
         """
         self.check_timesteps(t, x.shape[0])
         output = model(x, self.model_timesteps(t), **(model_kwargs or {}))
@@ -118,13 +118,7 @@ class GaussianDiffusion(GaussianProcess):
         if clip_denoised:
             pred_xstart = pred_xstart.clamp(-1, 1)
         mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x, t)
-        return {
-            "mean": mean,
-            "variance": variance,
-            "log_variance": log_var,
-            "pred_xstart": pred_xstart,
-            "model_output": model_output,
-        }
+        return {"mean": mean, "variance": variance, "log_variance": log_var, "pred_xstart": pred_xstart}
 
     def p_sample(
         self,
