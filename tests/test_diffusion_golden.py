@@ -199,3 +199,29 @@ def test_bpd_loop_terms_and_prior():
     prior = (0.5 * (-1 - math.log(var) + var + mean**2)).mean(dim=(1, 2, 3)) / math.log(2)
     torch.testing.assert_close(out["prior_bpd"].double(), prior, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(out["total_bpd"], out["vb"].sum(1) + out["prior_bpd"])
+
+
+def test_kl_and_rescaled_loss_types():
+    x0 = torch.rand(2, 2, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    out = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([3, 60])
+    model = lambda *a, **k: out  # noqa: E731
+    base = create_diffusion("100").training_losses(model, x0, t, noise=noise)
+    kl = create_diffusion("100", use_kl=True).training_losses(model, x0, t, noise=noise)
+    assert set(kl) == {"loss"}
+    torch.testing.assert_close(kl["loss"], base["vb"] * 100)  # the vb term of the bound, times T
+    rescaled = create_diffusion("100", rescale_learned_sigmas=True).training_losses(model, x0, t, noise=noise)
+    torch.testing.assert_close(rescaled["vb"], base["vb"] * 0.1)  # T / 1000
+    torch.testing.assert_close(rescaled["mse"], base["mse"])
+
+
+def test_raw_learned_log_variance():
+    from mdtblocks.diffusion import GaussianDiffusion, linear_betas
+
+    d = GaussianDiffusion(linear_betas(1000), variance_type="learned")
+    x = torch.randn(2, 3, 4, 4)
+    log_var = torch.full((2, 3, 4, 4), -3.0)
+    out = d.p_mean_variance(lambda *a, **k: torch.cat([torch.zeros_like(x), log_var], 1), x, torch.tensor([5, 500]))
+    torch.testing.assert_close(out["log_variance"], log_var)
+    torch.testing.assert_close(out["variance"], log_var.exp())
