@@ -6,6 +6,9 @@ Snippet conventions (see docs/index.md, "About the code on this site"):
   page, inside a fresh temporary working directory;
 - a block right after a line ``<!-- skip: reason -->`` is shown but not run (downloads,
   GPUs, hours of compute);
+- a page may declare ``<!-- docs-test-setup: recipes/x.py --flag ... -->``: that recipe
+  runs first, in the same directory (e.g. a 2-step training run, so that the page's
+  snippets read a real run folder);
 - ``bash`` blocks are not run, but every ``--flag`` given to a ``recipes/*.py`` script
   must appear in that script's ``--help``.
 
@@ -41,6 +44,7 @@ PAGES = sorted(p for p in DOCS.rglob("*.md") if "hooks" not in p.parts)
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)[ \t]*(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$", re.M | re.S)
 SKIP = re.compile(r"<!--\s*skip:.*?-->\s*$")
+SETUP = re.compile(r"<!--\s*docs-test-setup:\s*(?P<script>recipes/\w+\.py)(?P<args>[^>]*?)\s*-->")
 
 # Official file names used in the docs -> conformance fixture with the same key layout.
 STAND_INS = {
@@ -99,13 +103,19 @@ for where, code in json.load(open(sys.argv[1])):
 def test_python_snippets_run(page: Path, tmp_path: Path) -> None:
     """Each page's python blocks run top to bottom, in a fresh working directory, without error."""
     write_stand_ins(tmp_path)
+    # One thread: the snippets use tiny models, and on a busy machine extra OpenMP
+    # threads spin against each other (a 250-step loop goes from 3 s to a minute).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    for m in SETUP.finditer(page.read_text()):
+        setup = subprocess.run(
+            [sys.executable, str(ROOT / m.group("script")), *m.group("args").split()],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert setup.returncode == 0, f"setup {m.group(0)} failed:\n{setup.stderr[-4000:]}"
     blocks = [
         (f"{page.relative_to(ROOT)}:{line}", code) for line, code, skipped in code_blocks(page, ("python", "py")) if not skipped
     ]
     (tmp_path / "blocks.json").write_text(json.dumps(blocks))
-    # One thread: the snippets use tiny models, and on a busy machine extra OpenMP
-    # threads spin against each other (a 250-step loop goes from 3 s to a minute).
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
         [sys.executable, "-c", RUNNER, "blocks.json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
     )

@@ -41,10 +41,18 @@ def _members(obj: Any) -> dict[str, Any]:
 
 
 def _canonical(obj: Any) -> str:
+    """Where ``obj`` is rendered: its definition, or its owner for an undocumented attribute.
+
+    Attributes without a docstring of their own (instance attributes described in the
+    class's ``Attributes:`` section) get no anchor; a reference to one points at the class.
+    """
     try:
-        return obj.final_target.path if obj.is_alias else obj.path
+        target = obj.final_target if obj.is_alias else obj
     except griffe.AliasResolutionError:
         return obj.target_path
+    if target.is_attribute and not target.docstring and target.parent is not None and target.parent.is_class:
+        return target.parent.path
+    return target.path
 
 
 def resolve_role(owner: Any, root: Any, target: str) -> str | None:
