@@ -9,7 +9,7 @@ package therefore appears in the site without touching the docs.
 
 from __future__ import annotations
 
-import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "mdtblocks"
 REFERENCE_DIR = "reference"
-
-log = logging.getLogger("mkdocs.hooks.api_reference")
 
 
 @dataclass(frozen=True)
@@ -52,9 +50,11 @@ def discover_modules(root: Path = ROOT, package: str = PACKAGE) -> list[ModulePa
     return [p for p in pages if p.module.rpartition(".")[0] in packages or p.module == package]
 
 
-def _first_line(obj: Any) -> str:
+def _summary(obj: Any) -> str:
+    """The first paragraph of ``obj``'s docstring, on one line (for a table cell)."""
     doc = obj.docstring.value.strip() if obj.docstring else ""
-    return doc.splitlines()[0].replace("|", "\\|") if doc else ""
+    paragraph = doc.split("\n\n", 1)[0]
+    return " ".join(paragraph.split()).replace("|", "\\|")
 
 
 def package_page(module: str, loaded: Any) -> str:
@@ -69,7 +69,7 @@ def package_page(module: str, loaded: Any) -> str:
             target = obj.target_path if obj.is_alias else obj.path
             if target.startswith(PACKAGE + "."):
                 real = obj.final_target if obj.is_alias else obj
-                lines.append(f"| [`{name}`][{target}] | {real.kind.value} | {_first_line(real)} |")
+                lines.append(f"| [`{name}`][{target}] | {real.kind.value} | {_summary(real)} |")
             else:
                 lines.append(f"| `{name}` | re-export of `{target}` | |")
         lines.append("")
@@ -85,7 +85,18 @@ def reference_pages(root: Path = ROOT) -> dict[str, str]:
     """``{page path: markdown}`` for the whole reference, plus its ``index.md`` overview."""
     import griffe  # installed with mkdocstrings[python]
 
-    loaded = griffe.load(PACKAGE, search_paths=[str(root)], resolve_aliases=True, resolve_external=False)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        from sphinx_roles import SphinxRoles  # the same role rewriting as the rendered docstrings
+    finally:
+        sys.path.pop(0)
+    loaded = griffe.load(
+        PACKAGE,
+        search_paths=[str(root)],
+        resolve_aliases=True,
+        resolve_external=False,
+        extensions=griffe.load_extensions(SphinxRoles()),
+    )
     modules = discover_modules(root)
     pages = {}
     for page in modules:
