@@ -41,10 +41,11 @@ def discover_modules(root: Path = ROOT, package: str = PACKAGE) -> list[ModulePa
     for path in sorted((root / package).rglob("*.py")):
         rel = path.relative_to(root).with_suffix("")
         parts = list(rel.parts)
-        if parts[-1] == "__init__":
-            pages.append(ModulePage(".".join(parts[:-1]), is_package=True))
-        elif not any(p.startswith("_") for p in parts) and "__pycache__" not in parts:
-            pages.append(ModulePage(".".join(parts), is_package=False))
+        is_package = parts[-1] == "__init__"
+        if is_package:
+            parts = parts[:-1]
+        if not any(p.startswith("_") for p in parts):
+            pages.append(ModulePage(".".join(parts), is_package=is_package))
     # Drop modules inside a folder that is not a package (no __init__.py).
     packages = {p.module for p in pages if p.is_package}
     return [p for p in pages if p.module.rpartition(".")[0] in packages or p.module == package]
