@@ -69,7 +69,7 @@ def test_builtin_default_runs_end_to_end(tmp_path: Path) -> None:
 
     config = json.loads((out / "config.json").read_text())
     assert config["vae"] is None and config["image_size"] == 16 and config["num_classes"] == 10
-    assert config["model_preset"] == "MDTv2-S/2" and config["model_overrides"]["depth"] == r.BUILTIN.depth
+    assert config["model_preset"] == r.BUILTIN.model and config["model_overrides"]["depth"] == r.BUILTIN.depth
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [rec["step"] for rec in lines] == [1, 2]
     assert all(torch.isfinite(torch.tensor(rec["loss"])) and rec["steps_per_s"] > 0 for rec in lines)

@@ -8,6 +8,7 @@ from typing import Literal
 __all__ = ["TrainConfig", "Precision"]
 
 Precision = Literal["fp32", "bf16"]
+"""Training precision: fp32 throughout, or the backbone forward under bf16 autocast."""
 
 
 @dataclass(frozen=True)

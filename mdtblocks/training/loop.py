@@ -6,6 +6,7 @@ optimizer factory) and never builds a model or an autoencoder itself; recipes do
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -178,24 +179,15 @@ def accumulate_gradients(
         r = randomness.rows(torch.arange(part.start, part.stop))
         sync = i == accum - 1
         with no_sync(net, enabled=not sync):
-            terms = objective(
-                forward, latents[part], y[part], generator=_UNUSED_GENERATOR, t=r.t, noise=r.noise, mask=r.mask
-            )
+            terms = objective(forward, latents[part], y[part], generator=None, t=r.t, noise=r.noise, mask=r.mask)
             loss = terms["loss"].mean() / accum
             loss.backward()
         total += loss.detach()
     return total
 
 
-# Every draw is passed in explicitly (t, noise, mask; labels dropped by the trainer);
-# the objective still requires a generator argument.
-_UNUSED_GENERATOR = torch.Generator()
-
-
 def no_sync(net: nn.Module, enabled: bool) -> Any:
     """DDP's ``no_sync`` (skip the gradient all-reduce) for all but the last micro batch."""
-    import contextlib
-
     if enabled and hasattr(net, "no_sync"):
         return net.no_sync()
     return contextlib.nullcontext()

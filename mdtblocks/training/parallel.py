@@ -23,6 +23,7 @@ from .distributed import Distributed
 __all__ = ["Strategy", "transformer_blocks", "enable_activation_checkpointing", "wrap_model", "full_state", "load_full_state"]
 
 Strategy = Literal["ddp", "fsdp"]
+"""Data parallelism over ranks: replicated weights (DDP) or sharded ones (FSDP ``fully_shard``)."""
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:

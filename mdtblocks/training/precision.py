@@ -36,6 +36,7 @@ class AutocastForward(nn.Module):
         self.precision = precision
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        """Call the wrapped network under autocast; the output is cast back to fp32."""
         with autocast(self.device, self.precision):
             out = self.module(*args, **kwargs)
         return out.float()

@@ -211,9 +211,11 @@ class CachedLatents(nn.Module):
         self.scale = vae.scale
 
     def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Return the cached latents unchanged (``generator`` unused)."""
         return images
 
     def decode(self, latents: Tensor) -> Tensor:
+        """Decode latents to images in [-1, 1] with the VAE."""
         return self.vae.decode(latents)
 
 
