@@ -7,9 +7,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from mdtblocks.data import DigitsDataset, ImageFolderDataset, center_crop, list_image_folder, save_image_grid, to_uint8
+from mdtblocks.data import (
+    DigitsDataset,
+    ImageFolderDataset,
+    center_crop,
+    list_image_folder,
+    pil_to_tensor,
+    save_image_grid,
+    to_uint8,
+)
 
 
 def write_image(path: Path, seed: int, size: tuple[int, int] = (40, 30)) -> np.ndarray:
@@ -133,3 +143,20 @@ def test_save_image_grid_and_uint8(tmp_path: Path) -> None:
     assert to_uint8(torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0]).reshape(1, 1, 1, 5)).flatten().tolist() == [0, 0, 127, 255, 255]
     gray = Image.open(save_image_grid(images[:, :1], tmp_path / "gray.png"))
     assert gray.mode == "L" and not list(tmp_path.glob(".*.tmp"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(w=st.integers(1, 300), h=st.integers(1, 300), size=st.integers(1, 64))
+def test_center_crop_always_gives_the_requested_square(w: int, h: int, size: int) -> None:
+    out = center_crop(Image.new("RGB", (w, h), (10, 20, 30)), size)
+    assert out.size == (size, size)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 1000))
+def test_uint8_roundtrip_through_tensor_is_exact(seed: int) -> None:
+    arr = np.random.default_rng(seed).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    x = pil_to_tensor(Image.fromarray(arr))
+    assert x.shape == (3, 5, 7) and x.min() >= -1 and x.max() <= 1
+    # ADM's truncating conversion loses at most one level; adding half a level first makes it exact.
+    assert np.array_equal(to_uint8((x + 0.5 / 127.5)[None])[0].numpy(), arr)
