@@ -43,3 +43,9 @@ def test_gradient_accumulation_matches_one_batch(one_process: Path, tmp_path: Pa
     load_recipe("mdtv2_imagenet256").main(FLAGS + ["--out", str(tmp_path), "--micro-batch-size", "2"])
     for name in ("model.safetensors", "ema.safetensors"):
         assert max_abs_diff(weights(one_process, name), weights(tmp_path / FINAL, name)) < 1e-5
+
+
+def test_activation_checkpointing_changes_nothing(one_process: Path, tmp_path: Path) -> None:
+    load_recipe("mdtv2_imagenet256").main(FLAGS + ["--out", str(tmp_path), "--activation-checkpointing"])
+    for name in ("model.safetensors", "ema.safetensors"):
+        assert max_abs_diff(weights(one_process, name), weights(tmp_path / FINAL, name)) < 1e-6
