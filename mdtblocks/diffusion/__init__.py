@@ -10,7 +10,7 @@ from .objective import MaskedDiffusionObjective
 from .parameterization import PREDICTIONS, check_prediction
 from .process import LOSS_TYPES, GaussianProcess
 from .respace import respace_betas, space_timesteps
-from .schedules import SCHEDULES, betas_for_alpha_bar, cosine_betas, linear_betas, named_betas
+from .schedules import SCHEDULES, TRAINING_STEPS, betas_for_alpha_bar, cosine_betas, linear_betas, named_betas
 from .variance import VARIANCE_TYPES
 from .weighting import min_snr_weight, snr
 
@@ -22,6 +22,7 @@ __all__ = [
     "LOSS_TYPES",
     "PREDICTIONS",
     "SCHEDULES",
+    "TRAINING_STEPS",
     "VARIANCE_TYPES",
     "space_timesteps",
     "respace_betas",

@@ -7,7 +7,7 @@ import torch
 from .gaussian import GaussianDiffusion
 from .parameterization import check_prediction
 from .respace import respace_betas, space_timesteps
-from .schedules import named_betas
+from .schedules import TRAINING_STEPS, named_betas
 
 __all__ = ["create_diffusion"]
 
@@ -15,7 +15,7 @@ __all__ = ["create_diffusion"]
 def create_diffusion(
     timestep_respacing: str | list[int] | None = "",
     noise_schedule: str = "linear",
-    diffusion_steps: int = 1000,
+    diffusion_steps: int = TRAINING_STEPS,
     learn_sigma: bool = True,
     predict: str = "epsilon",
     snr_gamma: float | int | None = None,

@@ -105,7 +105,7 @@ def losses_from_output(
             out = diffusion.p_mean_variance_from_output(frozen, x_t, t, clip_denoised=False)
             terms["vb"] = vb_terms_bpd(diffusion, out, x_start, x_t, t)
             if diffusion.loss_type == "rescaled_mse":
-                # Scaled by T / 1000 so that the vb term does not swamp the mse term.
+                # Scaled by T / 1000 so that the vb term does not swamp the mse term (improved DDPM).
                 terms["vb"] = terms["vb"] * (diffusion.num_timesteps / 1000.0)
 
         if diffusion.predict == "epsilon":

@@ -9,7 +9,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["SCHEDULES", "linear_betas", "cosine_betas", "betas_for_alpha_bar", "named_betas"]
+__all__ = ["SCHEDULES", "TRAINING_STEPS", "linear_betas", "cosine_betas", "betas_for_alpha_bar", "named_betas"]
+
+TRAINING_STEPS = 1000
+"""Steps of the training process of DDPM, ADM, DiT, MDT and MDTv2 (the default everywhere)."""
 
 SCHEDULES: tuple[str, ...] = ("linear", "cosine")
 """Names accepted by :func:`named_betas` (``"squaredcos_cap_v2"`` is an alias of ``"cosine"``)."""
@@ -35,7 +38,7 @@ def linear_betas(num_steps: int) -> Float[Tensor, "T"]:
     _check_steps(num_steps)
     if num_steps < 20:
         raise ValueError(f"the linear schedule needs at least 20 steps (its last beta is 20 / T), got {num_steps}")
-    scale = 1000.0 / num_steps
+    scale = 1000.0 / num_steps  # Ho et al. defined the betas for 1000 steps
     return torch.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=torch.float64)
 
 

@@ -10,11 +10,13 @@ import torch
 from jaxtyping import Float, Int, Shaped
 from torch import Tensor, nn
 
+from ..diffusion.schedules import TRAINING_STEPS
+
 __all__ = ["ClassifierFreeGuidance", "classifier_free_guidance", "power_cosine_scale"]
 
 
 def power_cosine_scale(
-    t: Shaped[Tensor, "b"], cfg_scale: float | int, scale_pow: float | int, diffusion_steps: int = 1000
+    t: Shaped[Tensor, "b"], cfg_scale: float | int, scale_pow: float | int, diffusion_steps: int = TRAINING_STEPS
 ) -> Float[Tensor, "b"]:
     """MDT's guidance schedule: ``1 + (cfg_scale - 1) (1 - cos(pi (1 - t / T)^scale_pow)) / 2``.
 
@@ -62,7 +64,7 @@ class ClassifierFreeGuidance(nn.Module):
         *,
         scale_pow: float | int | None = None,
         guided_channels: int | None = None,
-        diffusion_steps: int = 1000,
+        diffusion_steps: int = TRAINING_STEPS,
     ) -> None:
         super().__init__()
         if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not math.isfinite(cfg_scale):
@@ -136,7 +138,7 @@ def classifier_free_guidance(
     *,
     scale_pow: float | int | None = None,
     guided_channels: int | None = None,
-    diffusion_steps: int = 1000,
+    diffusion_steps: int = TRAINING_STEPS,
 ) -> ClassifierFreeGuidance:
     """Wrap ``model`` with classifier-free guidance for sampling (see :class:`ClassifierFreeGuidance`).
 

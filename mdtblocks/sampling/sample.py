@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..diffusion.factory import create_diffusion
 from ..diffusion.noise import gaussian_noise
+from ..diffusion.schedules import TRAINING_STEPS
 from .guidance import classifier_free_guidance
 from .schedulers import diffusers_sample_loop, make_scheduler
 
@@ -34,7 +35,7 @@ def sample(
     noise: Float[Tensor, "b c hh ww"] | None = None,
     progress: bool = False,
     noise_schedule: str = "linear",
-    diffusion_steps: int = 1000,
+    diffusion_steps: int = TRAINING_STEPS,
     predict: str = "epsilon",
 ) -> Float[Tensor, "b c hh ww"]:
     """Sample latents for ``labels`` from a DiT or MDT (e.g. a loaded official checkpoint).

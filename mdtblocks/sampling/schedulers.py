@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..diffusion.noise import gaussian_noise
 from ..diffusion.parameterization import check_prediction
-from ..diffusion.schedules import named_betas
+from ..diffusion.schedules import TRAINING_STEPS, named_betas
 
 __all__ = ["SCHEDULER_KINDS", "make_scheduler", "diffusers_sample_loop", "scheduler_model_output"]
 
@@ -28,7 +28,7 @@ def make_scheduler(
     kind: str,
     *,
     noise_schedule: str = "linear",
-    diffusion_steps: int = 1000,
+    diffusion_steps: int = TRAINING_STEPS,
     predict: str = "epsilon",
     learn_sigma: bool = True,
     **overrides: Any,
