@@ -114,3 +114,19 @@ def test_objective_needs_a_generator_for_what_it_draws(mdt):
     plan = plan_from_ids_keep(torch.arange(10).expand(3, 10), 16)
     out = objective(mdt, x, y, generator=None, t=torch.tensor([1, 2, 3]), noise=torch.zeros_like(x), mask=plan)
     assert out["loss"].shape == (3,)
+
+
+def test_training_path_reads_no_tensor_values():
+    # On the meta device every value read (item, int, bool) raises, so running the whole objective
+    # there proves it has no host sync: only the CPU generator's own draws are read.
+    meta = torch.device("meta")
+    model = MaskedDiffusionTransformer.from_preset("MDTv2-S/2", decode_layer=2, **SMALL).to(meta).train()
+    model.check_values = False  # the model's own input checks read labels; the trainer turns them off
+    x = torch.empty(3, 4, 8, 8, device=meta)
+    y = torch.zeros(3, dtype=torch.long, device=meta)
+    objective = MaskedDiffusionObjective(create_diffusion(snr_gamma=5.0))
+    out = objective(model, x, y, generator=torch.Generator().manual_seed(0))
+    assert out["loss"].device == meta and out["loss"].shape == (3,)
+    assert {"loss_masked", "vb_masked"} <= set(out)
+    with pytest.raises(Exception):
+        int(out["t"][0])  # meta tensors really cannot be read
