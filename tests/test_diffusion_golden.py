@@ -174,6 +174,7 @@ def test_schedule_and_respacing_golden_numbers():
     assert d250.num_timesteps == 250 and d250.original_num_steps == 1000
     assert d250.use_timesteps == set(space_timesteps(1000, "250"))
     assert create_diffusion("ddim50").original_num_steps == 1000
+    assert create_diffusion(250).use_timesteps == d250.use_timesteps
 
 
 def test_bpd_loop_terms_and_prior():

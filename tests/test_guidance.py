@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mdtblocks import classifier_free_guidance
 from mdtblocks.sampling import power_cosine_scale
@@ -106,3 +108,25 @@ def test_more_guided_channels_than_outputs_guides_all():
     b = classifier_free_guidance(fake_model, 2.0, guided_channels=2)(x, t, y)
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(a[0], torch.cat([x[0], -x[0]]) + 4.0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(cfg=st.floats(1.0, 10.0), power=st.floats(0.25, 8.0), steps=st.sampled_from([250, 1000]))
+def test_power_cosine_scale_is_monotone_between_one_and_cfg(cfg, power, steps):
+    t = torch.arange(steps + 1)
+    s = power_cosine_scale(t, cfg, power, steps)
+    assert bool((s >= 1 - 1e-5).all() and (s <= cfg + 1e-5).all())
+    assert bool((s[:-1] >= s[1:] - 1e-5).all())
+
+
+@settings(max_examples=20, deadline=None)
+@given(cfg=st.floats(-2.0, 8.0), seed=st.integers(0, 2**16))
+def test_guidance_is_the_affine_mix_of_both_passes(cfg, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 4, 2, 2, generator=g)
+    t, y = torch.randint(0, 1000, (6,), generator=g), torch.tensor([1, 2, 3, 0, 0, 0])
+    out = classifier_free_guidance(fake_model, cfg)(torch.cat([x, x]), t, y)
+    both = fake_model(torch.cat([x, x]), t, y)
+    cond, uncond = both[:3, :4], both[3:, :4]
+    torch.testing.assert_close(out[:3, :4], uncond + cfg * (cond - uncond))
+    torch.testing.assert_close(out[3:, :4], out[:3, :4])

@@ -13,7 +13,7 @@ __all__ = ["create_diffusion"]
 
 
 def create_diffusion(
-    timestep_respacing: str | list[int] | None = "",
+    timestep_respacing: str | int | list[int] | None = "",
     noise_schedule: str = "linear",
     diffusion_steps: int = TRAINING_STEPS,
     learn_sigma: bool = True,
@@ -32,7 +32,8 @@ def create_diffusion(
 
     Args:
         timestep_respacing: ``""`` or ``None`` for all steps, else see
-            :func:`~mdtblocks.diffusion.space_timesteps` (``"250"``, ``"ddim50"``, ``"10,15,20"``).
+            :func:`~mdtblocks.diffusion.space_timesteps` (``"250"``, ``"ddim50"``, ``"10,15,20"``);
+            an int ``N`` means ``"N"``.
         noise_schedule: ``"linear"`` or ``"cosine"``.
         diffusion_steps: steps ``T`` of the training process.
         learn_sigma: the model outputs learned-range variance channels; otherwise the
@@ -51,6 +52,8 @@ def create_diffusion(
     """
     predict = check_prediction(predict)
     betas = named_betas(noise_schedule, diffusion_steps)
+    if isinstance(timestep_respacing, int) and not isinstance(timestep_respacing, bool):
+        timestep_respacing = str(timestep_respacing)
     if timestep_respacing is None or timestep_respacing == "":
         timestep_respacing = [diffusion_steps]
     kept = space_timesteps(diffusion_steps, timestep_respacing)
