@@ -85,7 +85,8 @@ def train(
     device = dist.device
     per_rank, micro, accum = cfg.split(dist.world_size)
     model.to(device).train()
-    model.check_values = device.type != "cuda"  # value checks cost a host sync per forward on GPUs
+    # Value checks read tensors back: a host sync per forward on GPUs, a graph break under compile.
+    model.check_values = device.type != "cuda" and not cfg.compile
     ema = make_ema(model)
     model_config = model_config_json(model)  # before FSDP renames the class
     if cfg.activation_checkpointing:
@@ -119,13 +120,13 @@ def train(
         ).rows(rows)
         latents = encode(autoencoder, x, step_generator(cfg.seed, f"vae-rank{dist.rank}", step, device))
         y = torch.where(randomness.drop_label, model.config.num_classes, y)
-        loss = accumulate_gradients(net, forward, objective, latents, y, randomness, micro, accum)
+        losses = accumulate_gradients(net, forward, objective, latents, y, randomness, micro, accum)
         grad_norm = clip_gradients(model, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         update_ema(ema, model, cfg.ema_decay)
         step += 1
-        meter.add(loss=loss, grad_norm=grad_norm)
+        meter.add(**losses, grad_norm=grad_norm)
         bar.update(1)
 
         if step % cfg.log_every == 0 or step == cfg.steps:
@@ -166,14 +167,15 @@ def accumulate_gradients(
     randomness: StepRandomness,
     micro: int,
     accum: int,
-) -> Tensor:
-    """Forward and backward ``accum`` micro batches; returns this rank's mean loss (on device).
+) -> dict[str, Tensor]:
+    """Forward and backward ``accum`` micro batches; returns this rank's mean loss terms (on device).
 
     Each micro loss is the mean over its samples divided by ``accum``, and DDP averages
     over ranks, so the summed gradient is that of the global-batch mean loss whatever
-    the split. Gradients are synchronised only on the last micro batch.
+    the split. Gradients are synchronised only on the last micro batch. The terms are
+    ``loss`` and, for masked models, ``loss_unmasked`` and ``loss_masked``.
     """
-    total = torch.zeros((), device=latents.device)
+    totals: dict[str, Tensor] = {}
     for i in range(accum):
         part = slice(i * micro, (i + 1) * micro)
         r = randomness.rows(torch.arange(part.start, part.stop))
@@ -182,8 +184,11 @@ def accumulate_gradients(
             terms = objective(forward, latents[part], y[part], generator=None, t=r.t, noise=r.noise, mask=r.mask)
             loss = terms["loss"].mean() / accum
             loss.backward()
-        total += loss.detach()
-    return total
+        for name in ("loss", "loss_unmasked", "loss_masked"):
+            if name in terms and (name == "loss" or "loss_masked" in terms):
+                value = terms[name].detach().mean() / accum
+                totals[name] = totals[name] + value if name in totals else value
+    return totals
 
 
 def no_sync(net: nn.Module, enabled: bool) -> Any:
@@ -313,4 +318,6 @@ def save_samples(
         if hasattr(module, "reshard"):
             module.reshard()
     if dist.is_main:
-        save_image_grid(images.float().cpu(), path)
+        # One column per class when the grid holds whole rows of classes (the digits demo: 4 x 10).
+        nrow = conf.num_classes if n % conf.num_classes == 0 else None
+        save_image_grid(images.float().cpu(), path, nrow=nrow)
