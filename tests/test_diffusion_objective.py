@@ -130,3 +130,22 @@ def test_training_path_reads_no_tensor_values():
     assert {"loss_masked", "vb_masked"} <= set(out)
     with pytest.raises(Exception):
         int(out["t"][0])  # meta tensors really cannot be read
+
+
+def test_objective_finds_the_mask_sampler_through_wrappers(mdt):
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner, attr):
+            super().__init__()
+            setattr(self, attr, inner)
+            self.attr = attr
+
+        def forward(self, *args, **kwargs):
+            return getattr(self, self.attr)(*args, **kwargs)
+
+    wrapped = Wrapper(Wrapper(Wrapper(mdt, "module"), "_orig_mod"), "module")
+    x, y = batch()
+    objective = MaskedDiffusionObjective(create_diffusion())
+    a = objective(wrapped, x, y, generator=torch.Generator().manual_seed(4))
+    b = objective(mdt, x, y, generator=torch.Generator().manual_seed(4))
+    assert "loss_masked" in a
+    torch.testing.assert_close(a["loss"], b["loss"])

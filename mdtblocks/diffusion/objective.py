@@ -18,11 +18,15 @@ __all__ = ["MaskedDiffusionObjective"]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    # DDP keeps the network in .module, torch.compile in ._orig_mod.
-    for attr in ("module", "_orig_mod"):
-        while isinstance(getattr(model, attr, None), nn.Module):
-            model = getattr(model, attr)
-    return model
+    # DDP and the trainer's autocast wrapper keep the network in .module, torch.compile in
+    # ._orig_mod; they may nest in any order.
+    while True:
+        inner = next(
+            (getattr(model, a) for a in ("module", "_orig_mod") if isinstance(getattr(model, a, None), nn.Module)), None
+        )
+        if inner is None:
+            return model
+        model = inner
 
 
 @dataclass(frozen=True)
