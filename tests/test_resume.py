@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from training_utils import RECIPES, TINY, load_recipe, max_abs_diff, weights
+from training_utils import RECIPES, TINY, load_recipe, max_abs_diff, weights, with_flag
 
 from mdtblocks.training import latest_checkpoint
 
@@ -79,3 +79,12 @@ def test_killed_run_resumes_bit_identical(tmp_path: Path) -> None:
     final = f"checkpoints/{steps:07d}"
     for name in ("model.safetensors", "ema.safetensors"):
         assert max_abs_diff(weights(killed / final, name), weights(clean / final, name)) == 0.0, name
+
+
+def test_resume_refuses_a_different_batch(tmp_path: Path) -> None:
+    """Changing the global batch would silently change the data order: the resume says so instead."""
+    run(tmp_path, 3)
+    with pytest.raises(ValueError, match="samples per rank per step"):
+        load_recipe("mdtv2_imagenet256").main(
+            with_flag(TINY, "--global-batch-size", "4") + ["--out", str(tmp_path), "--steps", "6", "--ckpt-every", "3"]
+        )

@@ -36,3 +36,13 @@ def weights(ckpt: Path, name: str = "model.safetensors") -> dict[str, torch.Tens
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def with_flag(flags: list[str], name: str, value: str) -> list[str]:
+    """``flags`` with ``name``'s value replaced (or the flag appended)."""
+    flags = list(flags)
+    if name in flags:
+        flags[flags.index(name) + 1] = value
+    else:
+        flags += [name, value]
+    return flags

@@ -89,11 +89,16 @@ class BatchStream:
             self.sampler.length, seed=self.sampler.seed, rank=self.sampler.rank, world_size=self.sampler.world_size
         )
         probe.set_position(self.consumed * self.batch_size)
-        return {"batches_consumed": self.consumed, "sampler": probe.state_dict()}
+        return {"batches_consumed": self.consumed, "batch_size": self.batch_size, "sampler": probe.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue after the batches recorded in ``state`` (call before the first :meth:`next`)."""
         if self._iterator is not None:
             raise RuntimeError("load_state_dict must come before the first batch is drawn")
+        if state.get("batch_size", self.batch_size) != self.batch_size:
+            raise ValueError(
+                f"cannot resume: the checkpoint was written with {state['batch_size']} samples per rank per step, "
+                f"this run has {self.batch_size} (keep --global-batch-size and the number of processes)"
+            )
         self.sampler.load_state_dict(state["sampler"])
         self.consumed = int(state["batches_consumed"])

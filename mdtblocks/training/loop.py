@@ -85,6 +85,8 @@ def train(
     device = dist.device
     per_rank, micro, accum = cfg.split(dist.world_size)
     model.to(device).train()
+    if isinstance(autoencoder, nn.Module):
+        autoencoder.to(device).eval()
     # Value checks read tensors back: a host sync per forward on GPUs, a graph break under compile.
     model.check_values = device.type != "cuda" and not cfg.compile
     ema = make_ema(model)
