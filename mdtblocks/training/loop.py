@@ -72,8 +72,9 @@ def train(
         cfg: loop settings.
         model: the backbone (a freshly initialised one, identical on every rank).
         objective: the training loss (``MaskedDiffusionObjective``; DiT gets its unmasked part).
-        dataset: ``(x, y)`` pairs: images for ``autoencoder`` to encode, or latents with
-            :class:`~mdtblocks.data.PixelSpace` (an identity) as the autoencoder.
+        dataset: ``(x, y)`` pairs: images for ``autoencoder`` to encode, or cached latents
+            (with an autoencoder whose ``encode`` is the identity, e.g.
+            :class:`~mdtblocks.training.recipe.CachedLatents`).
         autoencoder: maps dataset items to the space the model works in, and back for samples.
         make_optimizer: builds the optimizer from the trainable parameters.
         out: run folder (``checkpoints/``, ``samples/``, ``metrics.jsonl``).
@@ -106,7 +107,7 @@ def train(
     # The trainer draws label drops for the whole global batch itself (split-invariant).
     objective = dataclasses.replace(objective, drop_labels=False)
     sample_shape = (model.config.in_channels, model.config.input_size, model.config.input_size)
-    rows = local_rows(dist, per_rank, device)
+    rows = local_rows(dist, per_rank)
 
     meter = Meter(device)
     metrics = MetricsWriter(out / "metrics.jsonl", enabled=dist.is_main)
@@ -149,7 +150,7 @@ def train(
 # --- helpers ------------------------------------------------------------------------------
 
 
-def local_rows(dist: Distributed, per_rank: int, device: torch.device) -> Tensor:
+def local_rows(dist: Distributed, per_rank: int) -> Tensor:
     """Global batch positions of this rank's samples: ``rank + world_size * j`` (see :class:`BatchStream`)."""
     return torch.arange(per_rank) * dist.world_size + dist.rank
 
