@@ -54,3 +54,18 @@ def test_loaded_model_round_trips_through_save_pretrained(tmp_path, conformance_
     x, t, y = (conformance_inputs[k] for k in ("x", "t", "y"))
     with torch.no_grad():
         assert torch.equal(again(x, t, y), model(x, t, y))
+
+
+def test_odd_mlp_widths_are_rebuilt_exactly():
+    from helpers import inputs, tiny_dit
+
+    model = tiny_dit(hidden_size=28, mlp_ratio=2.18)  # fc1 width int(28 * 2.18) = 61
+    assert model.blocks[0].mlp.fc1.out_features == 61
+    loaded = load_official(model.state_dict(), num_heads=2)
+    assert loaded.blocks[0].mlp.fc1.out_features == 61
+    assert load_official(model.state_dict(), num_heads=2, mlp_ratio=2.18).config.mlp_ratio  # agrees: not refused
+    with pytest.raises(ValueError, match="mlp_ratio"):
+        load_official(model.state_dict(), num_heads=2, mlp_ratio=4.0)
+    x, t, y = inputs(model)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, y), model(x, t, y))

@@ -177,24 +177,9 @@ def test_ddpm_steps_with_fixed_noise(case):
     assert rel_err(x, ref["psample_sample"]) <= TOL
 
 
-KNOWN = [
-    pytest.param(
-        "mdtv2_noenc",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="MDTv2 with depth - decode_layer < 2 has no en_inblocks.* keys; detect_family takes it for "
-            "MDT v1 and load_official fails",
-        ),
-    ),
-    pytest.param(
-        "mdtv1_dec0",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="MDT v1 with decode_layer=0: the official forward never adds decoder_pos_embed, "
-            "mdtblocks always does",
-        ),
-    ),
-]
+# Edge configurations: MDTv2 with no encoder blocks (depth - decode_layer < 2), MDT v1 with
+# no decoder blocks (the official forward then never adds the decoder position table).
+KNOWN = ["mdtv2_noenc", "mdtv1_dec0"]
 
 
 @pytest.mark.parametrize("case", KNOWN)

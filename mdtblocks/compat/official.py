@@ -39,7 +39,9 @@ _DIT_HEADS = {384: 6, 768: 12, 1024: 16, 1152: 16}
 
 def detect_family(state: dict[str, Tensor]) -> str:
     """``"mdtv2"``, ``"mdtv1"`` or ``"dit"``, from the key layout."""
-    if any(k.startswith("en_inblocks.") for k in state):
+    # MDTv2 is recognised by any of its own parts: with depth - decode_layer < 2 it has no
+    # encoder blocks, but its decoder blocks still carry the dense-shortcut skip_linear.
+    if any(k.startswith(("en_inblocks.", "en_outblocks.", "de_blocks.")) or ".skip_linear." in k for k in state):
         return "mdtv2"
     if any(k.startswith("sideblocks.") for k in state) or any("rel_pos_bias" in k for k in state):
         return "mdtv1"
@@ -62,6 +64,12 @@ def _need(state: dict[str, Tensor], key: str) -> Tensor:
     return state[key]
 
 
+def _mlp_ratio(width: int, d: int) -> float:
+    """A ratio that rebuilds an MLP of exactly ``width`` (blocks use ``int(d * ratio)``, as the official code)."""
+    ratio = width / d
+    return ratio if int(d * ratio) == width else (width + 0.5) / d
+
+
 def _infer(state: dict[str, Tensor], family: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     proj = _need(state, "x_embedder.proj.weight")
     d, c_in, p = proj.shape[0], proj.shape[1], proj.shape[2]
@@ -82,7 +90,7 @@ def _infer(state: dict[str, Tensor], family: str, kwargs: dict[str, Any]) -> dic
         "input_size": side * p,
         "learn_sigma": out == 2 * c_in,
         "num_classes": rows - (1 if dropout > 0 else 0),
-        "mlp_ratio": fc1.shape[0] / d if fc1 is not None else 4.0,
+        "mlp_ratio": _mlp_ratio(fc1.shape[0], d) if fc1 is not None else kwargs.get("mlp_ratio", 4.0),
     }
     if family == "dit":
         inferred["depth"] = _count(state, "blocks")
@@ -156,7 +164,11 @@ def load_official(source: str | os.PathLike | dict[str, object], **config: Any) 
     family = detect_family(state)
     inferred = _infer(state, family, config)
     for key, value in config.items():
-        if key in inferred and inferred[key] != value and key not in ("decode_layer", "num_heads", "num_classes"):
+        if key == "mlp_ratio":
+            agrees = int(inferred["hidden_size"] * value) == int(inferred["hidden_size"] * inferred["mlp_ratio"])
+        else:
+            agrees = key not in inferred or inferred[key] == value or key in ("decode_layer", "num_heads", "num_classes")
+        if not agrees:
             raise ValueError(f"{key}={value!r} contradicts the checkpoint, whose weights say {key}={inferred[key]!r}")
     fields = {**inferred, **config}
     cls = DiT if family == "dit" else MaskedDiffusionTransformer

@@ -110,7 +110,12 @@ class MaskedDiffusionTransformer(DiffusionBackbone):
         tokens = self.x_embedder(x) + self.pos_embed
         c = self.condition(t, y)
         if ids_keep is None:
-            h = self.encode(tokens, c) + self.decoder_pos_embed
+            h = self.encode(tokens, c)
+            # The decoder position table marks the encoder/decoder boundary. MDT v1 adds it
+            # before its first decoder block, so a v1 model without decoder blocks never
+            # does; MDTv2 adds it after the encoder unconditionally (official behaviour).
+            if len(self.decoder) > 0 or self.config.long_skip:
+                h = h + self.decoder_pos_embed
         else:
             validate_ids_keep(ids_keep, x.shape[0], self.num_tokens, self.check_values)
             kept = tokens.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
