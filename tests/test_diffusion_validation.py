@@ -100,3 +100,11 @@ def test_loop_shape_and_noise_must_agree():
         d.ddim_sample_loop(zeros_model(8), (2, 4, 4, 4), noise=torch.zeros(1, 4, 4, 4))
     with pytest.raises(ValueError, match="eta"):
         d.ddim_sample(zeros_model(8), torch.zeros(1, 4, 4, 4), torch.tensor([3]), eta=-1.0)
+
+
+def test_a_section_can_be_skipped_with_a_zero_count():
+    from mdtblocks.diffusion import space_timesteps
+
+    steps = space_timesteps(1000, "100,0,5")
+    assert len(steps) == 105 and steps[0] == 0 and steps[-1] == 999
+    assert not [s for s in steps if 334 <= s <= 666]  # the middle section is skipped

@@ -59,7 +59,8 @@ def calc_bpd_loop(
 
     Returns:
         ``"total_bpd"`` and ``"prior_bpd"`` ``(b,)``; ``"vb"``, ``"xstart_mse"`` and ``"mse"``
-        ``(b, T)``, column ``t`` for step ``t``.
+        ``(b, T)`` in the official column order: column ``i`` holds step ``T - 1 - i``
+        (the order the loop visits them).
     """
     b = x_start.shape[0]
     vb, xstart_mse, mse = [], [], []
@@ -78,7 +79,6 @@ def calc_bpd_loop(
         xstart_mse.append(mean_flat((out["pred_xstart"] - x_start) ** 2))
         eps = diffusion._predict_eps_from_xstart(x_t, t, out["pred_xstart"])
         mse.append(mean_flat((eps - noise) ** 2))
-    # Reverse the columns so that column t holds step t (the loop ran from T - 1 down).
-    vb_t, xstart_t, mse_t = (torch.stack(v[::-1], dim=1) for v in (vb, xstart_mse, mse))
+    vb_t, xstart_t, mse_t = (torch.stack(v, dim=1) for v in (vb, xstart_mse, mse))
     prior = prior_bpd(diffusion, x_start)
     return {"total_bpd": vb_t.sum(dim=1) + prior, "prior_bpd": prior, "vb": vb_t, "xstart_mse": xstart_t, "mse": mse_t}

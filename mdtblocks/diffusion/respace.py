@@ -49,8 +49,12 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
         counts = [int(c) for c in section_counts]
         if not counts:
             raise ValueError(f"timestep respacing needs at least one section count, got {section_counts!r}")
-    if any(c < 1 for c in counts):
-        raise ValueError(f"timestep respacing {section_counts!r}: section counts must be positive, got {counts}")
+    # A section may be skipped with a count of 0 (the official code accepts it), but
+    # at least one step must remain.
+    if any(c < 0 for c in counts) or sum(counts) == 0:
+        raise ValueError(
+            f"timestep respacing {section_counts!r}: section counts must be non-negative with a positive sum, got {counts}"
+        )
     size_per, extra = divmod(num_timesteps, len(counts))
     start, steps = 0, []
     for i, count in enumerate(counts):
