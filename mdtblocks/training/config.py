@@ -32,6 +32,7 @@ class TrainConfig:
         activation_checkpointing: recompute block activations in backward.
         num_workers: DataLoader worker processes.
         num_samples: images in each checkpoint's sample grid (0 for none).
+        sample_cfg_scale: classifier-free guidance scale of the sample grids (1: none).
     """
 
     steps: int
@@ -48,6 +49,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     num_workers: int = 4
     num_samples: int = 16
+    sample_cfg_scale: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "global_batch_size", "ckpt_every", "log_every"):

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from ..data import Autoencoder, PixelSpace, save_image_grid
 from ..diffusion import GaussianDiffusion, MaskedDiffusionObjective
+from ..sampling import classifier_free_guidance
 from .batches import BatchStream
 from .checkpoint import Checkpoint, TrainState, latest_checkpoint, model_config_json, read_checkpoint, write_checkpoint
 from .config import TrainConfig
@@ -305,17 +306,24 @@ def save_samples(
 ) -> None:
     """A grid of EMA samples with classes ``0, 1, 2, ...`` and fixed noise, so grids compare across checkpoints.
 
-    Every rank samples (the EMA may be sharded); rank 0 writes the PNG.
+    With ``cfg.sample_cfg_scale != 1`` the samples use classifier-free guidance (a
+    constant scale). Every rank samples (the EMA may be sharded); rank 0 writes the PNG.
     """
     conf = ema.config
     device = dist.device
     n = cfg.num_samples
     labels = torch.arange(n, device=device) % conf.num_classes
     generator = step_generator(cfg.seed, "samples", 0)
+    noise = torch.randn(n, conf.in_channels, conf.input_size, conf.input_size, generator=generator).to(device)
+    model: Any = ema
+    if cfg.sample_cfg_scale != 1.0 and getattr(ema.y_embedder, "has_null", False):
+        model = classifier_free_guidance(ema, cfg.sample_cfg_scale)
+        labels = torch.cat([labels, torch.full_like(labels, conf.num_classes)])  # [cond; uncond]
+        noise = torch.cat([noise, noise])
     latents = diffusion.ddim_sample_loop(
-        ema, (n, conf.in_channels, conf.input_size, conf.input_size), clip_denoised=isinstance(autoencoder, PixelSpace),
+        model, tuple(noise.shape), noise=noise, clip_denoised=isinstance(autoencoder, PixelSpace),
         model_kwargs={"y": labels}, generator=generator, device=device,
-    )
+    )[:n]
     images = autoencoder.decode(latents)
     for module in ema.modules():  # FSDP keeps the root's parameters gathered after a forward without backward
         if hasattr(module, "reshard"):

@@ -80,6 +80,7 @@ class RecipeConfig:
     num_workers: int = flag(4, "DataLoader workers per process")
     num_samples: int = flag(16, "images in each checkpoint's sample grid")
     sample_steps: int = flag(50, "DDIM steps for the sample grids")
+    sample_cfg_scale: float = flag(4.0, "classifier-free guidance scale of the sample grids (1: none)")
 
     @property
     def builtin(self) -> bool:
@@ -188,6 +189,7 @@ def train_config(cfg: RecipeConfig) -> TrainConfig:
         activation_checkpointing=cfg.activation_checkpointing,
         num_workers=cfg.num_workers,
         num_samples=cfg.num_samples,
+        sample_cfg_scale=cfg.sample_cfg_scale,
     )
 
 
