@@ -12,16 +12,18 @@ Snippet conventions (see docs/index.md, "About the code on this site"):
 - ``bash`` blocks are not run, but every ``--flag`` given to a ``recipes/*.py`` script
   must appear in that script's ``--help``.
 
-Official checkpoints are gigabytes, so the pages that load them run here against
-stand-ins with the same file names and the same key layout: the tiny official MDT and
-MDTv2 checkpoints of the conformance fixtures with their label table widened to
-ImageNet's 1000 classes (+1 null class), so that ImageNet class ids in the examples stay
-valid, and a 2-block DiT-S/2 (whose keys are DiT's own; DiT infers its heads from a
-preset width).
+Code in docstrings counts too: a docstring paragraph ending in ``::`` followed by an
+indented block that imports something is run the same way (one namespace per docstring).
+
+Official checkpoints are gigabytes, so the examples that load them run here against
+stand-ins with the same file names, the same key layout and the same input shape
+(32x32x4 latents, 1000 classes + the null class): tiny random MDTv2, MDT and DiT models
+written in the official layouts (and checked to load back through ``load_official``).
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import os
@@ -29,29 +31,25 @@ import pkgutil
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
 import mdtblocks
-from mdtblocks import DiT
+from mdtblocks import DiT, MaskedDiffusionTransformer, load_official
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "conformance"
 PAGES = sorted(p for p in DOCS.rglob("*.md") if "hooks" not in p.parts)
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)[ \t]*(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$", re.M | re.S)
 SKIP = re.compile(r"<!--\s*skip:.*?-->\s*$")
 SETUP = re.compile(r"<!--\s*docs-test-setup:\s*(?P<script>recipes/\w+\.py)(?P<args>[^>]*?)\s*-->")
 
-# Official file names used in the docs -> conformance fixture with the same key layout.
-STAND_INS = {
-    "mdt_xl2_v2_ckpt.pt": "mdtv2_official.pt",
-    "mdt_xl2_v1_ckpt.pt": "mdtv1_official.pt",
-}
-DIT_STAND_IN = "DiT-XL-2-256x256.pt"
+# Official release names used in the docs and docstrings.
+MDTV2_FILE, MDT_FILE, DIT_FILE = "mdt_xl2_v2_ckpt.pt", "mdt_xl2_v1_ckpt.pt", "DiT-XL-2-256x256.pt"
 
 
 def code_blocks(page: Path, languages: tuple[str, ...]) -> list[tuple[int, str, bool]]:
@@ -68,18 +66,50 @@ def code_blocks(page: Path, languages: tuple[str, ...]) -> list[tuple[int, str, 
     return blocks
 
 
+def official_layout(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights under the official key names (the inverse of ``load_official``'s renaming)."""
+    if isinstance(model, DiT):
+        return dict(model.state_dict())  # DiT's keys are the official ones
+    cfg = model.config
+    enc, half = cfg.encoder_depth, cfg.encoder_depth // 2
+
+    def rename(key: str) -> str:
+        if cfg.long_skip:  # MDTv2: two encoder halves and a separate decoder stack
+            key = re.sub(r"^encoder\.(\d+)\.", lambda m: f"en_inblocks.{m[1]}." if int(m[1]) < half
+                         else f"en_outblocks.{int(m[1]) - half}.", key)
+            key = re.sub(r"^decoder\.", "de_blocks.", key)
+        else:  # MDT v1: one stack of blocks
+            key = re.sub(r"^encoder\.", "blocks.", key)
+            key = re.sub(r"^decoder\.(\d+)\.", lambda m: f"blocks.{enc + int(m[1])}.", key)
+        key = key.replace("side_interpolater.blocks.", "sideblocks.")
+        return "mask_token" if key == "side_interpolater.mask_token" else key
+
+    return {rename(k): v for k, v in model.state_dict().items()}
+
+
 def write_stand_ins(directory: Path) -> None:
-    """Tiny official-layout checkpoints under the real release names (see module docstring)."""
-    for name, fixture in STAND_INS.items():
-        state = torch.load(FIXTURES / fixture, map_location="cpu", weights_only=True)
-        table = state["y_embedder.embedding_table.weight"]
-        state["y_embedder.embedding_table.weight"] = torch.randn(
-            1001, table.shape[1], generator=torch.Generator().manual_seed(0)
-        ) * table.std()
-        torch.save(state, directory / name)
+    """Tiny official-layout checkpoints under the release names (see module docstring)."""
     torch.manual_seed(0)
-    dit = DiT.from_preset("DiT-S/2", input_size=8, num_classes=1000, depth=2)
-    torch.save(dit.state_dict(), directory / DIT_STAND_IN)
+    small = {"input_size": 32, "num_classes": 1000, "hidden_size": 64, "num_heads": 4}
+    models = {
+        MDTV2_FILE: MaskedDiffusionTransformer.from_preset("MDTv2-S/4", depth=6, decode_layer=2, **small),
+        MDT_FILE: MaskedDiffusionTransformer.from_preset("MDT-S/4", depth=4, **small),
+        DIT_FILE: DiT.from_preset("DiT-S/4", input_size=32, num_classes=1000, depth=2),  # a preset width: heads inferred
+    }
+    for name, model in models.items():
+        with torch.no_grad():  # leave adaLN-Zero's exact zeros, so that outputs depend on the input
+            for p in model.parameters():
+                p.add_(torch.randn_like(p), alpha=0.02)
+        torch.save(official_layout(model), directory / name)
+
+
+def test_stand_ins_load_as_official_checkpoints(tmp_path: Path) -> None:
+    """The stand-ins are read by ``load_official`` exactly as the released files would be."""
+    write_stand_ins(tmp_path)
+    mdtv2, mdt, dit = (load_official(tmp_path / f) for f in (MDTV2_FILE, MDT_FILE, DIT_FILE))
+    assert (mdtv2.config.long_skip, mdt.config.long_skip, type(dit)) == (True, False, DiT)
+    for model in (mdtv2, mdt, dit):
+        assert (model.config.input_size, model.config.in_channels, model.config.num_classes) == (32, 4, 1000)
 
 
 PYTHON_PAGES = [p for p in PAGES if code_blocks(p, ("python", "py"))]
@@ -99,27 +129,65 @@ for where, code in json.load(open(sys.argv[1])):
 """
 
 
-@pytest.mark.parametrize("page", PYTHON_PAGES, ids=[str(p.relative_to(DOCS)) for p in PYTHON_PAGES])
-def test_python_snippets_run(page: Path, tmp_path: Path) -> None:
-    """Each page's python blocks run top to bottom, in a fresh working directory, without error."""
-    write_stand_ins(tmp_path)
+def run_snippets(blocks: list[tuple[str, str]], directory: Path, setups: list[list[str]] = ()) -> None:
+    """Run ``(where, code)`` blocks in one fresh interpreter in ``directory``, after the setup recipes."""
+    write_stand_ins(directory)
     # One thread: the snippets use tiny models, and on a busy machine extra OpenMP
     # threads spin against each other (a 250-step loop goes from 3 s to a minute).
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    for m in SETUP.finditer(page.read_text()):
+    for argv in setups:
         setup = subprocess.run(
-            [sys.executable, str(ROOT / m.group("script")), *m.group("args").split()],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+            [sys.executable, str(ROOT / argv[0]), *argv[1:]], cwd=directory, env=env, capture_output=True, text=True,
+            timeout=600,
         )
-        assert setup.returncode == 0, f"setup {m.group(0)} failed:\n{setup.stderr[-4000:]}"
+        assert setup.returncode == 0, f"setup {argv} failed:\n{setup.stderr[-4000:]}"
+    (directory / "blocks.json").write_text(json.dumps(blocks))
+    run = subprocess.run(
+        [sys.executable, "-c", RUNNER, "blocks.json"], cwd=directory, env=env, capture_output=True, text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, f"{run.stderr[-6000:]}\n--- stdout ---\n{run.stdout[-2000:]}"
+
+
+@pytest.mark.parametrize("page", PYTHON_PAGES, ids=[str(p.relative_to(DOCS)) for p in PYTHON_PAGES])
+def test_python_snippets_run(page: Path, tmp_path: Path) -> None:
+    """Each page's python blocks run top to bottom, in a fresh working directory, without error."""
+    setups = [[m.group("script"), *m.group("args").split()] for m in SETUP.finditer(page.read_text())]
     blocks = [
         (f"{page.relative_to(ROOT)}:{line}", code) for line, code, skipped in code_blocks(page, ("python", "py")) if not skipped
     ]
-    (tmp_path / "blocks.json").write_text(json.dumps(blocks))
-    run = subprocess.run(
-        [sys.executable, "-c", RUNNER, "blocks.json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
-    )
-    assert run.returncode == 0, f"{run.stderr[-6000:]}\n--- stdout ---\n{run.stdout[-2000:]}"
+    run_snippets(blocks, tmp_path, setups)
+
+
+LITERAL = re.compile(r"::\n\n((?:(?:[ \t]+[^\n]*)?\n)+)")
+
+
+def docstring_examples() -> dict[str, list[tuple[str, str]]]:
+    """``{owner: [(where, code), ...]}`` for the python literal blocks in the package's docstrings."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for path in sorted((ROOT / "mdtblocks").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            doc = ast.get_docstring(node, clean=True)
+            if not doc:
+                continue
+            owner = f"{path.relative_to(ROOT)}:{getattr(node, 'name', '<module>')}"
+            for m in LITERAL.finditer(doc + "\n"):
+                code = textwrap.dedent(m.group(1))
+                if re.search(r"^(from|import) ", code, re.M):
+                    found.setdefault(owner, []).append((owner, code))
+    return found
+
+
+DOCSTRING_EXAMPLES = docstring_examples()
+
+
+@pytest.mark.parametrize("owner", sorted(DOCSTRING_EXAMPLES))
+def test_docstring_examples_run(owner: str, tmp_path: Path) -> None:
+    """Code examples in docstrings (rendered in the API reference) run too."""
+    run_snippets(DOCSTRING_EXAMPLES[owner], tmp_path)
 
 
 def test_skip_markers_are_used_sparingly() -> None:
