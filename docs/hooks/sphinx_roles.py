@@ -1,4 +1,8 @@
-"""Griffe extension: turn Sphinx roles in docstrings into checked cross-references.
+"""Griffe extension: read the reStructuredText habits of docstrings as Markdown.
+
+Two habits are translated: Sphinx roles become checked cross-references, and ``::``
+literal blocks become fenced code blocks (highlighted as Python when they import
+something).
 
 mdtblocks docstrings may cite other objects the Sphinx way, for example
 ``:func:`~mdtblocks.load_official``` or ``:meth:`save_pretrained```. mkdocstrings
@@ -12,6 +16,7 @@ A role that names nothing becomes a link to a missing target, which ``mkdocs bui
 from __future__ import annotations
 
 import re
+import textwrap
 from typing import Any
 
 import griffe
@@ -93,6 +98,21 @@ def rewrite(text: str, owner: Any, root: Any) -> str:
     return ROLE.sub(sub, text)
 
 
+LITERAL = re.compile(r"^(?P<lead>\S[^\n]*?)?::\n\n(?P<body>(?:(?:[ \t]+[^\n]*)?\n)+)", re.M)
+
+
+def fence_literal_blocks(text: str) -> str:
+    """``para::`` + indented block (reST) -> ``para:`` + a fenced block (Markdown), at the top level only."""
+
+    def sub(m: re.Match[str]) -> str:
+        body = textwrap.dedent(m.group("body")).strip("\n")
+        lang = "python" if re.search(r"^(from|import) ", body, re.M) else "text"
+        lead = f"{m.group('lead')}:\n\n" if m.group("lead") else ""
+        return f"{lead}```{lang}\n{body}\n```\n\n"
+
+    return LITERAL.sub(sub, text + "\n").rstrip("\n")
+
+
 class SphinxRoles(griffe.Extension):
     """Rewrite Sphinx roles in every docstring of the loaded package."""
 
@@ -103,6 +123,9 @@ class SphinxRoles(griffe.Extension):
             obj = stack.pop()
             if obj.is_alias:
                 continue
-            if obj.docstring is not None and ":`" in obj.docstring.value:
-                obj.docstring.value = rewrite(obj.docstring.value, obj, pkg)
+            if obj.docstring is not None:
+                if ":`" in obj.docstring.value:
+                    obj.docstring.value = rewrite(obj.docstring.value, obj, pkg)
+                if "::\n" in obj.docstring.value:
+                    obj.docstring.value = fence_literal_blocks(obj.docstring.value)
             stack.extend(obj.members.values())
