@@ -24,6 +24,7 @@ written in the official layouts (and checked to load back through ``load_officia
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import json
 import os
@@ -219,20 +220,35 @@ def recipe_flags_in_docs() -> dict[str, set[str]]:
 
 
 DOC_RECIPES = recipe_flags_in_docs()
+FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
+# Flags of other tools that the docs mention (torchrun's rendezvous, mkdocs).
+FOREIGN_FLAGS = {"--nnodes", "--nproc-per-node", "--rdzv-backend", "--rdzv-endpoint", "--standalone", "--strict"}
+
+
+@functools.cache
+def recipe_flags(script: str, folder: str = "recipes") -> frozenset[str]:
+    """The flags ``<folder>/<script> --help`` lists."""
+    path = ROOT / folder / script
+    assert path.is_file(), f"the docs call {folder}/{script}, which does not exist"
+    run = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return frozenset(FLAG.findall(run.stdout))
 
 
 @pytest.mark.parametrize("script", sorted(DOC_RECIPES))
 def test_recipe_flags_in_docs_exist(script: str) -> None:
-    """A flag shown in the docs is one the recipe accepts."""
-    path = ROOT / "recipes" / script
-    assert path.is_file(), f"the docs call recipes/{script}, which does not exist"
-    help_text = subprocess.run(
-        [sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=300, cwd=ROOT
-    )
-    assert help_text.returncode == 0, help_text.stderr[-2000:]
-    accepted = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", help_text.stdout))
-    unknown = sorted(DOC_RECIPES[script] - accepted)
-    assert not unknown, f"the docs pass {unknown} to recipes/{script}, whose --help lists {sorted(accepted)}"
+    """A flag passed to a recipe in a shell example is one that recipe accepts."""
+    unknown = sorted(DOC_RECIPES[script] - recipe_flags(script))
+    assert not unknown, f"the docs pass {unknown} to recipes/{script}, whose --help lists {sorted(recipe_flags(script))}"
+
+
+def test_flags_named_in_prose_exist() -> None:
+    """A ``--flag`` named anywhere in the docs (prose included) is one of a recipe, a benchmark or torchrun."""
+    scripts = [(p.name, p.parent.name) for folder in ("recipes", "benchmarks") for p in sorted((ROOT / folder).glob("*.py"))]
+    known = set().union(*(recipe_flags(name, folder) for name, folder in scripts)) | FOREIGN_FLAGS
+    named = {(page.name, f) for page in PAGES for f in FLAG.findall(page.read_text())}
+    unknown = sorted((page, f) for page, f in named if f not in known)
+    assert not unknown, f"flags named in the docs that no recipe accepts: {unknown}"
 
 
 # --- public surface -------------------------------------------------------------------
