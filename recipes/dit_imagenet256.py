@@ -25,6 +25,7 @@ from mdtblocks.training.recipe import (
     flag,
     load_run_data,
     model_overrides,
+    presets_of,
     setup_logging,
     train_config,
     write_run_config,
@@ -37,8 +38,8 @@ log = logging.getLogger("dit")
 class DiTConfig(RecipeConfig):
     """DiT on ImageNet 256: every field is a ``--flag`` (``python recipes/dit_imagenet256.py --help``)."""
 
-    out: str = flag("runs/dit_imagenet256", "run folder; rerunning with the same --out resumes")
-    model: str = flag("DiT-XL/2", "DiT preset")
+    out: str = flag("runs/dit_imagenet256", "run folder; rerunning with the same --out resumes", metavar="DIR")
+    model: str = flag("DiT-XL/2", "DiT preset", choices=presets_of("DiT"))
     lr: float = flag(1e-4, "constant AdamW learning rate")
     global_batch_size: int = flag(256, "samples per step over all processes")
     steps: int = flag(7_000_000, "optimizer steps")

@@ -26,6 +26,7 @@ from mdtblocks.training.recipe import (
     flag,
     load_run_data,
     model_overrides,
+    presets_of,
     setup_logging,
     train_config,
     write_run_config,
@@ -38,8 +39,8 @@ log = logging.getLogger("mdt")
 class MDTConfig(RecipeConfig):
     """MDT v1 on ImageNet 256: every field is a ``--flag`` (``python recipes/mdt_imagenet256.py --help``)."""
 
-    out: str = flag("runs/mdt_imagenet256", "run folder; rerunning with the same --out resumes")
-    model: str = flag("MDT-XL/2", "MDT preset")
+    out: str = flag("runs/mdt_imagenet256", "run folder; rerunning with the same --out resumes", metavar="DIR")
+    model: str = flag("MDT-XL/2", "MDT preset", choices=presets_of("MDT"))
     lr: float = flag(1e-4, "constant AdamW learning rate")
     global_batch_size: int = flag(256, "samples per step over all processes")
     steps: int = flag(2_000_000, "optimizer steps")

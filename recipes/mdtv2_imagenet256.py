@@ -30,6 +30,7 @@ from mdtblocks.training.recipe import (
     flag,
     load_run_data,
     model_overrides,
+    presets_of,
     setup_logging,
     train_config,
     write_run_config,
@@ -45,8 +46,8 @@ OFFICIAL = {"S": (5e-4, 256), "XL": (3e-4, 512)}
 class MDTv2Config(RecipeConfig):
     """MDTv2 on ImageNet 256: every field is a ``--flag`` (``python recipes/mdtv2_imagenet256.py --help``)."""
 
-    out: str = flag("runs/mdtv2_imagenet256", "run folder; rerunning with the same --out resumes")
-    model: str = flag("MDTv2-XL/2", "MDTv2 preset")
+    out: str = flag("runs/mdtv2_imagenet256", "run folder; rerunning with the same --out resumes", metavar="DIR")
+    model: str = flag("MDTv2-XL/2", "MDTv2 preset", choices=presets_of("MDTv2"))
     lr: float | None = flag(None, "constant learning rate; none: 5e-4 for S models, 3e-4 otherwise")
     global_batch_size: int | None = flag(None, "samples per step over all processes; none: 256 for S, 512 otherwise")
     adan_betas: tuple[float, ...] = flag((0.98, 0.92, 0.99), "Adan betas")

@@ -20,11 +20,13 @@ from torch.utils.data import Dataset
 
 from ..data import DEFAULT_VAE, Autoencoder, DigitsDataset, ImageFolderDataset, LatentDataset, load_autoencoder
 from ..io import write_json
+from ..models import PRESETS
 from .config import TrainConfig
 from .distributed import Distributed
 
 __all__ = [
     "flag",
+    "presets_of",
     "RecipeConfig",
     "parse_flags",
     "choose_config",
@@ -43,25 +45,38 @@ C = TypeVar("C")
 log = logging.getLogger("mdtblocks.recipe")
 
 
-def flag(default: Any, help: str) -> Any:  # noqa: A002 - argparse's word
-    """A dataclass field that is also a documented command-line flag."""
-    return field(default=default, metadata={"help": help})
+def flag(default: Any, help: str, choices: Sequence[str] | None = None, metavar: str | None = None) -> Any:  # noqa: A002
+    """A dataclass field that is also a documented command-line flag (``choices`` restricts its values)."""
+    return field(
+        default=default, metadata={"help": help, "choices": list(choices) if choices else None, "metavar": metavar}
+    )
+
+
+def presets_of(family: str) -> list[str]:
+    """Preset names of one family (``"MDTv2"``, ``"MDT"``, ``"DiT"``), for a recipe's ``--model`` choices."""
+    return [name for name in PRESETS if name.split("-")[0] == family]
 
 
 @dataclass(frozen=True)
 class RecipeConfig:
     """Flags every recipe has (``--data``, ``--out``, ``--model``, ...). Recipes subclass it."""
 
-    data: str | None = flag(None, "ImageNet-style train folder (class subfolders); none: the built-in digits demo")
-    latents: str | None = flag(None, "latent cache folder (recipes/extract_latents.py) to train from instead of --data")
-    out: str = flag("runs/run", "run folder; rerunning with the same --out resumes from its newest checkpoint")
+    data: str | None = flag(
+        None, "ImageNet-style train folder (class subfolders); none: the built-in digits demo", metavar="DIR"
+    )
+    latents: str | None = flag(
+        None, "latent cache folder (recipes/extract_latents.py) to train from instead of --data", metavar="DIR"
+    )
+    out: str = flag("runs/run", "run folder; rerunning with the same --out resumes from its newest checkpoint", metavar="DIR")
     model: str = flag("MDTv2-XL/2", "model preset name (mdtblocks.PRESETS)")
     depth: int | None = flag(None, "override the preset's depth")
     hidden_size: int | None = flag(None, "override the preset's width")
     num_heads: int | None = flag(None, "override the preset's attention heads")
     image_size: int = flag(256, "image side in pixels")
     num_classes: int | None = flag(None, "classes; none: taken from the dataset")
-    vae: str | None = flag(DEFAULT_VAE, "diffusers AutoencoderKL name or folder; 'none' trains in pixel space")
+    vae: str | None = flag(
+        DEFAULT_VAE, "diffusers AutoencoderKL name or folder; 'none' trains in pixel space", metavar="NAME_OR_DIR"
+    )
     steps: int = flag(400_000, "optimizer steps")
     global_batch_size: int = flag(256, "samples per optimizer step over all processes")
     micro_batch_size: int | None = flag(None, "samples per process per forward (gradient accumulation); none: no accumulation")
@@ -132,8 +147,11 @@ def build_parser(cls: type, description: str = "") -> argparse.ArgumentParser:
         elif typing.get_origin(base) is tuple:
             item = typing.get_args(base)[0]
             parser.add_argument(f"--{name}", nargs="+", type=item, metavar=item.__name__.upper(), **kwargs)
+        elif f.metadata.get("choices"):
+            parser.add_argument(f"--{name}", choices=f.metadata["choices"], **kwargs)
         else:
-            parser.add_argument(f"--{name}", type=_converter(base, optional, name), metavar=base.__name__.upper(), **kwargs)
+            metavar = f.metadata.get("metavar") or base.__name__.upper()
+            parser.add_argument(f"--{name}", type=_converter(base, optional, name), metavar=metavar, **kwargs)
     return parser
 
 
