@@ -86,10 +86,18 @@ def draw_step_randomness(
     sampler = getattr(model, "mask_sampler", None)
     mask = None
     if sampler is not None:
-        mask = sampler(global_batch, model.num_tokens, generator=g_small, device=device)
+        plan = sampler(global_batch, model.num_tokens, generator=g_small)
+        mask = MaskPlan(
+            ids_keep=_to(plan.ids_keep, device), ids_restore=_to(plan.ids_restore, device), mask=_to(plan.mask, device)
+        )
     noise = torch.randn(
         (global_batch, *sample_shape), generator=step_generator(seed, "noise", step, device), device=device
     )
-    return StepRandomness(
-        t=t.to(device, non_blocking=True), noise=noise, drop_label=drop_label.to(device, non_blocking=True), mask=mask
-    )
+    return StepRandomness(t=_to(t, device), noise=noise, drop_label=_to(drop_label, device), mask=mask)
+
+
+def _to(x: Tensor, device: torch.device) -> Tensor:
+    """Copy a CPU draw to ``device`` without a host sync (a copy from pageable memory waits for the GPU)."""
+    if device.type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
