@@ -262,7 +262,8 @@ def load_run_data(cfg: RecipeConfig, builtin_channels: int = 1) -> RunData:
     """Dataset and autoencoder for ``--latents``, ``--data`` or (neither) the built-in digits in pixel space."""
     if cfg.latents is not None:
         dataset = LatentDataset(cfg.latents)
-        vae_name = cfg.vae if cfg.vae is not None else dataset.vae
+        # The VAE that made the cache decodes the samples, unless --vae names another one.
+        vae_name = cfg.vae if cfg.vae not in (None, DEFAULT_VAE) else (dataset.vae or cfg.vae)
         c, h, w = dataset.latent_shape
         if h != w:
             raise ValueError(f"latents in {cfg.latents} are {h}x{w}; the models take square inputs")
