@@ -62,8 +62,8 @@ class MDTv2Config(RecipeConfig):
 # The built-in demo: digits in pixel space, a CPU-sized MDTv2, about 5 minutes on 2 cores.
 BUILTIN = MDTv2Config(
     out="runs/mdtv2_imagenet256", model="MDTv2-S/4", depth=6, hidden_size=128, num_heads=4, decode_layer=2,
-    image_size=16, vae=None, steps=2400, global_batch_size=32, lr=1e-3, ema_decay=0.995,
-    ckpt_every=800, log_every=50, device="cpu", num_workers=0, num_samples=40,
+    image_size=16, vae=None, steps=1800, global_batch_size=32, lr=2e-3, ema_decay=0.995,
+    ckpt_every=600, log_every=50, device="cpu", num_workers=0, num_samples=40,
 )
 
 
