@@ -63,7 +63,9 @@ def attention(
     """Scaled dot-product attention ``softmax(q k^T / sqrt(e) + bias) v`` with the chosen kernel.
 
     Args:
-        q, k, v: per-head queries, keys and values.
+        q: per-head queries.
+        k: per-head keys.
+        v: per-head values.
         bias: additive pre-softmax bias, broadcast over batch and heads; cast to ``q``'s dtype.
         backend: one of :data:`BACKENDS`.
     """
