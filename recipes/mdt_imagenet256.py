@@ -1,6 +1,6 @@
 """Train MDT v1 on ImageNet 256x256 as the ICCV 2023 paper does (Gao et al., official ``run.sh`` of the first release).
 
-Paper setup: MDT-XL/2 on SD-VAE latents, AdamW (lr 1e-4, no weight decay, no clipping),
+Paper setup: MDT-XL/2 on SD-VAE latents, AdamW (lr 3e-4 as the official mdtv1 ``image_train.py``, no weight decay, no clipping),
 global batch 256 (32 per GPU on 8 GPUs), EMA 0.9999, fixed mask ratio 0.3,
 ``decode_layer`` 2, learned sigma, 1000 linear steps, no loss weighting.
 
@@ -41,7 +41,7 @@ class MDTConfig(RecipeConfig):
 
     out: str = flag("runs/mdt_imagenet256", "run folder; rerunning with the same --out resumes", metavar="DIR")
     model: str = flag("MDT-XL/2", "MDT preset", choices=presets_of("MDT"))
-    lr: float = flag(1e-4, "constant AdamW learning rate")
+    lr: float = flag(3e-4, "constant AdamW learning rate")
     global_batch_size: int = flag(256, "samples per step over all processes")
     steps: int = flag(2_000_000, "optimizer steps")
     decode_layer: int | None = flag(None, "override the preset's decoder blocks (preset: 2)")

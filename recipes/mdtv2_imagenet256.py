@@ -1,8 +1,8 @@
 """Train MDTv2 on ImageNet 256x256 as the paper does (arXiv 2303.14389v2, official ``run_ddp_master.sh``).
 
 Paper setup: MDTv2-XL/2 on SD-VAE latents (32x32x4), Adan (betas 0.98, 0.92, 0.99, no
-weight decay), global-norm clip 1.0, constant lr 3e-4 (5e-4 for S), global batch 512
-for XL (8 per GPU on 64 GPUs) and 256 for S (32 per GPU on 8 GPUs), EMA 0.9999, mask
+weight decay), global-norm clip 1.0, constant lr 3e-4 (5e-4 for S), global batch 256
+(XL: 8 per GPU on 4 nodes of 8 GPUs, ``run_ddp_master.sh``; S: 32 per GPU on 8 GPUs), EMA 0.9999, mask
 ratio drawn from [0.3, 0.5), min-SNR-5 loss weighting, learned sigma, 1000 linear steps.
 
     python recipes/mdtv2_imagenet256.py                          # built-in demo: digits on CPU, ~5 min
@@ -39,7 +39,7 @@ from mdtblocks.training.recipe import (
 log = logging.getLogger("mdtv2")
 
 # Official per-size settings: (lr, global batch). B and L follow XL.
-OFFICIAL = {"S": (5e-4, 256), "XL": (3e-4, 512)}
+OFFICIAL = {"S": (5e-4, 256), "XL": (3e-4, 256)}
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class MDTv2Config(RecipeConfig):
     out: str = flag("runs/mdtv2_imagenet256", "run folder; rerunning with the same --out resumes", metavar="DIR")
     model: str = flag("MDTv2-XL/2", "MDTv2 preset", choices=presets_of("MDTv2"))
     lr: float | None = flag(None, "constant learning rate; none: 5e-4 for S models, 3e-4 otherwise")
-    global_batch_size: int | None = flag(None, "samples per step over all processes; none: 256 for S, 512 otherwise")
+    global_batch_size: int | None = flag(None, "samples per step over all processes (official: 256 for every size)")
     adan_betas: tuple[float, ...] = flag((0.98, 0.92, 0.99), "Adan betas")
     grad_clip: float | None = flag(1.0, "global gradient-norm clip")
     steps: int = flag(2_000_000, "optimizer steps")
@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     if builtin:
         announce_builtin(
             "recipes/mdtv2_imagenet256.py",
-            "torchrun --nnodes 8 --nproc-per-node 8 ... recipes/mdtv2_imagenet256.py --data /path/to/imagenet/train "
-            "(MDTv2-XL/2 on 64 GPUs; --model MDTv2-S/2 on 8)",
+            "torchrun --nnodes 4 --nproc-per-node 8 ... recipes/mdtv2_imagenet256.py --data /path/to/imagenet/train "
+            "(MDTv2-XL/2 on 4 nodes of 8 GPUs; --model MDTv2-S/2 on 8)",
         )
 
     data = load_run_data(cfg)

@@ -36,12 +36,12 @@ def test_recipe_has_the_common_flags(name: str) -> None:
 
 
 def test_mdtv2_paper_defaults() -> None:
-    """Without the built-in demo, the config is the paper's (XL: lr 3e-4, batch 512; S: 5e-4, 256)."""
+    """Without the built-in demo, the config is the paper's (XL: lr 3e-4, S: 5e-4; global batch 256 for both)."""
     r = load_recipe("mdtv2_imagenet256")
     cfg, builtin = r.choose_config(r.MDTv2Config, r.BUILTIN, ["--data", "/nonexistent"])
     cfg = r.resolve(cfg)
     assert not builtin
-    assert (cfg.model, cfg.lr, cfg.global_batch_size, cfg.image_size) == ("MDTv2-XL/2", 3e-4, 512, 256)
+    assert (cfg.model, cfg.lr, cfg.global_batch_size, cfg.image_size) == ("MDTv2-XL/2", 3e-4, 256, 256)
     assert (cfg.adan_betas, cfg.weight_decay, cfg.grad_clip, cfg.ema_decay, cfg.snr_gamma) == (
         (0.98, 0.92, 0.99), 0.0, 1.0, 0.9999, 5.0
     )
@@ -53,11 +53,11 @@ def test_mdtv2_paper_defaults() -> None:
 
 
 def test_mdt_and_dit_paper_defaults() -> None:
-    for name, model in (("mdt_imagenet256", "MDT-XL/2"), ("dit_imagenet256", "DiT-XL/2")):
+    for name, model, lr in (("mdt_imagenet256", "MDT-XL/2", 3e-4), ("dit_imagenet256", "DiT-XL/2", 1e-4)):
         r = load_recipe(name)
         cls = next(v for k, v in vars(r).items() if k.endswith("Config") and k != "RecipeConfig")
         cfg, _ = r.choose_config(cls, r.BUILTIN, ["--data", "x"])
-        assert (cfg.model, cfg.lr, cfg.global_batch_size, cfg.weight_decay, cfg.ema_decay) == (model, 1e-4, 256, 0.0, 0.9999)
+        assert (cfg.model, cfg.lr, cfg.global_batch_size, cfg.weight_decay, cfg.ema_decay) == (model, lr, 256, 0.0, 0.9999)
 
 
 def test_builtin_default_runs_end_to_end(tmp_path: Path) -> None:
