@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     objective = MaskedDiffusionObjective(create_diffusion("", "linear", 1000, learn_sigma=True, snr_gamma=cfg.snr_gamma))
     write_run_config(
-        cfg.out, cfg, dist, vae=data.vae, image_size=cfg.image_size, num_classes=num_classes,
+        cfg.out, cfg, dist, vae=data.vae, image_size=data.image_size, num_classes=num_classes,
         model_preset=cfg.model, model_overrides=overrides, model_config=model.config.to_dict(),
     )
     train(

@@ -56,8 +56,10 @@ def test_train_from_latent_cache(tiny_vae: Path, tmp_path: Path) -> None:
     encode_dataset(digits, ae, cache, batch_size=20, generator=torch.Generator().manual_seed(0))
     out = tmp_path / "run"
     # No --vae: the cache's meta.json names the VAE that decodes the sample grids.
-    load_recipe("mdtv2_imagenet256").main(flags_for(out, "--latents", str(cache)))
+    # --image-size is ignored for a cache: the run records the size the cache was made at.
+    load_recipe("mdtv2_imagenet256").main(flags_for(out, "--latents", str(cache), "--image-size", "256"))
     check_run(out, tiny_vae)
+    assert json.loads((out / "config.json").read_text())["image_size"] == 16
 
 
 def test_train_from_images_through_the_vae(tiny_vae: Path, tmp_path: Path) -> None:
@@ -71,3 +73,18 @@ def test_train_from_images_through_the_vae(tiny_vae: Path, tmp_path: Path) -> No
     load_recipe("mdtv2_imagenet256").main(flags_for(out, "--data", str(root), "--vae", str(tiny_vae)))
     check_run(out, tiny_vae)
     assert json.loads((out / "config.json").read_text())["num_classes"] == 2
+
+
+def test_corrupt_images_are_skipped_and_counted_in_the_metrics(tiny_vae: Path, tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    rng = np.random.default_rng(1)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    (root / "a" / "broken.png").write_bytes(b"not an image at all")
+    out = tmp_path / "run"
+    load_recipe("mdtv2_imagenet256").main(flags_for(out, "--data", str(root), "--vae", str(tiny_vae)))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records and records[-1]["skipped_images"] == 1
+    assert all(np.isfinite(r["loss"]) for r in records)

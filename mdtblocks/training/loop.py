@@ -115,6 +115,7 @@ def train(
     bar = progress_bar(cfg.steps, start, dist.is_main)
     log_start(cfg, dist, model_config["class"], model, per_rank, micro, accum, start, out)
     step, ckpt_dir = start, latest_checkpoint(out)
+    skipped: int | None = None
     while step < cfg.steps:
         x, y = batches.next()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -136,6 +137,9 @@ def train(
         if step % cfg.log_every == 0 or step == cfg.steps:
             record = {"step": step, "lr": optimizer.param_groups[0]["lr"], **meter.read(dist)}
             record["samples_per_s"] = record["steps_per_s"] * cfg.global_batch_size
+            skipped = report_skipped(dataset, skipped, dist)
+            if skipped is not None:
+                record["skipped_images"] = skipped
             metrics.write(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
@@ -149,6 +153,16 @@ def train(
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+def report_skipped(dataset: Dataset, before: int | None, dist: Distributed) -> int | None:
+    """Unreadable images the dataset has skipped so far (``None`` if it cannot tell); logs new ones."""
+    count = getattr(dataset, "num_skipped", None)
+    if count is None:
+        return None
+    if dist.is_main and count > (before or 0):
+        log.warning("skipped %d unreadable or corrupt image(s) so far (each replaced by the next readable one)", count)
+    return int(count)
 
 
 def local_rows(dist: Distributed, per_rank: int) -> Tensor:

@@ -249,6 +249,8 @@ class RunData:
         num_classes: classes of the dataset.
         latent_shape: ``(channels, side)`` of the model's input.
         vae: the VAE's name or folder, ``None`` in pixel space.
+        image_size: side of the images in pixels (for a latent cache, the size it was
+            extracted at, not the ``--image-size`` flag).
     """
 
     dataset: Dataset
@@ -256,6 +258,7 @@ class RunData:
     num_classes: int
     latent_shape: tuple[int, int]
     vae: str | None
+    image_size: int
 
 
 def load_run_data(cfg: RecipeConfig, builtin_channels: int = 1) -> RunData:
@@ -270,16 +273,18 @@ def load_run_data(cfg: RecipeConfig, builtin_channels: int = 1) -> RunData:
         ae = CachedLatents(load_autoencoder(vae_name))
         if ae.latent_channels != c:
             raise ValueError(f"latents in {cfg.latents} have {c} channels but the VAE {vae_name!r} makes {ae.latent_channels}")
-        return RunData(dataset, ae, dataset.num_classes, (c, h), vae_name)
+        image_size = int(dataset.meta.get("image_size") or h * ae.downsample)
+        return RunData(dataset, ae, dataset.num_classes, (c, h), vae_name, image_size)
     if cfg.data is not None:
         dataset = ImageFolderDataset(cfg.data, cfg.image_size)
         ae = load_autoencoder(cfg.vae)
         if cfg.image_size % ae.downsample:
             raise ValueError(f"--image-size {cfg.image_size} is not divisible by the VAE's downsampling {ae.downsample}")
-        return RunData(dataset, ae, dataset.num_classes, (ae.latent_channels, cfg.image_size // ae.downsample), cfg.vae)
+        latent_shape = (ae.latent_channels, cfg.image_size // ae.downsample)
+        return RunData(dataset, ae, dataset.num_classes, latent_shape, cfg.vae, cfg.image_size)
     dataset = DigitsDataset(image_size=cfg.image_size, channels=builtin_channels)
     ae = load_autoencoder(None, channels=builtin_channels)
-    return RunData(dataset, ae, dataset.num_classes, (builtin_channels, cfg.image_size), None)
+    return RunData(dataset, ae, dataset.num_classes, (builtin_channels, cfg.image_size), None, cfg.image_size)
 
 
 # --- run folder and logs ------------------------------------------------------------------------
