@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from jaxtyping import Shaped
 from torch import Tensor
 
 __all__ = ["read_state_dict"]
@@ -17,13 +18,19 @@ __all__ = ["read_state_dict"]
 _NESTED_KEYS = ("ema", "model", "state_dict", "module")
 
 
-def read_state_dict(source: str | os.PathLike | dict[str, object]) -> dict[str, Tensor]:
+def read_state_dict(source: str | os.PathLike | dict[str, object]) -> dict[str, Shaped[Tensor, "..."]]:
     """Return a flat ``name -> tensor`` dict from a checkpoint path or an in-memory state dict.
 
     Files are read with ``torch.load(weights_only=True)``: a pickle that would import or
     call anything beyond tensors and containers is refused before it runs. Training
     checkpoints of the form ``{"model": ..., "ema": ..., "opt": ..., "args": ...}`` (DiT's
     ``train.py``) give their EMA weights. A DDP ``module.`` prefix is removed.
+
+    Args:
+        source: a checkpoint file path, or a state dict already in memory.
+
+    Returns:
+        Parameter and buffer name -> tensor, each of its own shape and dtype.
     """
     if isinstance(source, dict):
         state = source

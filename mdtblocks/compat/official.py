@@ -24,6 +24,7 @@ import re
 from typing import Any
 
 import torch
+from jaxtyping import Shaped
 from torch import Tensor
 
 from ..blocks import relative_position_index
@@ -37,7 +38,7 @@ __all__ = ["load_official", "detect_family", "convert_official_state_dict"]
 _DIT_HEADS = {384: 6, 768: 12, 1024: 16, 1152: 16}
 
 
-def detect_family(state: dict[str, Tensor]) -> str:
+def detect_family(state: dict[str, Shaped[Tensor, "..."]]) -> str:
     """``"mdtv2"``, ``"mdtv1"`` or ``"dit"``, from the key layout."""
     # MDTv2 is recognised by any of its own parts: with depth - decode_layer < 2 it has no
     # encoder blocks, but its decoder blocks still carry the dense-shortcut skip_linear.
@@ -115,7 +116,9 @@ def _infer(state: dict[str, Tensor], family: str, kwargs: dict[str, Any]) -> dic
     return inferred
 
 
-def convert_official_state_dict(state: dict[str, Tensor], config: MDTConfig | DiTConfig, family: str) -> dict[str, Tensor]:
+def convert_official_state_dict(
+    state: dict[str, Shaped[Tensor, "..."]], config: MDTConfig | DiTConfig, family: str
+) -> dict[str, Shaped[Tensor, "..."]]:
     """Rename official keys to mdtblocks keys (see the module table); drop index buffers after checking them."""
     grid_index = relative_position_index(config.grid)
     enc = config.encoder_depth if isinstance(config, MDTConfig) else 0

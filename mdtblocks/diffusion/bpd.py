@@ -38,14 +38,14 @@ def prior_bpd(diffusion: GaussianDiffusion, x_start: Image) -> Float[Tensor, "b"
 
 def calc_bpd_loop(
     diffusion: GaussianDiffusion,
-    model: Callable[..., Tensor],
+    model: Callable[..., Float[Tensor, "b c2 hh ww"]],
     x_start: Image,
     clip_denoised: bool = True,
     model_kwargs: dict[str, Any] | None = None,
     *,
     generator: torch.Generator | None = None,
     progress: bool = False,
-) -> dict[str, Tensor]:
+) -> dict[str, Float[Tensor, "b"] | Float[Tensor, "b T"]]:
     """Evaluate the whole variational bound of ``x_start``, one model call per step.
 
     Args:

@@ -17,7 +17,7 @@ __all__ = ["GaussianDiffusion"]
 
 Image = Float[Tensor, "b c hh ww"]
 Steps = Int[Tensor, "b"]
-Model = Callable[..., Tensor]
+Model = Callable[..., Float[Tensor, "b c2 hh ww"]]
 
 
 class GaussianDiffusion(GaussianProcess):
@@ -52,9 +52,9 @@ class GaussianDiffusion(GaussianProcess):
         x: Image,
         t: Steps,
         clip_denoised: bool = True,
-        denoised_fn: Callable[[Tensor], Tensor] | None = None,
+        denoised_fn: Callable[[Image], Image] | None = None,
         model_kwargs: dict[str, Any] | None = None,
-    ) -> dict[str, Tensor]:
+    ) -> dict[str, Image]:
         """Apply the model and read off ``p(x_{t-1} | x_t)`` and the ``x_0`` estimate.
 
         Args:
@@ -79,8 +79,8 @@ class GaussianDiffusion(GaussianProcess):
         x: Image,
         t: Steps,
         clip_denoised: bool = True,
-        denoised_fn: Callable[[Tensor], Tensor] | None = None,
-    ) -> dict[str, Tensor]:
+        denoised_fn: Callable[[Image], Image] | None = None,
+    ) -> dict[str, Image]:
         """:meth:`p_mean_variance` for an already computed model output.
 
         Args:
@@ -126,12 +126,12 @@ class GaussianDiffusion(GaussianProcess):
         x: Image,
         t: Steps,
         clip_denoised: bool = True,
-        denoised_fn: Callable[[Tensor], Tensor] | None = None,
+        denoised_fn: Callable[[Image], Image] | None = None,
         model_kwargs: dict[str, Any] | None = None,
         *,
         generator: torch.Generator | None = None,
         noise: Image | None = None,
-    ) -> dict[str, Tensor]:
+    ) -> dict[str, Image]:
         """One ancestral step ``x_{t-1} ~ p(x_{t-1} | x_t)`` (no noise at ``t = 0``).
 
         Args:
@@ -160,13 +160,13 @@ class GaussianDiffusion(GaussianProcess):
         x: Image,
         t: Steps,
         clip_denoised: bool = True,
-        denoised_fn: Callable[[Tensor], Tensor] | None = None,
+        denoised_fn: Callable[[Image], Image] | None = None,
         model_kwargs: dict[str, Any] | None = None,
         eta: float | int = 0.0,
         *,
         generator: torch.Generator | None = None,
         noise: Image | None = None,
-    ) -> dict[str, Tensor]:
+    ) -> dict[str, Image]:
         """One DDIM step (Song et al. 2021, Eq. 12); ``eta = 0`` is deterministic and draws no noise.
 
         Args:
@@ -206,10 +206,10 @@ class GaussianDiffusion(GaussianProcess):
         x: Image,
         t: Steps,
         clip_denoised: bool = True,
-        denoised_fn: Callable[[Tensor], Tensor] | None = None,
+        denoised_fn: Callable[[Image], Image] | None = None,
         model_kwargs: dict[str, Any] | None = None,
         eta: float | int = 0.0,
-    ) -> dict[str, Tensor]:
+    ) -> dict[str, Image]:
         """One deterministic DDIM step forward in time, ``x_t -> x_{t+1}`` (encoding).
 
         Args:
@@ -245,7 +245,7 @@ class GaussianDiffusion(GaussianProcess):
         generator: torch.Generator | None = None,
         *,
         device: torch.device | str | None = None,
-        denoised_fn: Callable[[Tensor], Tensor] | None = None,
+        denoised_fn: Callable[[Image], Image] | None = None,
     ) -> Image:
         """DDPM ancestral sampling over every step of this process (``"250"``: the papers' protocol).
 
@@ -289,8 +289,8 @@ class GaussianDiffusion(GaussianProcess):
         generator: torch.Generator | None = None,
         *,
         device: torch.device | str | None = None,
-        denoised_fn: Callable[[Tensor], Tensor] | None = None,
-    ) -> Iterator[dict[str, Tensor]]:
+        denoised_fn: Callable[[Image], Image] | None = None,
+    ) -> Iterator[dict[str, Image]]:
         """Yield the :meth:`p_sample` output of every step of :meth:`p_sample_loop`.
 
         Args:
@@ -334,7 +334,7 @@ class GaussianDiffusion(GaussianProcess):
         generator: torch.Generator | None = None,
         *,
         device: torch.device | str | None = None,
-        denoised_fn: Callable[[Tensor], Tensor] | None = None,
+        denoised_fn: Callable[[Image], Image] | None = None,
     ) -> Image:
         """DDIM sampling over every step of this process (e.g. ``"ddim50"``).
 
@@ -381,8 +381,8 @@ class GaussianDiffusion(GaussianProcess):
         generator: torch.Generator | None = None,
         *,
         device: torch.device | str | None = None,
-        denoised_fn: Callable[[Tensor], Tensor] | None = None,
-    ) -> Iterator[dict[str, Tensor]]:
+        denoised_fn: Callable[[Image], Image] | None = None,
+    ) -> Iterator[dict[str, Image]]:
         """Yield the :meth:`ddim_sample` output of every step of :meth:`ddim_sample_loop`.
 
         Args:
@@ -425,7 +425,7 @@ class GaussianDiffusion(GaussianProcess):
         noise: Image | None = None,
         *,
         generator: torch.Generator | None = None,
-    ) -> dict[str, Tensor]:
+    ) -> dict[str, Float[Tensor, "b"]]:
         """Per-sample training losses at steps ``t`` (see :func:`~mdtblocks.diffusion.training_losses`).
 
         Args:
@@ -473,7 +473,7 @@ class GaussianDiffusion(GaussianProcess):
         *,
         generator: torch.Generator | None = None,
         progress: bool = False,
-    ) -> dict[str, Tensor]:
+    ) -> dict[str, Float[Tensor, "b"] | Float[Tensor, "b T"]]:
         """The whole variational bound of ``x_start`` (see :func:`~mdtblocks.diffusion.calc_bpd_loop`).
 
         Args:

@@ -15,7 +15,7 @@ from .noise import gaussian_noise
 __all__ = ["p_sample_loop", "p_sample_loop_progressive", "ddim_sample_loop", "ddim_sample_loop_progressive"]
 
 Image = Float[Tensor, "b c hh ww"]
-Model = Callable[..., Tensor]
+Model = Callable[..., Float[Tensor, "b c2 hh ww"]]
 
 
 def _start(
@@ -58,8 +58,8 @@ def p_sample_loop_progressive(
     generator: torch.Generator | None = None,
     *,
     device: torch.device | str | None = None,
-    denoised_fn: Callable[[Tensor], Tensor] | None = None,
-) -> Iterator[dict[str, Tensor]]:
+    denoised_fn: Callable[[Image], Image] | None = None,
+) -> Iterator[dict[str, Image]]:
     """Yield the output of every ancestral step, from ``t = T - 1`` down to ``0``.
 
     Args:
@@ -97,7 +97,7 @@ def p_sample_loop(
     generator: torch.Generator | None = None,
     *,
     device: torch.device | str | None = None,
-    denoised_fn: Callable[[Tensor], Tensor] | None = None,
+    denoised_fn: Callable[[Image], Image] | None = None,
 ) -> Image:
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) over every step of ``diffusion``.
 
@@ -146,8 +146,8 @@ def ddim_sample_loop_progressive(
     generator: torch.Generator | None = None,
     *,
     device: torch.device | str | None = None,
-    denoised_fn: Callable[[Tensor], Tensor] | None = None,
-) -> Iterator[dict[str, Tensor]]:
+    denoised_fn: Callable[[Image], Image] | None = None,
+) -> Iterator[dict[str, Image]]:
     """Yield the output of every DDIM step, from ``t = T - 1`` down to ``0``.
 
     Args:
@@ -187,7 +187,7 @@ def ddim_sample_loop(
     generator: torch.Generator | None = None,
     *,
     device: torch.device | str | None = None,
-    denoised_fn: Callable[[Tensor], Tensor] | None = None,
+    denoised_fn: Callable[[Image], Image] | None = None,
 ) -> Image:
     """DDIM sampling (Song et al. 2021) over every step of ``diffusion``.
 

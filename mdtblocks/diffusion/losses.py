@@ -41,7 +41,7 @@ def _math_dtype(x: Tensor) -> torch.dtype:
 
 
 def vb_terms_bpd(
-    diffusion: GaussianDiffusion, p_out: dict[str, Tensor], x_start: Image, x_t: Image, t: Steps
+    diffusion: GaussianDiffusion, p_out: dict[str, Image], x_start: Image, x_t: Image, t: Steps
 ) -> Float[Tensor, "b"]:
     """One term of the variational bound, in bits per dimension, per sample.
 
@@ -50,7 +50,8 @@ def vb_terms_bpd(
 
     Args:
         diffusion: the process.
-        p_out: the model's reverse step, from :meth:`GaussianDiffusion.p_mean_variance`.
+        p_out: the model's reverse step, from :meth:`GaussianDiffusion.p_mean_variance`:
+            ``(b, c, hh, ww)`` entries, of which ``"mean"`` and ``"log_variance"`` are read.
         x_start: clean data.
         x_t: noised data.
         t: ``(b,)`` steps.
@@ -72,7 +73,7 @@ def losses_from_output(
     x_t: Image,
     t: Steps,
     noise: Image,
-) -> dict[str, Tensor]:
+) -> dict[str, Float[Tensor, "b"]]:
     """Per-sample losses for a model output already computed at ``x_t = q_sample(x_start, t, noise)``.
 
     Args:
@@ -126,14 +127,14 @@ def losses_from_output(
 
 def training_losses(
     diffusion: GaussianDiffusion,
-    model: Callable[..., Tensor],
+    model: Callable[..., Float[Tensor, "b c2 hh ww"]],
     x_start: Image,
     t: Steps,
     model_kwargs: dict[str, Any] | None = None,
     noise: Image | None = None,
     *,
     generator: torch.Generator | None = None,
-) -> dict[str, Tensor]:
+) -> dict[str, Float[Tensor, "b"]]:
     """Noise ``x_start`` to steps ``t``, run the model, and return per-sample losses.
 
     The model runs under whatever autocast the caller set; the diffusion math runs

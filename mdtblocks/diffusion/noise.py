@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 __all__ = ["gaussian_noise"]
 
 
-def gaussian_noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
+def gaussian_noise(like: Float[Tensor, "*shape"], generator: torch.Generator | None) -> Float[Tensor, "*shape"]:
     """Standard normal noise shaped like ``like``, drawn from ``generator`` on its own device.
 
     Drawing on the generator's device and then moving makes a CPU generator give the
@@ -16,11 +17,12 @@ def gaussian_noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
     torch's global generator (the official code's behaviour).
 
     Args:
-        like: tensor whose shape, dtype and device the noise takes.
+        like: floating-point tensor of any shape ``(*shape)``, e.g. ``(b, c, hh, ww)``,
+            whose shape, dtype and device the noise takes (its values are not read).
         generator: the source of randomness.
 
     Returns:
-        Noise with ``like``'s shape, dtype and device.
+        ``(*shape)`` unit-variance, zero-mean noise with ``like``'s dtype and device.
     """
     if generator is None:
         return torch.randn_like(like)

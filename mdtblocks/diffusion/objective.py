@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float, Int, Shaped
 from torch import Tensor, nn
 
 from ..masking import MaskPlan
@@ -63,7 +63,7 @@ class MaskedDiffusionObjective:
         noise: Float[Tensor, "b c hh ww"] | None = None,
         mask: MaskPlan | None = None,
         model_kwargs: dict[str, Any] | None = None,
-    ) -> dict[str, Tensor]:
+    ) -> dict[str, Shaped[Tensor, "b"]]:
         """Per-sample losses of one batch.
 
         Args:

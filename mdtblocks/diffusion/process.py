@@ -21,7 +21,7 @@ LOSS_TYPES: tuple[str, ...] = ("mse", "rescaled_mse", "kl", "rescaled_kl")
 
 Image = Float[Tensor, "b c hh ww"]
 Steps = Int[Tensor, "b"]
-Model = Callable[..., Tensor]
+Model = Callable[..., Float[Tensor, "b c2 hh ww"]]
 
 # Float64 tables built once; each is looked up per sample and cast to the math dtype.
 _TABLES = (
@@ -160,16 +160,17 @@ class GaussianProcess:
             self._on_device[device] = stack.to(device)
         return self._on_device[device]
 
-    def coef(self, name: str, t: Steps, like: Tensor) -> Float[Tensor, "b 1 1 1"]:
+    def coef(self, name: str, t: Steps, like: Image) -> Float[Tensor, "b 1 1 1"]:
         """Table ``name`` at each sample's step, shaped to broadcast against ``like``.
 
         Args:
             name: a table name such as ``"alphas_cumprod"`` or ``"posterior_variance"``.
             t: ``(b,)`` steps of this process.
-            like: the tensor to broadcast against; gives dtype, device and rank.
+            like: ``(b, c, hh, ww)`` tensor to broadcast against; gives dtype and device
+                (its values are not read).
 
         Returns:
-            ``(b, 1, ..., 1)`` values in ``like``'s dtype.
+            ``(b, 1, 1, 1)`` values (dimensionless table entries) in ``like``'s dtype and device.
         """
         values = self._table(t.device)[self._rows[name]][t]
         return values.to(like.dtype).view(-1, *([1] * (like.ndim - 1))).to(like.device)

@@ -32,11 +32,25 @@ class MaskPlan:
         return self.ids_keep.shape[1]
 
 
-def validate_ids_keep(ids_keep: Tensor, batch_size: int, num_tokens: int, check_values: bool = True) -> None:
+def validate_ids_keep(ids_keep: object, batch_size: int, num_tokens: int, check_values: bool = True) -> None:
     """Raise ``TypeError``/``ValueError`` unless ``ids_keep`` is a valid ``(b, k)`` index set.
 
     Shape and dtype checks cost nothing; value checks (range, duplicates) read the
     tensor and are skipped when ``check_values`` is false (e.g. inside a compiled step).
+    ``ids_keep`` is deliberately typed ``object`` (no shape annotation) so that
+    malformed input reaches these checks and gets their messages.
+
+    Args:
+        ids_keep: expected an int64 (or int32) tensor of shape ``(b, k)`` with
+            ``b == batch_size`` and ``1 <= k <= num_tokens``: each row holds ``k``
+            distinct row-major patch-grid indices in ``[0, num_tokens)``.
+        batch_size: the expected batch size ``b``.
+        num_tokens: tokens ``n`` of the full patch grid.
+        check_values: also check the index range and duplicates (reads the tensor).
+
+    Raises:
+        TypeError: ``ids_keep`` is not a tensor, or not an integer one.
+        ValueError: wrong shape, out-of-range or duplicate indices.
     """
     if not isinstance(ids_keep, Tensor):
         raise TypeError(f"ids_keep must be a torch.Tensor, got {type(ids_keep).__name__}")

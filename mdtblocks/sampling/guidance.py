@@ -59,7 +59,7 @@ class ClassifierFreeGuidance(nn.Module):
 
     def __init__(
         self,
-        model: Callable[..., Tensor],
+        model: Callable[..., Float[Tensor, "b c2 hh ww"]],
         cfg_scale: float | int,
         *,
         scale_pow: float | int | None = None,
@@ -133,7 +133,7 @@ class ClassifierFreeGuidance(nn.Module):
 
 
 def classifier_free_guidance(
-    model: Callable[..., Tensor],
+    model: Callable[..., Float[Tensor, "b c2 hh ww"]],
     cfg_scale: float | int,
     *,
     scale_pow: float | int | None = None,

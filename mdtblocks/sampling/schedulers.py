@@ -123,7 +123,7 @@ def scheduler_model_output(
 
 
 def diffusers_sample_loop(
-    model: Callable[..., Tensor],
+    model: Callable[..., Float[Tensor, "b c2 hh ww"]],
     scheduler: Any,
     shape: Sequence[int],
     noise: Float[Tensor, "b c hh ww"] | None = None,

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from jaxtyping import Shaped
 from torch import Tensor
 
 __all__ = ["Adan"]
@@ -45,7 +46,7 @@ class Adan(torch.optim.Optimizer):
 
     def __init__(
         self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        params: Iterable[Shaped[Tensor, "..."]] | Iterable[dict[str, Any]],
         lr: float = 1e-3,
         betas: tuple[float, ...] = (0.98, 0.92, 0.99),
         eps: float = 1e-8,

@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Iterator
 
 import torch
+from jaxtyping import Int, Shaped
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -75,8 +76,13 @@ class BatchStream:
         )
         return iter(loader)
 
-    def next(self) -> tuple[Tensor, Tensor]:
-        """The next batch ``(x, y)`` of this rank."""
+    def next(self) -> tuple[Shaped[Tensor, "b *item"], Int[Tensor, "b"]]:
+        """The next batch ``(x, y)`` of this rank.
+
+        Returns:
+            ``x``, ``(b, *item)`` collated dataset items (e.g. ``(b, c, hh, ww)`` images or
+            latents), and ``y``, ``(b,)`` int64 class labels; ``b`` is ``batch_size``.
+        """
         if self._iterator is None:
             self._iterator = self._loader()
         x, y = next(self._iterator)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Shaped
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -91,8 +92,8 @@ def _cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:
 class Checkpoint:
     """Full (unsharded) CPU copies of everything a checkpoint holds."""
 
-    model: dict[str, Tensor]
-    ema: dict[str, Tensor]
+    model: dict[str, Shaped[Tensor, "..."]]
+    ema: dict[str, Shaped[Tensor, "..."]]
     optimizer: dict[str, Any]
     state: TrainState
     model_config: dict[str, Any]

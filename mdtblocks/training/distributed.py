@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
+from jaxtyping import Float
+from torch import Tensor
 
 __all__ = ["Distributed", "setup_distributed", "resolve_device"]
 
@@ -55,8 +57,16 @@ class Distributed:
         if self.enabled:
             torch_dist.barrier()
 
-    def mean(self, value: torch.Tensor) -> torch.Tensor:
-        """Average a tensor over ranks (returns it unchanged for one process)."""
+    def mean(self, value: Float[Tensor, "*shape"]) -> Float[Tensor, "*shape"]:
+        """Average a tensor over ranks (returns it unchanged for one process).
+
+        Args:
+            value: floating-point tensor of any shape ``(*shape)``, the same shape on
+                every rank, on this process's device.
+
+        Returns:
+            ``(*shape)`` elementwise mean over ranks, in ``value``'s units.
+        """
         if not self.enabled:
             return value
         value = value.clone()

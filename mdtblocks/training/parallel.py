@@ -7,6 +7,7 @@ import functools
 from typing import Any, Literal
 
 import torch
+from jaxtyping import Shaped
 from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -67,7 +68,9 @@ def wrap_model(model: nn.Module, ema: nn.Module, dist: Distributed, strategy: St
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, strategy: Strategy, dist: Distributed) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+def full_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, strategy: Strategy, dist: Distributed
+) -> tuple[dict[str, Shaped[Tensor, "..."]], dict[str, Any] | None]:
     """Full CPU state dicts of ``model`` (the unwrapped backbone) and ``optimizer``, on every rank.
 
     Under FSDP this is a collective (every rank must call it); the result is complete on rank 0.
@@ -82,7 +85,7 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, strate
 
 def load_full_state(
     model: nn.Module,
-    model_sd: dict[str, Tensor],
+    model_sd: dict[str, Shaped[Tensor, "..."]],
     optimizer: torch.optim.Optimizer | None,
     optimizer_sd: dict[str, Any] | None,
     strategy: Strategy,

@@ -6,6 +6,7 @@ import contextlib
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor, nn
 
 __all__ = ["autocast", "AutocastForward"]
@@ -35,8 +36,17 @@ class AutocastForward(nn.Module):
         self.device = device
         self.precision = precision
 
-    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
-        """Call the wrapped network under autocast; the output is cast back to fp32."""
+    def forward(self, *args: Any, **kwargs: Any) -> Float[Tensor, "b c2 hh ww"]:
+        """Call the wrapped network under autocast; the output is cast back to fp32.
+
+        Args:
+            *args: passed to the wrapped network, typically ``(x, t, y)``: ``(b, c, hh, ww)``
+                noisy input, ``(b,)`` timesteps and ``(b,)`` labels.
+            **kwargs: passed to the wrapped network (e.g. ``ids_keep``, ``(b, k)``).
+
+        Returns:
+            ``(b, c2, hh, ww)`` the network's output in fp32.
+        """
         with autocast(self.device, self.precision):
             out = self.module(*args, **kwargs)
         return out.float()

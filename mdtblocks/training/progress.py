@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -26,8 +27,13 @@ class Meter:
         self.count = 0
         self.started = time.perf_counter()
 
-    def add(self, **values: Tensor) -> None:
-        """Add one step's scalars (0-d tensors; no host sync)."""
+    def add(self, **values: Float[Tensor, ""]) -> None:
+        """Add one step's scalars (0-d tensors; no host sync).
+
+        Args:
+            **values: ``()``-shaped floating-point tensors on the device, one per metric
+                name (e.g. ``loss``, ``grad_norm``), each in its metric's own units.
+        """
         for name, value in values.items():
             value = value.detach().float()
             self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import torch
+from jaxtyping import Float
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -230,12 +231,29 @@ class CachedLatents(nn.Module):
         self.downsample = vae.downsample
         self.scale = vae.scale
 
-    def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Return the cached latents unchanged (``generator`` unused)."""
+    def encode(
+        self, images: Float[Tensor, "b c2 h2 w2"], generator: torch.Generator | None = None
+    ) -> Float[Tensor, "b c2 h2 w2"]:
+        """Return the cached latents unchanged (``generator`` unused).
+
+        Args:
+            images: ``(b, c2, h2, w2)`` items of the cache, already scaled latents.
+            generator: ignored (kept for the :class:`~mdtblocks.data.Autoencoder` interface).
+
+        Returns:
+            ``(b, c2, h2, w2)``: ``images``.
+        """
         return images
 
-    def decode(self, latents: Tensor) -> Tensor:
-        """Decode latents to images in [-1, 1] with the VAE."""
+    def decode(self, latents: Float[Tensor, "b c2 h2 w2"]) -> Float[Tensor, "b c hh ww"]:
+        """Decode latents to images in [-1, 1] with the VAE.
+
+        Args:
+            latents: ``(b, c2, h2, w2)`` scaled latents, as cached or generated.
+
+        Returns:
+            ``(b, c, hh, ww)`` images in [-1, 1] (``hh = h2 * downsample``).
+        """
         return self.vae.decode(latents)
 
 
