@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -18,37 +17,12 @@ from PIL import Image
 from mdtblocks.training import derive_seed
 from mdtblocks.data import ImageFolderDataset, KLAutoencoder, LatentDataset, PixelSpace, ResumableSampler, load_autoencoder
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-
-
-def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+from training_utils import RECIPES, load_recipe, save_tiny_vae
 
 
 @pytest.fixture(scope="module")
 def tiny_vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-        scaling_factor=0.5,
-    )
-    path = tmp_path_factory.mktemp("vae") / "tiny-vae"
-    vae.save_pretrained(path)
-    return path
+    return save_tiny_vae(tmp_path_factory.mktemp("vae") / "tiny-vae")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -18,15 +17,7 @@ from safetensors.torch import save_file
 from mdtblocks import MaskedDiffusionTransformer
 from mdtblocks.io import write_json
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-
-
-def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+from training_utils import RECIPES, load_recipe
 
 
 @pytest.fixture(scope="module")

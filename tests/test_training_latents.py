@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from training_utils import TINY, load_recipe
+from training_utils import TINY, load_recipe, save_tiny_vae
 
 import mdtblocks
 from mdtblocks.data import DigitsDataset, encode_dataset, load_autoencoder
@@ -18,19 +18,7 @@ from mdtblocks.data import DigitsDataset, encode_dataset, load_autoencoder
 
 @pytest.fixture(scope="module")
 def tiny_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=8,
-        sample_size=16, scaling_factor=0.5,
-    )
-    path = tmp_path_factory.mktemp("vae") / "tiny-vae"
-    vae.save_pretrained(path)
-    return path
+    return save_tiny_vae(tmp_path_factory.mktemp("vae") / "tiny-vae")
 
 
 def flags_for(out: Path, *extra: str) -> list[str]:

@@ -46,3 +46,19 @@ def with_flag(flags: list[str], name: str, value: str) -> list[str]:
     else:
         flags += [name, value]
     return flags
+
+
+def save_tiny_vae(path: Path) -> Path:
+    """Save a tiny random-initialised diffusers AutoencoderKL (downsampling 2, 4 latent channels, scale 0.5)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+        sample_size=16, scaling_factor=0.5,
+    )
+    vae.save_pretrained(path)
+    return path
