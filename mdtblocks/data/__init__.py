@@ -4,6 +4,7 @@ from .autoencoder import DEFAULT_VAE, Autoencoder, KLAutoencoder, PixelSpace, lo
 from .digits import DigitsDataset
 from .grid import save_image_grid
 from .image_folder import IMAGE_EXTENSIONS, ImageFolderDataset, list_image_folder
+from .mnist import MNIST5K_SPLITS, MNIST5kDataset, find_mnist5k
 from .latents import LATENT_FORMAT, LatentDataset, LatentWriter, encode_dataset, merge_parts, write_meta
 from .sampler import ResumableSampler
 from .transforms import center_crop, pil_to_tensor, to_uint8
@@ -15,6 +16,9 @@ __all__ = [
     "PixelSpace",
     "load_autoencoder",
     "DigitsDataset",
+    "MNIST5kDataset",
+    "MNIST5K_SPLITS",
+    "find_mnist5k",
     "save_image_grid",
     "IMAGE_EXTENSIONS",
     "ImageFolderDataset",

@@ -18,7 +18,11 @@ __all__ = ["save_image_grid"]
 
 
 def save_image_grid(
-    images: Float[Tensor, "b c hh ww"], path: str | os.PathLike, nrow: int | None = None, padding: int = 2
+    images: Float[Tensor, "b c hh ww"],
+    path: str | os.PathLike,
+    nrow: int | None = None,
+    padding: int = 2,
+    scale: int = 1,
 ) -> Path:
     """Tile a batch into a grid and write it as a PNG; a reader never sees a partial file.
 
@@ -26,7 +30,9 @@ def save_image_grid(
         images: 1- or 3-channel images in [-1, 1].
         path: output ``.png`` path (parent folders are created).
         nrow: images per row; default ``ceil(sqrt(b))``.
-        padding: black pixels between and around tiles.
+        padding: black pixels between and around tiles (before scaling).
+        scale: enlarge the grid by this integer factor, nearest-neighbour (every pixel
+            becomes a ``scale x scale`` block), so small images stay sharp and visible.
 
     Returns:
         The written path.
@@ -39,6 +45,8 @@ def save_image_grid(
     nrow = nrow or math.ceil(math.sqrt(b))
     if nrow <= 0:
         raise ValueError(f"nrow must be positive, got {nrow}")
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive int, got {scale!r}")
     ncol = math.ceil(b / nrow)
     tiles = to_uint8(images)  # (b, h, w, c)
     grid = torch.zeros(ncol * (h + padding) + padding, nrow * (w + padding) + padding, c, dtype=torch.uint8)
@@ -46,6 +54,8 @@ def save_image_grid(
         row, col = divmod(i, nrow)
         top, left = padding + row * (h + padding), padding + col * (w + padding)
         grid[top : top + h, left : left + w] = tiles[i]
+    if scale > 1:
+        grid = grid.repeat_interleave(scale, dim=0).repeat_interleave(scale, dim=1)
     array = grid.numpy()
     image = Image.fromarray(array[:, :, 0] if c == 1 else array)  # uint8 2-D -> "L", (h, w, 3) -> "RGB"
     return atomic_write(path, lambda p: image.save(p, format="PNG"))

