@@ -3,7 +3,7 @@
 The top level re-exports what most users call; every part is also importable from its
 subpackage (``mdtblocks.blocks``, ``mdtblocks.masking``, ``mdtblocks.models``,
 ``mdtblocks.compat``, ``mdtblocks.diffusion``, ``mdtblocks.sampling``, ``mdtblocks.data``,
-``mdtblocks.training``).
+``mdtblocks.training``, ``mdtblocks.evaluation``).
 """
 
 from .compat import load_official

@@ -38,7 +38,7 @@ def test_quick_study_writes_results_plot_and_summary(quick_study) -> None:
             assert [r["step"] for r in records] == [4, 8]
             assert [r["images_seen"] for r in records] == [4 * 32, 8 * 32]
             assert 0 < records[0]["train_seconds"] < records[1]["train_seconds"]
-            assert {"fd", "accuracy", "nn_ratio", "copy_fraction", "eval_seconds"} <= set(records[0])
+            assert {"fd", "accuracy", "nn_ratio", "copy_fraction", "eval_seconds", "train_cpu_seconds"} <= set(records[0])
     # The budgets match: DiT's extra block stands for MDT's side-interpolater.
     dit, mdt = results["runs"]["DiT"]["params"], results["runs"]["MDTv2"]["params"]
     assert abs(dit - mdt) / mdt < 0.15

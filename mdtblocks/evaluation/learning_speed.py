@@ -118,12 +118,17 @@ def reach_table(
     return ReachTable(metric, level, steps, seconds)
 
 
-def spread(values: Sequence[int | float | None]) -> str:
-    """``mean (min-max, n)`` of a list, or ``n/a``."""
+def spread(values: Sequence[int | float | None], digits: int = 2) -> str:
+    """``mean (min-max, n seeds)`` of the finite values of a list, or ``n/a`` when there are none.
+
+    Args:
+        values: one value per seed; ``None`` entries (not reached) are left out.
+        digits: decimals shown.
+    """
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite:
         return "n/a"
     mean = sum(finite) / len(finite)
     if len(finite) == 1:
-        return f"{mean:.2f} (1 seed)"
-    return f"{mean:.2f} ({min(finite):.2f}-{max(finite):.2f}, {len(finite)} seeds)"
+        return f"{mean:.{digits}f} (1 seed)"
+    return f"{mean:.{digits}f} ({min(finite):.{digits}f}-{max(finite):.{digits}f}, {len(finite)} seeds)"
