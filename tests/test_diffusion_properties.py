@@ -8,13 +8,6 @@ from hypothesis import strategies as st
 
 from mdtblocks import create_diffusion
 from mdtblocks.diffusion import PREDICTIONS, SCHEDULES, min_snr_weight, named_betas, space_timesteps
-from mdtblocks.diffusion.parameterization import (
-    eps_from_v,
-    eps_from_xstart,
-    v_from_xstart_eps,
-    xstart_from_eps,
-    xstart_from_v,
-)
 
 FAST = settings(max_examples=25, deadline=None)
 
@@ -95,15 +88,15 @@ def test_prediction_conversions_invert_each_other(name, seed, t):
         torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64),
         torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64),
     )
-    ab = torch.cumprod(1 - named_betas(name, 1000), 0)[t]
-    a, s = ab.sqrt().expand(2, 1, 1, 1), (1 - ab).sqrt().expand(2, 1, 1, 1)
+    d, tt = create_diffusion(noise_schedule=name, learn_sigma=False), torch.full((2,), t)
+    a, s = d.coefs(tt, x0)
     xt = a * x0 + s * eps
-    v = v_from_xstart_eps(x0, eps, a, s)
-    torch.testing.assert_close(eps_from_v(xt, v, a, s), eps)
-    torch.testing.assert_close(xstart_from_v(xt, v, a, s), x0)
+    v = d.v_from_xstart_eps(x0, tt, eps)
+    torch.testing.assert_close(d.eps_from_v(xt, tt, v), eps)
+    torch.testing.assert_close(d.xstart_from_v(xt, tt, v), x0)
     if t < 990 or name == "linear":  # x0 from eps divides by a, ~1e-5 at the very end of the cosine schedule
-        torch.testing.assert_close(xstart_from_eps(xt, eps, a, s), x0)
-    torch.testing.assert_close(eps_from_xstart(xt, x0, a, s), eps)
+        torch.testing.assert_close(d.xstart_from_eps(xt, tt, eps), x0)
+    torch.testing.assert_close(d.eps_from_xstart(xt, tt, x0), eps)
 
 
 @FAST
@@ -117,10 +110,10 @@ def test_diffusion_predictions_agree(predict, t, seed):
     d = create_diffusion(learn_sigma=False, predict=predict)
     tt = torch.full((2,), t)
     xt = d.q_sample(x0, tt, eps)
-    a, s = d.coef("sqrt_alphas_cumprod", tt, xt), d.coef("sqrt_one_minus_alphas_cumprod", tt, xt)
+    a, s = d.coefs(tt, xt)
     pred = {"epsilon": eps, "x0": x0, "v": a * eps - s * x0}[predict]
-    torch.testing.assert_close(d.predict_xstart(pred, xt, tt), x0)
-    torch.testing.assert_close(d.predict_eps(pred, xt, tt), eps)
+    torch.testing.assert_close(d.to_xstart(pred, xt, tt), x0)
+    torch.testing.assert_close(d.to_eps(pred, xt, tt), eps)
 
 
 @FAST

@@ -7,17 +7,29 @@ from .likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_k
 from .losses import losses_from_output, training_losses, vb_terms_bpd
 from .noise import gaussian_noise
 from .objective import MaskedDiffusionObjective
-from .parameterization import PREDICTIONS, check_prediction
-from .process import LOSS_TYPES, GaussianProcess
+from .loops import ddim_sample_loop, p_sample_loop
+from .process import (
+    LOSS_TYPES,
+    PREDICTIONS,
+    VARIANCE_TYPES,
+    GaussianProcess,
+    Tables,
+    check_prediction,
+    fp32_math,
+    min_snr_weight,
+    snr,
+)
 from .respace import respace_betas, space_timesteps
 from .schedules import SCHEDULES, TRAINING_STEPS, betas_for_alpha_bar, cosine_betas, linear_betas, named_betas
-from .variance import VARIANCE_TYPES
-from .weighting import min_snr_weight, snr
 
 __all__ = [
     "create_diffusion",
     "GaussianDiffusion",
     "GaussianProcess",
+    "Tables",
+    "p_sample_loop",
+    "ddim_sample_loop",
+    "fp32_math",
     "MaskedDiffusionObjective",
     "LOSS_TYPES",
     "PREDICTIONS",

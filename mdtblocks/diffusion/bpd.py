@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from jaxtyping import Float
-from torch import Tensor
 
-from .gaussian import GaussianDiffusion
+from ..typing import Image, Tensor
 from .likelihood import mean_flat, normal_kl
 from .losses import vb_terms_bpd
 from .noise import gaussian_noise
+from .process import GaussianProcess, Model
+from .reverse import p_mean_variance
 
 __all__ = ["prior_bpd", "calc_bpd_loop"]
 
-Image = Float[Tensor, "b c hh ww"]
 
-
-def prior_bpd(diffusion: GaussianDiffusion, x_start: Image) -> Float[Tensor, "b"]:
+def prior_bpd(diffusion: GaussianProcess, x_start: Image) -> Float[Tensor, "b"]:
     """``KL(q(x_T | x_0) || N(0, I))`` in bits per dimension; it does not depend on the model.
 
     Args:
@@ -37,8 +35,8 @@ def prior_bpd(diffusion: GaussianDiffusion, x_start: Image) -> Float[Tensor, "b"
 
 
 def calc_bpd_loop(
-    diffusion: GaussianDiffusion,
-    model: Callable[..., Float[Tensor, "b c2 hh ww"]],
+    diffusion: GaussianProcess,
+    model: Model,
     x_start: Image,
     clip_denoised: bool = True,
     model_kwargs: dict[str, Any] | None = None,
@@ -74,10 +72,10 @@ def calc_bpd_loop(
         noise = gaussian_noise(x_start, generator)
         x_t = diffusion.q_sample(x_start, t, noise)
         with torch.no_grad():
-            out = diffusion.p_mean_variance(model, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
+            out = p_mean_variance(diffusion, model, x_t, t, clip_denoised, model_kwargs=model_kwargs)
             vb.append(vb_terms_bpd(diffusion, out, x_start, x_t, t))
         xstart_mse.append(mean_flat((out["pred_xstart"] - x_start) ** 2))
-        eps = diffusion._predict_eps_from_xstart(x_t, t, out["pred_xstart"])
+        eps = diffusion.eps_from_xstart(x_t, t, out["pred_xstart"])
         mse.append(mean_flat((eps - noise) ** 2))
     vb_t, xstart_t, mse_t = (torch.stack(v, dim=1) for v in (vb, xstart_mse, mse))
     prior = prior_bpd(diffusion, x_start)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .gaussian import GaussianDiffusion
-from .parameterization import check_prediction
+from .process import check_prediction
 from .respace import respace_betas, space_timesteps
 from .schedules import TRAINING_STEPS, named_betas
 

@@ -1,21 +1,21 @@
-"""Sampling loops over a process's steps: DDPM ancestral and DDIM, with a generator and a progress bar."""
+"""Sampling loops over a process's steps, DDPM ancestral and DDIM: one signature, a per-step callback."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Float
-from torch import Tensor
 
-from .gaussian import GaussianDiffusion
+from ..typing import Image, Tensor, Timesteps
 from .noise import gaussian_noise
+from .process import GaussianProcess, Model
+from .reverse import ddim_sample, p_sample
 
-__all__ = ["p_sample_loop", "p_sample_loop_progressive", "ddim_sample_loop", "ddim_sample_loop_progressive"]
+__all__ = ["p_sample_loop", "ddim_sample_loop", "Callback"]
 
-Image = Float[Tensor, "b c hh ww"]
-Model = Callable[..., Float[Tensor, "b c2 hh ww"]]
+Callback = Callable[[dict[str, Image]], None]
+"""Called after every step with that step's output (``"sample"``, ``"pred_xstart"``, ...)."""
 
 
 def _start(
@@ -38,17 +38,31 @@ def _start(
     return gaussian_noise(torch.empty(tuple(shape), device=device), generator)
 
 
-def _steps(diffusion: GaussianDiffusion, progress: bool) -> Iterable[int]:
+def _run(
+    diffusion: GaussianProcess,
+    step: Callable[[Image, Timesteps], dict[str, Image]],
+    x: Image,
+    progress: bool,
+    callback: Callback | None,
+) -> Image:
+    """Apply ``step`` from ``t = T - 1`` down to ``0``, reporting each output to ``callback``."""
     steps: Iterable[int] = range(diffusion.num_timesteps - 1, -1, -1)
     if progress:
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, total=diffusion.num_timesteps)
-    return steps
+    for i in steps:
+        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+        with torch.no_grad():
+            out = step(x, t)
+        if callback is not None:
+            callback(out)
+        x = out["sample"]
+    return x
 
 
-def p_sample_loop_progressive(
-    diffusion: GaussianDiffusion,
+def p_sample_loop(
+    diffusion: GaussianProcess,
     model: Model,
     shape: Sequence[int],
     noise: Image | None = None,
@@ -59,8 +73,9 @@ def p_sample_loop_progressive(
     *,
     device: torch.device | str | None = None,
     denoised_fn: Callable[[Image], Image] | None = None,
-) -> Iterator[dict[str, Image]]:
-    """Yield the output of every ancestral step, from ``t = T - 1`` down to ``0``.
+    callback: Callback | None = None,
+) -> Image:
+    """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) over every step of ``diffusion``.
 
     Args:
         diffusion: the (respaced) process; ``"250"`` respacing gives the papers' protocol.
@@ -73,69 +88,21 @@ def p_sample_loop_progressive(
         generator: source of the initial and per-step noise.
         device: where to sample when ``noise`` is not given (default: the model's device).
         denoised_fn: applied to each ``x_0`` estimate before clipping.
-
-    Yields:
-        :meth:`GaussianDiffusion.p_sample` outputs (``"sample"``, ``"pred_xstart"``, ...).
-    """
-    x = _start(model, shape, noise, generator, device)
-    for i in _steps(diffusion, progress):
-        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        with torch.no_grad():
-            out = diffusion.p_sample(model, x, t, clip_denoised, denoised_fn, model_kwargs, generator=generator)
-        yield out
-        x = out["sample"]
-
-
-def p_sample_loop(
-    diffusion: GaussianDiffusion,
-    model: Model,
-    shape: Sequence[int],
-    noise: Image | None = None,
-    clip_denoised: bool = True,
-    model_kwargs: dict[str, Any] | None = None,
-    progress: bool = False,
-    generator: torch.Generator | None = None,
-    *,
-    device: torch.device | str | None = None,
-    denoised_fn: Callable[[Image], Image] | None = None,
-) -> Image:
-    """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) over every step of ``diffusion``.
-
-    Args:
-        diffusion: the (respaced) process.
-        model: the denoiser or a guided model.
-        shape: ``(b, c, hh, ww)`` of the samples.
-        noise: the initial ``x_T``; drawn from ``generator`` when ``None``.
-        clip_denoised: clamp ``x_0`` estimates to ``[-1, 1]``.
-        model_kwargs: extra model arguments.
-        progress: show a tqdm progress bar.
-        generator: source of all noise.
-        device: where to sample when ``noise`` is not given.
-        denoised_fn: applied to each ``x_0`` estimate before clipping.
+        callback: called with every step's :func:`~mdtblocks.diffusion.reverse.p_sample` output.
 
     Returns:
         The samples ``x_0``.
     """
-    final = None
-    for out in p_sample_loop_progressive(
-        diffusion,
-        model,
-        shape,
-        noise,
-        clip_denoised,
-        model_kwargs,
-        progress,
-        generator,
-        device=device,
-        denoised_fn=denoised_fn,
-    ):
-        final = out
-    assert final is not None
-    return final["sample"]
+    x = _start(model, shape, noise, generator, device)
+
+    def step(x: Image, t: Timesteps) -> dict[str, Image]:
+        return p_sample(diffusion, model, x, t, clip_denoised, denoised_fn, model_kwargs, generator=generator)
+
+    return _run(diffusion, step, x, progress, callback)
 
 
-def ddim_sample_loop_progressive(
-    diffusion: GaussianDiffusion,
+def ddim_sample_loop(
+    diffusion: GaussianProcess,
     model: Model,
     shape: Sequence[int],
     noise: Image | None = None,
@@ -147,8 +114,9 @@ def ddim_sample_loop_progressive(
     *,
     device: torch.device | str | None = None,
     denoised_fn: Callable[[Image], Image] | None = None,
-) -> Iterator[dict[str, Image]]:
-    """Yield the output of every DDIM step, from ``t = T - 1`` down to ``0``.
+    callback: Callback | None = None,
+) -> Image:
+    """DDIM sampling (Song et al. 2021) over every step of ``diffusion``.
 
     Args:
         diffusion: the (respaced) process, e.g. ``"ddim50"``.
@@ -162,65 +130,14 @@ def ddim_sample_loop_progressive(
         generator: source of the initial noise and, for ``eta > 0``, the step noise.
         device: where to sample when ``noise`` is not given.
         denoised_fn: applied to each ``x_0`` estimate before clipping.
-
-    Yields:
-        :meth:`GaussianDiffusion.ddim_sample` outputs (``"sample"``, ``"pred_xstart"``).
-    """
-    x = _start(model, shape, noise, generator, device)
-    for i in _steps(diffusion, progress):
-        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        with torch.no_grad():
-            out = diffusion.ddim_sample(model, x, t, clip_denoised, denoised_fn, model_kwargs, eta, generator=generator)
-        yield out
-        x = out["sample"]
-
-
-def ddim_sample_loop(
-    diffusion: GaussianDiffusion,
-    model: Model,
-    shape: Sequence[int],
-    noise: Image | None = None,
-    clip_denoised: bool = True,
-    model_kwargs: dict[str, Any] | None = None,
-    eta: float | int = 0.0,
-    progress: bool = False,
-    generator: torch.Generator | None = None,
-    *,
-    device: torch.device | str | None = None,
-    denoised_fn: Callable[[Image], Image] | None = None,
-) -> Image:
-    """DDIM sampling (Song et al. 2021) over every step of ``diffusion``.
-
-    Args:
-        diffusion: the (respaced) process, e.g. ``"ddim50"``.
-        model: the denoiser or a guided model.
-        shape: ``(b, c, hh, ww)`` of the samples.
-        noise: the initial ``x_T``; drawn from ``generator`` when ``None``.
-        clip_denoised: clamp ``x_0`` estimates to ``[-1, 1]``.
-        model_kwargs: extra model arguments.
-        eta: DDIM stochasticity; 0 is deterministic.
-        progress: show a tqdm progress bar.
-        generator: source of all noise.
-        device: where to sample when ``noise`` is not given.
-        denoised_fn: applied to each ``x_0`` estimate before clipping.
+        callback: called with every step's :func:`~mdtblocks.diffusion.reverse.ddim_sample` output.
 
     Returns:
         The samples ``x_0``.
     """
-    final = None
-    for out in ddim_sample_loop_progressive(
-        diffusion,
-        model,
-        shape,
-        noise,
-        clip_denoised,
-        model_kwargs,
-        eta,
-        progress,
-        generator,
-        device=device,
-        denoised_fn=denoised_fn,
-    ):
-        final = out
-    assert final is not None
-    return final["sample"]
+    x = _start(model, shape, noise, generator, device)
+
+    def step(x: Image, t: Timesteps) -> dict[str, Image]:
+        return ddim_sample(diffusion, model, x, t, clip_denoised, denoised_fn, model_kwargs, eta, generator=generator)
+
+    return _run(diffusion, step, x, progress, callback)

@@ -2,46 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
-from torch import Tensor
+from jaxtyping import Float
 
-from .gaussian import GaussianDiffusion
+from ..typing import Image, Tensor, Timesteps
 from .likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .noise import gaussian_noise
-from .variance import split_model_output
+from .process import GaussianProcess, Model, fp32_math, math_dtype
+from .reverse import p_mean_variance_from_output, split_model_output
 
-__all__ = ["training_losses", "losses_from_output", "vb_terms_bpd", "fp32_math"]
-
-Image = Float[Tensor, "b c hh ww"]
-Steps = Int[Tensor, "b"]
-
-
-def fp32_math(device: torch.device) -> contextlib.AbstractContextManager[None]:
-    """Context in which autocast is off, so the diffusion math runs in fp32 even inside a bf16 step.
-
-    Args:
-        device: the device whose autocast to disable.
-
-    Returns:
-        A context manager.
-    """
-    if device.type in ("cuda", "cpu", "xpu", "mps") and torch.is_autocast_enabled(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def _math_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+__all__ = ["training_losses", "losses_from_output", "vb_terms_bpd"]
 
 
 def vb_terms_bpd(
-    diffusion: GaussianDiffusion, p_out: dict[str, Image], x_start: Image, x_t: Image, t: Steps
+    diffusion: GaussianProcess, p_out: dict[str, Image], x_start: Image, x_t: Image, t: Timesteps
 ) -> Float[Tensor, "b"]:
     """One term of the variational bound, in bits per dimension, per sample.
 
@@ -50,7 +27,7 @@ def vb_terms_bpd(
 
     Args:
         diffusion: the process.
-        p_out: the model's reverse step, from :meth:`GaussianDiffusion.p_mean_variance`:
+        p_out: the model's reverse step, from :func:`~mdtblocks.diffusion.reverse.p_mean_variance`:
             ``(b, c, hh, ww)`` entries, of which ``"mean"`` and ``"log_variance"`` are read.
         x_start: clean data.
         x_t: noised data.
@@ -67,11 +44,11 @@ def vb_terms_bpd(
 
 
 def losses_from_output(
-    diffusion: GaussianDiffusion,
+    diffusion: GaussianProcess,
     model_output: Float[Tensor, "b c2 hh ww"],
     x_start: Image,
     x_t: Image,
-    t: Steps,
+    t: Timesteps,
     noise: Image,
 ) -> dict[str, Float[Tensor, "b"]]:
     """Per-sample losses for a model output already computed at ``x_t = q_sample(x_start, t, noise)``.
@@ -87,13 +64,13 @@ def losses_from_output(
     Returns:
         ``"loss"``, ``"mse"`` (mse losses) and ``"vb"`` (learned sigma), each ``(b,)``.
     """
-    dtype = _math_dtype(x_start)
+    dtype = math_dtype(x_start)
     with fp32_math(x_start.device):
         model_output = model_output.to(dtype)
         x_start, x_t, noise = x_start.to(dtype), x_t.to(dtype), noise.to(dtype)
         terms: dict[str, Tensor] = {}
         if diffusion.loss_type in ("kl", "rescaled_kl"):
-            out = diffusion.p_mean_variance_from_output(model_output, x_t, t, clip_denoised=False)
+            out = p_mean_variance_from_output(diffusion, model_output, x_t, t, clip_denoised=False)
             terms["loss"] = vb_terms_bpd(diffusion, out, x_start, x_t, t)
             if diffusion.loss_type == "rescaled_kl":
                 terms["loss"] = terms["loss"] * diffusion.num_timesteps
@@ -103,20 +80,13 @@ def losses_from_output(
         if var_values is not None:
             # The vb term trains the variance only: the mean it sees is detached (Nichol & Dhariwal 2021, Sec. 3.1).
             frozen = torch.cat([prediction.detach(), var_values], dim=1)
-            out = diffusion.p_mean_variance_from_output(frozen, x_t, t, clip_denoised=False)
+            out = p_mean_variance_from_output(diffusion, frozen, x_t, t, clip_denoised=False)
             terms["vb"] = vb_terms_bpd(diffusion, out, x_start, x_t, t)
             if diffusion.loss_type == "rescaled_mse":
                 # Scaled by T / 1000 so that the vb term does not swamp the mse term (improved DDPM).
                 terms["vb"] = terms["vb"] * (diffusion.num_timesteps / 1000.0)
 
-        if diffusion.predict == "epsilon":
-            target = noise
-        elif diffusion.predict == "x0":
-            target = x_start
-        else:
-            a = diffusion.coef("sqrt_alphas_cumprod", t, x_start)
-            s = diffusion.coef("sqrt_one_minus_alphas_cumprod", t, x_start)
-            target = a * noise - s * x_start
+        target = diffusion.target(x_start, t, noise)
         mse = mean_flat((target - prediction) ** 2)
         if diffusion.snr_gamma is not None:
             mse = diffusion.mse_weight(t).to(dtype) * mse
@@ -126,10 +96,10 @@ def losses_from_output(
 
 
 def training_losses(
-    diffusion: GaussianDiffusion,
-    model: Callable[..., Float[Tensor, "b c2 hh ww"]],
+    diffusion: GaussianProcess,
+    model: Model,
     x_start: Image,
-    t: Steps,
+    t: Timesteps,
     model_kwargs: dict[str, Any] | None = None,
     noise: Image | None = None,
     *,
@@ -157,7 +127,7 @@ def training_losses(
         raise TypeError(f"x_start must be a floating-point tensor, got {getattr(x_start, 'dtype', type(x_start))}")
     diffusion.check_timesteps(t, x_start.shape[0])
     with fp32_math(x_start.device):
-        x_start32 = x_start.to(_math_dtype(x_start))
+        x_start32 = x_start.to(math_dtype(x_start))
         if noise is None:
             noise = gaussian_noise(x_start32, generator)
         x_t = diffusion.q_sample(x_start32, t, noise.to(x_start32.dtype))

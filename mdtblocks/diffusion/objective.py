@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from ..masking import MaskPlan
 from .gaussian import GaussianDiffusion
-from .losses import fp32_math, training_losses
+from .losses import training_losses
+from .process import fp32_math
 from .noise import gaussian_noise
 
 __all__ = ["MaskedDiffusionObjective"]

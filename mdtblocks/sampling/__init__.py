@@ -25,7 +25,7 @@ or in one call, with any of :data:`SAMPLERS`::
                      scale_pow=4.0, guided_channels=3, generator=g)
 """
 
-from ..diffusion.loops import ddim_sample_loop, ddim_sample_loop_progressive, p_sample_loop, p_sample_loop_progressive
+from ..diffusion.loops import ddim_sample_loop, p_sample_loop
 from .guidance import ClassifierFreeGuidance, classifier_free_guidance, power_cosine_scale
 from .sample import SAMPLERS, sample
 from .schedulers import SCHEDULER_KINDS, diffusers_sample_loop, make_scheduler, scheduler_model_output
@@ -35,9 +35,7 @@ __all__ = [
     "ClassifierFreeGuidance",
     "power_cosine_scale",
     "p_sample_loop",
-    "p_sample_loop_progressive",
     "ddim_sample_loop",
-    "ddim_sample_loop_progressive",
     "make_scheduler",
     "diffusers_sample_loop",
     "scheduler_model_output",

@@ -11,7 +11,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..diffusion.noise import gaussian_noise
-from ..diffusion.parameterization import check_prediction
+from ..diffusion.process import check_prediction
 from ..diffusion.schedules import TRAINING_STEPS, named_betas
 
 __all__ = ["SCHEDULER_KINDS", "make_scheduler", "diffusers_sample_loop", "scheduler_model_output"]
