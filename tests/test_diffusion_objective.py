@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mdtblocks import DiT, MaskedDiffusionObjective, MaskedDiffusionTransformer, create_diffusion
+from mdtblocks.diffusion import StepRandomness
 from mdtblocks.masking import plan_from_ids_keep
 
 
@@ -41,7 +42,7 @@ def batch(b=3):
 def test_objective_sums_unmasked_and_masked_terms(mdt):
     x, y = batch()
     objective = MaskedDiffusionObjective(create_diffusion(snr_gamma=5.0))
-    out = objective(mdt, x, y, generator=torch.Generator().manual_seed(0))
+    out = objective(mdt, x, y, objective.draw(mdt, x, torch.Generator().manual_seed(0)))
     for key in ("loss", "loss_unmasked", "loss_masked", "mse", "vb", "mse_masked", "vb_masked", "t"):
         assert out[key].shape == (3,), key
     torch.testing.assert_close(out["loss"], out["loss_unmasked"] + out["loss_masked"])
@@ -58,7 +59,8 @@ def test_objective_terms_equal_training_losses(mdt):
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
     ids_keep = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i))[:11] for i in range(3)])
     plan = plan_from_ids_keep(ids_keep, 16)
-    out = MaskedDiffusionObjective(diffusion)(mdt, x, y, generator=torch.Generator(), t=t, noise=noise, mask=plan)
+    no_drops = torch.zeros(3, dtype=torch.bool)
+    out = MaskedDiffusionObjective(diffusion)(mdt, x, y, StepRandomness(t, noise, no_drops, plan, null_class=5))
     full = diffusion.training_losses(mdt, x, t, {"y": y}, noise=noise)
     masked = diffusion.training_losses(mdt, x, t, {"y": y, "ids_keep": ids_keep}, noise=noise)
     torch.testing.assert_close(out["loss_unmasked"], full["loss"])
@@ -69,9 +71,9 @@ def test_objective_is_reproducible_from_the_generator(mdt):
     mdt.train()
     x, y = batch()
     objective = MaskedDiffusionObjective(create_diffusion())
-    a = objective(mdt, x, y, generator=torch.Generator().manual_seed(7))
-    b = objective(mdt, x, y, generator=torch.Generator().manual_seed(7))
-    c = objective(mdt, x, y, generator=torch.Generator().manual_seed(8))
+    a = objective(mdt, x, y, objective.draw(mdt, x, torch.Generator().manual_seed(7)))
+    b = objective(mdt, x, y, objective.draw(mdt, x, torch.Generator().manual_seed(7)))
+    c = objective(mdt, x, y, objective.draw(mdt, x, torch.Generator().manual_seed(8)))
     torch.testing.assert_close(a["loss"], b["loss"])
     assert not torch.allclose(a["loss"], c["loss"])
     mdt.eval()
@@ -80,7 +82,8 @@ def test_objective_is_reproducible_from_the_generator(mdt):
 def test_objective_backpropagates(mdt):
     x, y = batch()
     mdt.zero_grad()
-    out = MaskedDiffusionObjective(create_diffusion())(mdt, x, y, generator=torch.Generator().manual_seed(0))
+    objective = MaskedDiffusionObjective(create_diffusion())
+    out = objective(mdt, x, y, objective.draw(mdt, x, torch.Generator().manual_seed(0)))
     out["loss"].mean().backward()
     grads = [p.grad for p in mdt.parameters() if p.requires_grad]
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
@@ -89,7 +92,8 @@ def test_objective_backpropagates(mdt):
 
 def test_objective_dit_has_no_masked_term(dit):
     x, y = batch()
-    out = MaskedDiffusionObjective(create_diffusion())(dit, x, y, generator=torch.Generator().manual_seed(0))
+    objective = MaskedDiffusionObjective(create_diffusion())
+    out = objective(dit, x, y, objective.draw(dit, x, torch.Generator().manual_seed(0)))
     assert "loss_masked" not in out
     torch.testing.assert_close(out["loss"], out["loss_unmasked"])
 
@@ -98,7 +102,7 @@ def test_objective_under_bf16_autocast_returns_fp32(mdt):
     x, y = batch()
     objective = MaskedDiffusionObjective(create_diffusion(snr_gamma=5.0))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = objective(mdt, x, y, generator=torch.Generator().manual_seed(0))
+        out = objective(mdt, x, y, objective.draw(mdt, x, torch.Generator().manual_seed(0)))
     assert out["loss"].dtype == torch.float32
     assert torch.isfinite(out["loss"]).all()
 
@@ -107,12 +111,13 @@ def test_objective_needs_a_generator_for_what_it_draws(mdt):
     x, y = batch()
     objective = MaskedDiffusionObjective(create_diffusion())
     with pytest.raises(TypeError, match="generator"):
-        objective(mdt, x, y, generator=0)
+        objective.draw(mdt, x, generator=0)
     with pytest.raises(TypeError, match="must draw t, noise, mask"):
-        objective(mdt, x, y, generator=None)
+        objective.draw(mdt, x, generator=None)
     # Everything given: no generator needed.
     plan = plan_from_ids_keep(torch.arange(10).expand(3, 10), 16)
-    out = objective(mdt, x, y, generator=None, t=torch.tensor([1, 2, 3]), noise=torch.zeros_like(x), mask=plan)
+    given = StepRandomness(torch.tensor([1, 2, 3]), torch.zeros_like(x), torch.zeros(3, dtype=torch.bool), plan, 5)
+    out = objective(mdt, x, y, given)
     assert out["loss"].shape == (3,)
 
 
@@ -125,14 +130,14 @@ def test_training_path_reads_no_tensor_values():
     x = torch.empty(3, 4, 8, 8, device=meta)
     y = torch.zeros(3, dtype=torch.long, device=meta)
     objective = MaskedDiffusionObjective(create_diffusion(snr_gamma=5.0))
-    out = objective(model, x, y, generator=torch.Generator().manual_seed(0))
+    out = objective(model, x, y, objective.draw(model, x, torch.Generator().manual_seed(0)))
     assert out["loss"].device == meta and out["loss"].shape == (3,)
     assert {"loss_masked", "vb_masked"} <= set(out)
     with pytest.raises(Exception):
         int(out["t"][0])  # meta tensors really cannot be read
 
 
-def test_objective_finds_the_mask_sampler_through_wrappers(mdt):
+def test_objective_runs_wrapped_models_with_the_backbones_mask(mdt):
     class Wrapper(torch.nn.Module):
         def __init__(self, inner, attr):
             super().__init__()
@@ -145,7 +150,8 @@ def test_objective_finds_the_mask_sampler_through_wrappers(mdt):
     wrapped = Wrapper(Wrapper(Wrapper(mdt, "module"), "_orig_mod"), "module")
     x, y = batch()
     objective = MaskedDiffusionObjective(create_diffusion())
-    a = objective(wrapped, x, y, generator=torch.Generator().manual_seed(4))
-    b = objective(mdt, x, y, generator=torch.Generator().manual_seed(4))
+    # The mask sampler is passed in with the backbone (draw), not looked up through the wrappers.
+    a = objective(wrapped, x, y, objective.draw(mdt, x, torch.Generator().manual_seed(4)))
+    b = objective(mdt, x, y, objective.draw(mdt, x, torch.Generator().manual_seed(4)))
     assert "loss_masked" in a
     torch.testing.assert_close(a["loss"], b["loss"])

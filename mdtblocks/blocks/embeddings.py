@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 __all__ = ["timestep_frequencies", "TimestepEmbedder", "LabelEmbedder"]
@@ -77,17 +77,27 @@ class LabelEmbedder(nn.Module):
         """Index of the unconditional label, or ``None`` if the table has no such row."""
         return self.num_classes if self.has_null else None
 
-    def drop(self, labels: Int[Tensor, "b"], generator: torch.Generator | None = None) -> Int[Tensor, "b"]:
-        """Replace each label by the null class with probability ``dropout_prob``.
+    def draw_drops(
+        self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+    ) -> Bool[Tensor, "b"]:
+        """Which of ``batch`` labels become the null class: each with probability ``dropout_prob``.
 
         The coin flips are drawn on ``generator``'s device (CPU by default) from
-        ``generator``, so the same generator state gives the same drops.
+        ``generator``, so the same generator state gives the same drops; without a null
+        class nothing is drawn and nothing drops. The result is moved to ``device``.
         """
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        if not self.has_null:
+            return torch.zeros(batch, dtype=torch.bool, device=device or gen_device)
+        flips = torch.rand(batch, generator=generator, device=gen_device)
+        return (flips < self.dropout_prob).to(device or gen_device)
+
+    def drop(self, labels: Int[Tensor, "b"], generator: torch.Generator | None = None) -> Int[Tensor, "b"]:
+        """Replace each label by the null class with probability ``dropout_prob`` (see :meth:`draw_drops`)."""
         if not self.has_null:
             return labels
-        device = generator.device if generator is not None else torch.device("cpu")
-        flips = torch.rand(labels.shape[0], generator=generator, device=device).to(labels.device)
-        return torch.where(flips < self.dropout_prob, torch.full_like(labels, self.num_classes), labels)
+        drops = self.draw_drops(labels.shape[0], generator, labels.device)
+        return torch.where(drops, torch.full_like(labels, self.num_classes), labels)
 
     def forward(self, labels: Int[Tensor, "b"]) -> Float[Tensor, "b d"]:
         """Look up the embedding of each label (the null class included)."""

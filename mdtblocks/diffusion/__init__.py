@@ -6,7 +6,7 @@ from .gaussian import GaussianDiffusion
 from .likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .losses import losses_from_output, training_losses, vb_terms_bpd
 from .noise import gaussian_noise
-from .objective import MaskedDiffusionObjective
+from .objective import MaskedDiffusionObjective, StepRandomness
 from .loops import ddim_sample_loop, p_sample_loop
 from .process import (
     LOSS_TYPES,
@@ -31,6 +31,7 @@ __all__ = [
     "ddim_sample_loop",
     "fp32_math",
     "MaskedDiffusionObjective",
+    "StepRandomness",
     "LOSS_TYPES",
     "PREDICTIONS",
     "SCHEDULES",

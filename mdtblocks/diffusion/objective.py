@@ -1,4 +1,4 @@
-"""MDT's training objective: the diffusion loss of the full input plus that of a masked pass."""
+"""MDT's training objective: the diffusion loss of the full input plus that of a masked pass, for given randomness."""
 
 from __future__ import annotations
 
@@ -6,129 +6,125 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int, Shaped
-from torch import Tensor, nn
+from jaxtyping import Bool, Int, Shaped
+from torch import nn
 
 from ..masking import MaskPlan
+from ..typing import Image, Labels, Tensor
 from .gaussian import GaussianDiffusion
 from .losses import training_losses
-from .process import fp32_math
 from .noise import gaussian_noise
+from .process import fp32_math, math_dtype
 
-__all__ = ["MaskedDiffusionObjective"]
+__all__ = ["MaskedDiffusionObjective", "StepRandomness"]
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DDP and the trainer's autocast wrapper keep the network in .module, torch.compile in
-    # ._orig_mod; they may nest in any order.
-    while True:
-        inner = next(
-            (getattr(model, a) for a in ("module", "_orig_mod") if isinstance(getattr(model, a, None), nn.Module)), None
-        )
-        if inner is None:
-            return model
-        model = inner
+@dataclass(frozen=True)
+class StepRandomness:
+    """Every random draw of one training step, for a batch of ``b`` samples.
+
+    Attributes:
+        t: ``(b,)`` diffusion timesteps, uniform in ``[0, num_timesteps)``.
+        noise: ``(b, c, hh, ww)`` standard normal noise.
+        drop_label: ``(b,)`` True where the label becomes ``null_class`` (classifier-free guidance).
+        mask: the mask plan of the masked pass, or ``None`` for models without masking.
+        null_class: the label a dropped label becomes (the model's ``num_classes``).
+    """
+
+    t: Int[Tensor, "b"]
+    noise: Image
+    drop_label: Bool[Tensor, "b"]
+    mask: MaskPlan | None
+    null_class: int
+
+    def rows(self, index: Int[Tensor, "r"]) -> StepRandomness:
+        """The draws of the samples at batch positions ``index``."""
+        mask = self.mask
+        if mask is not None:
+            mask = MaskPlan(ids_keep=mask.ids_keep[index], ids_restore=mask.ids_restore[index], mask=mask.mask[index])
+        return StepRandomness(self.t[index], self.noise[index], self.drop_label[index], mask, self.null_class)
 
 
 @dataclass(frozen=True)
 class MaskedDiffusionObjective:
     """The MDT / MDTv2 loss: ``loss(x_t) + masked_weight * loss(x_t with masked tokens)``.
 
-    Both passes share the timestep, the noise and the (dropped) labels; the mask plan
-    comes from ``model.mask_sampler`` (Gao et al. 2023, Sec. 3.2). A model without a
-    mask sampler (DiT) gets the unmasked loss alone. Every random draw (timesteps,
-    noise, label dropout, mask) comes from the ``generator`` passed in; nothing reads
-    tensor values on the host, so on an accelerator the step has no host sync
-    (with a CUDA generator; MDTv2's random mask ratio is read from the generator).
-
-    The model runs under whatever autocast the caller set; the diffusion math runs in fp32.
+    Both passes share the timestep, the noise and the (dropped) labels of the step's
+    :class:`StepRandomness` (Gao et al. 2023, Sec. 3.2); without a mask plan (DiT) the
+    loss is the unmasked one alone. The trainer draws the randomness of the whole global
+    batch from ``(seed, step)``; :meth:`draw` draws it from one generator. Nothing reads
+    tensor values on the host, so on an accelerator the step has no host sync. The model
+    runs under whatever autocast the caller set; the diffusion math runs in fp32
+    (:func:`~mdtblocks.diffusion.fp32_math`).
 
     Attributes:
         diffusion: the training process (``create_diffusion()``; MDTv2: ``snr_gamma=5``).
         masked_weight: weight of the masked loss (official: 1).
-        drop_labels: apply the model's classifier-free-guidance label dropout in training mode.
     """
 
     diffusion: GaussianDiffusion
     masked_weight: float | int = 1.0
-    drop_labels: bool = True
 
     def __call__(
         self,
-        model: nn.Module,
-        x_start: Float[Tensor, "b c hh ww"],
-        y: Int[Tensor, "b"],
-        *,
-        generator: torch.Generator | None,
-        t: Int[Tensor, "b"] | None = None,
-        noise: Float[Tensor, "b c hh ww"] | None = None,
-        mask: MaskPlan | None = None,
+        net: nn.Module,
+        x_start: Image,
+        y: Labels,
+        randomness: StepRandomness,
         model_kwargs: dict[str, Any] | None = None,
     ) -> dict[str, Shaped[Tensor, "b"]]:
         """Per-sample losses of one batch.
 
         Args:
-            model: the denoiser (DDP- or compile-wrapped is fine); ``model(x, t, y, ids_keep=None)``.
+            net: the denoiser as called (DDP-, compile- or autocast-wrapped is fine),
+                ``net(x_t, t, y, ids_keep=None)``.
             x_start: clean latents.
-            y: class labels.
-            generator: the source of every random draw; may be ``None`` only when ``t``,
-                ``noise`` and (for a masked model) ``mask`` are given and no labels are dropped.
-            t: timesteps to use instead of uniform draws.
-            noise: noise to use instead of a draw.
-            mask: mask plan to use instead of ``model.mask_sampler``'s.
+            y: class labels, before dropout.
+            randomness: the step's draws for these samples.
             model_kwargs: extra model arguments for both passes.
 
         Returns:
             ``(b,)`` tensors: ``"loss"`` (to average and backpropagate), ``"loss_unmasked"``,
-            ``"mse"`` and (learned sigma) ``"vb"`` of the full pass; with a mask sampler also
+            ``"mse"`` and (learned sigma) ``"vb"`` of the full pass; with a mask plan also
             ``"loss_masked"``, ``"mse_masked"`` and ``"vb_masked"``; and the ``"t"`` used.
         """
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        b, device = x_start.shape[0], x_start.device
-        net = _unwrap(model)
-        sampler = getattr(net, "mask_sampler", None)
-        drop = self.drop_labels and net.training and hasattr(net, "drop_labels")
-        if generator is None:
-            needs = [
-                name
-                for name, missing in (
-                    ("t", t is None),
-                    ("noise", noise is None),
-                    ("mask", mask is None and sampler is not None),
-                    ("label dropout", drop),
-                )
-                if missing
-            ]
-            if needs:
-                raise TypeError(
-                    f"generator is None but the objective must draw {', '.join(needs)}; pass a torch.Generator"
-                )
-        if t is None:
-            t = torch.randint(0, self.diffusion.num_timesteps, (b,), generator=generator, device=generator.device)
-            t = t.to(device)
-        with fp32_math(device):
-            x32 = x_start.to(torch.float64 if x_start.dtype == torch.float64 else torch.float32)
-            if noise is None:
-                noise = gaussian_noise(x32, generator)
-        if drop:
-            y = net.drop_labels(y, generator)
-        kwargs = {"y": y, **(model_kwargs or {})}
-
-        full = training_losses(self.diffusion, model, x32, t, kwargs, noise)
-        result = {"loss_unmasked": full["loss"], "mse": full["mse"], "t": t}
+        r = randomness
+        kwargs = {"y": torch.where(r.drop_label, r.null_class, y), **(model_kwargs or {})}
+        full = training_losses(self.diffusion, net, x_start, r.t, kwargs, r.noise)
+        out = {"loss_unmasked": full["loss"], "mse": full["mse"], "t": r.t}
         if "vb" in full:
-            result["vb"] = full["vb"]
+            out["vb"] = full["vb"]
         loss = full["loss"]
-
-        if mask is None and sampler is not None:
-            mask = sampler(b, net.num_tokens, generator=generator, device=device)
-        if mask is not None:
-            masked = training_losses(self.diffusion, model, x32, t, {**kwargs, "ids_keep": mask.ids_keep}, noise)
-            result["loss_masked"] = masked["loss"]
-            result["mse_masked"] = masked["mse"]
-            if "vb" in masked:
-                result["vb_masked"] = masked["vb"]
+        if r.mask is not None:
+            masked = training_losses(self.diffusion, net, x_start, r.t, {**kwargs, "ids_keep": r.mask.ids_keep}, r.noise)
+            out.update({f"{name}_masked": value for name, value in masked.items()})
             loss = loss + self.masked_weight * masked["loss"]
-        result["loss"] = loss
-        return result
+        out["loss"] = loss
+        return out
+
+    def draw(self, model: nn.Module, x_start: Image, generator: torch.Generator | None) -> StepRandomness:
+        """Draw a step's randomness for ``x_start`` from ``generator``, in the order t, noise, label drops, mask.
+
+        Args:
+            model: the backbone (not a wrapper): its ``mask_sampler`` and ``num_tokens`` give
+                the mask plan, its ``y_embedder`` the label dropout (drawn in training mode only).
+            x_start: the clean batch (its shape and device).
+            generator: the source of every draw (required; ``None`` is refused with a message).
+        """
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"generator must be a torch.Generator: the objective must draw t, noise, mask and label drops "
+                f"from it, got {type(generator).__name__}"
+            )
+        b, device = x_start.shape[0], x_start.device
+        t = torch.randint(0, self.diffusion.num_timesteps, (b,), generator=generator, device=generator.device)
+        with fp32_math(device):
+            noise = gaussian_noise(x_start.to(math_dtype(x_start)), generator)
+        labels = model.y_embedder
+        if model.training:  # label dropout is a training-mode behaviour, as in the model itself
+            drop = labels.draw_drops(b, generator, device)
+        else:
+            drop = torch.zeros(b, dtype=torch.bool, device=device)
+        sampler = getattr(model, "mask_sampler", None)
+        mask = None if sampler is None else sampler(b, model.num_tokens, generator=generator, device=device)
+        return StepRandomness(t.to(device), noise, drop, mask, labels.num_classes)

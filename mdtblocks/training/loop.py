@@ -7,7 +7,6 @@ optimizer factory) and never builds a model or an autoencoder itself; recipes do
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -105,8 +104,6 @@ def train(
     if cfg.compile:
         net = torch.compile(net)
     forward = AutocastForward(net, device, cfg.precision)
-    # The trainer draws label drops for the whole global batch itself (split-invariant).
-    objective = dataclasses.replace(objective, drop_labels=False)
     sample_shape = (model.config.in_channels, model.config.input_size, model.config.input_size)
     rows = local_rows(dist, per_rank)
 
@@ -124,7 +121,6 @@ def train(
             sample_shape=sample_shape, num_timesteps=objective.diffusion.num_timesteps, device=device,
         ).rows(rows)
         latents = encode(autoencoder, x, step_generator(cfg.seed, f"vae-rank{dist.rank}", step, device))
-        y = torch.where(randomness.drop_label, model.config.num_classes, y)
         losses = accumulate_gradients(net, forward, objective, latents, y, randomness, micro, accum)
         grad_norm = clip_gradients(model, cfg.grad_clip)
         optimizer.step()
@@ -196,10 +192,10 @@ def accumulate_gradients(
     totals: dict[str, Tensor] = {}
     for i in range(accum):
         part = slice(i * micro, (i + 1) * micro)
-        r = randomness.rows(torch.arange(part.start, part.stop))
+        index = torch.arange(part.start, part.stop)
         sync = i == accum - 1
         with no_sync(net, enabled=not sync):
-            terms = objective(forward, latents[part], y[part], generator=None, t=r.t, noise=r.noise, mask=r.mask)
+            terms = objective(forward, latents[part], y[part], randomness.rows(index))
             loss = terms["loss"].mean() / accum
             loss.backward()
         for name in ("loss", "loss_unmasked", "loss_masked"):

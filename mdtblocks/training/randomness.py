@@ -10,12 +10,11 @@ is what makes 1 process and N processes give the same update for the same global
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 import torch
-from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from ..diffusion.objective import StepRandomness
 from ..masking import MaskPlan
 
 __all__ = ["derive_seed", "step_generator", "StepRandomness", "draw_step_randomness"]
@@ -32,34 +31,6 @@ def step_generator(seed: int, stream: str, step: int, device: torch.device | str
     return torch.Generator(device=device).manual_seed(derive_seed(seed, stream, step))
 
 
-@dataclass(frozen=True)
-class StepRandomness:
-    """Random draws of one global batch of ``g`` samples.
-
-    Attributes:
-        t: ``(g,)`` diffusion timesteps, uniform in ``[0, num_timesteps)``.
-        noise: ``(g, c, h, w)`` standard normal noise.
-        drop_label: ``(g,)`` True where the label becomes the null class (classifier-free guidance).
-        mask: the mask plan of the masked pass, or None for models without masking.
-    """
-
-    t: Int[Tensor, "g"]
-    noise: Float[Tensor, "g c h w"]
-    drop_label: Bool[Tensor, "g"]
-    mask: MaskPlan | None
-
-    def rows(self, index: Int[Tensor, "b"]) -> StepRandomness:
-        """The draws of the samples at global batch positions ``index``."""
-        return StepRandomness(
-            t=self.t[index],
-            noise=self.noise[index],
-            drop_label=self.drop_label[index],
-            mask=None if self.mask is None else MaskPlan(
-                ids_keep=self.mask.ids_keep[index], ids_restore=self.mask.ids_restore[index], mask=self.mask.mask[index]
-            ),
-        )
-
-
 def draw_step_randomness(
     model: torch.nn.Module,
     *,
@@ -74,15 +45,13 @@ def draw_step_randomness(
 
     Small draws (timesteps, label flips, mask plan) come from CPU generators, so that the
     per-batch mask ratio is read without a device sync; the noise is drawn on ``device``.
-    ``model`` is the unwrapped backbone: its ``drop_labels`` and ``mask_sampler`` define
-    the label dropout and masking.
+    ``model`` is the backbone (passed in, not found through wrappers): its ``y_embedder``
+    and ``mask_sampler`` define the label dropout and masking.
     """
     g_small = step_generator(seed, "t-labels-mask", step)
     t = torch.randint(0, num_timesteps, (global_batch,), generator=g_small)
-    # Flip coins for the whole global batch with the model's own dropout rule: a zero
-    # label becomes the null class exactly where the coin says drop.
-    zeros = torch.zeros(global_batch, dtype=torch.long)
-    drop_label = model.drop_labels(zeros, generator=g_small) != 0
+    # The model's own label-dropout coins, one per sample of the global batch.
+    drop_label = model.y_embedder.draw_drops(global_batch, generator=g_small)
     sampler = getattr(model, "mask_sampler", None)
     mask = None
     if sampler is not None:
@@ -93,7 +62,8 @@ def draw_step_randomness(
     noise = torch.randn(
         (global_batch, *sample_shape), generator=step_generator(seed, "noise", step, device), device=device
     )
-    return StepRandomness(t=_to(t, device), noise=noise, drop_label=_to(drop_label, device), mask=mask)
+    null_class = model.y_embedder.num_classes
+    return StepRandomness(t=_to(t, device), noise=noise, drop_label=_to(drop_label, device), mask=mask, null_class=null_class)
 
 
 def _to(x: Tensor, device: torch.device) -> Tensor:
