@@ -130,7 +130,7 @@ def test_adaln_block_shapes_and_zero_init_identity(d, heads, n, skip, rel):
     side = 3
     grid = (side, side) if rel else None
     n = side * side if rel else n
-    block = AdaLNBlock(d, heads, 2.0, grid=grid, skip=skip)
+    block = AdaLNBlock(d, heads, 2.0, grid=grid, fuses_skip=skip)
     block.reset_parameters()
     x, c = torch.randn(2, n, d), torch.randn(2, d)
     s = torch.randn(2, n, d) if skip else None
@@ -141,7 +141,7 @@ def test_adaln_block_shapes_and_zero_init_identity(d, heads, n, skip, rel):
 
 
 def test_adaln_block_skip_contract():
-    block = AdaLNBlock(8, 2, skip=True)
+    block = AdaLNBlock(8, 2, fuses_skip=True)
     with pytest.raises(ValueError, match="skip"):
         block(torch.randn(1, 4, 8), torch.randn(1, 8))
     with pytest.raises(ValueError, match="skip"):

@@ -37,7 +37,7 @@ class AdaLNBlock(nn.Module):
     come from ``Linear(SiLU(c))``; zero-initialising that layer makes the block the
     identity at init (adaLN-Zero, DiT section 3.2).
 
-    With ``skip=True`` the block first fuses a second token stream:
+    With ``fuses_skip=True`` the block first fuses a second token stream:
     ``x <- Linear([x, skip])``. MDTv2 uses this for the long shortcuts across its
     encoder and for the dense shortcut of the input tokens into each decoder block.
 
@@ -46,7 +46,7 @@ class AdaLNBlock(nn.Module):
         num_heads: attention heads.
         mlp_ratio: MLP hidden width as a multiple of ``d``.
         grid: patch grid for a relative position bias (MDT), or ``None`` (DiT).
-        skip: whether the block takes a skip input.
+        fuses_skip: whether the block takes a skip input (a tensor passed to :meth:`forward` as ``skip``).
         backend: attention kernel.
     """
 
@@ -56,7 +56,7 @@ class AdaLNBlock(nn.Module):
         num_heads: int,
         mlp_ratio: float = 4.0,
         grid: tuple[int, int] | None = None,
-        skip: bool = False,
+        fuses_skip: bool = False,
         backend: AttentionBackend = "sdpa",
     ) -> None:
         super().__init__()
@@ -65,7 +65,7 @@ class AdaLNBlock(nn.Module):
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
-        self.skip_linear = nn.Linear(2 * hidden_size, hidden_size) if skip else None
+        self.skip_linear = nn.Linear(2 * hidden_size, hidden_size) if fuses_skip else None
 
     def forward(
         self,
@@ -74,13 +74,13 @@ class AdaLNBlock(nn.Module):
         skip: Float[Tensor, "b n d"] | None = None,
         rel_index: Int[Tensor, "b n n"] | None = None,
     ) -> Float[Tensor, "b n d"]:
-        """Update tokens ``x`` under conditioning ``c``; ``skip`` is required iff the block was built with ``skip=True``."""
+        """Update tokens ``x`` under conditioning ``c``; ``skip`` is required iff the block was built with ``fuses_skip=True``."""
         if self.skip_linear is not None:
             if skip is None:
-                raise ValueError("this block was built with skip=True and needs a skip input")
+                raise ValueError("this block was built with fuses_skip=True and needs a skip input")
             x = self.skip_linear(torch.cat([x, skip], dim=-1))
         elif skip is not None:
-            raise ValueError("this block was built with skip=False but got a skip input")
+            raise ValueError("this block was built with fuses_skip=False but got a skip input")
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=1)
         x = x + gate_a.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_a, scale_a), rel_index)
         x = x + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_m, scale_m))

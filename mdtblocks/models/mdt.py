@@ -44,15 +44,15 @@ class MaskedDiffusionTransformer(DiffusionBackbone):
         cfg = config
         d, grid = cfg.hidden_size, cfg.grid
 
-        def block(skip: bool = False) -> AdaLNBlock:
-            return AdaLNBlock(d, cfg.num_heads, cfg.mlp_ratio, grid=grid, skip=skip, backend=cfg.attention_backend)  # type: ignore[arg-type]
+        def block(fuses_skip: bool = False) -> AdaLNBlock:
+            return AdaLNBlock(d, cfg.num_heads, cfg.mlp_ratio, grid=grid, fuses_skip=fuses_skip, backend=cfg.attention_backend)  # type: ignore[arg-type]
 
         enc = cfg.encoder_depth
-        self.encoder = nn.ModuleList(block(skip=cfg.long_skip and i >= enc // 2) for i in range(enc))
+        self.encoder = nn.ModuleList(block(fuses_skip=cfg.long_skip and i >= enc // 2) for i in range(enc))
         self.side_interpolater = SideInterpolater(
             d, cfg.num_heads, cfg.mlp_ratio, grid, cfg.side_blocks, backend=cfg.attention_backend  # type: ignore[arg-type]
         )
-        self.decoder = nn.ModuleList(block(skip=cfg.dense_skip) for _ in range(cfg.decode_layer))
+        self.decoder = nn.ModuleList(block(fuses_skip=cfg.dense_skip) for _ in range(cfg.decode_layer))
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, d))
         self.register_buffer("rel_index", relative_position_index(grid), persistent=False)
         self.mask_sampler: MaskSampler | None = (

@@ -94,7 +94,8 @@ def train(
     model_config = model_config_json(model)  # before FSDP renames the class
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(model)
-    net = wrap_model(model, ema, dist, cfg.strategy)
+    # What the step calls: the backbone wrapped for distribution (DDP / FSDP), compile and precision.
+    denoiser: nn.Module = wrap_model(model, ema, dist, cfg.strategy)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
     batches = BatchStream(
         dataset, per_rank, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
@@ -102,8 +103,8 @@ def train(
     )
     start = resume(out, model, ema, optimizer, batches, cfg, dist)
     if cfg.compile:
-        net = torch.compile(net)
-    forward = AutocastForward(net, device, cfg.precision)
+        denoiser = torch.compile(denoiser)  # type: ignore[assignment]
+    denoiser = AutocastForward(denoiser, device, cfg.precision)
     sample_shape = (model.config.in_channels, model.config.input_size, model.config.input_size)
     rows = local_rows(dist, per_rank)
 
@@ -121,7 +122,7 @@ def train(
             sample_shape=sample_shape, num_timesteps=objective.diffusion.num_timesteps, device=device,
         ).rows(rows)
         latents = encode(autoencoder, x, step_generator(cfg.seed, f"vae-rank{dist.rank}", step, device))
-        losses = accumulate_gradients(net, forward, objective, latents, y, randomness, micro, accum)
+        losses = accumulate_gradients(denoiser, objective, latents, y, randomness, micro, accum)
         grad_norm = clip_gradients(model, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -173,8 +174,7 @@ def encode(autoencoder: Autoencoder, x: Tensor, generator: torch.Generator) -> T
 
 
 def accumulate_gradients(
-    net: nn.Module,
-    forward: nn.Module,
+    denoiser: AutocastForward,
     objective: MaskedDiffusionObjective,
     latents: Tensor,
     y: Tensor,
@@ -194,8 +194,8 @@ def accumulate_gradients(
         part = slice(i * micro, (i + 1) * micro)
         index = torch.arange(part.start, part.stop)
         sync = i == accum - 1
-        with no_sync(net, enabled=not sync):
-            terms = objective(forward, latents[part], y[part], randomness.rows(index))
+        with contextlib.nullcontext() if sync else denoiser.no_sync():
+            terms = objective(denoiser, latents[part], y[part], randomness.rows(index))
             loss = terms["loss"].mean() / accum
             loss.backward()
         for name in ("loss", "loss_unmasked", "loss_masked"):
@@ -203,13 +203,6 @@ def accumulate_gradients(
                 value = terms[name].detach().mean() / accum
                 totals[name] = totals[name] + value if name in totals else value
     return totals
-
-
-def no_sync(net: nn.Module, enabled: bool) -> Any:
-    """DDP's ``no_sync`` (skip the gradient all-reduce) for all but the last micro batch."""
-    if enabled and hasattr(net, "no_sync"):
-        return net.no_sync()
-    return contextlib.nullcontext()
 
 
 def clip_gradients(model: nn.Module, max_norm: float | None) -> Tensor:

@@ -50,3 +50,8 @@ class AutocastForward(nn.Module):
         with autocast(self.device, self.precision):
             out = self.module(*args, **kwargs)
         return out.float()
+
+    def no_sync(self) -> contextlib.AbstractContextManager[Any]:
+        """DDP's ``no_sync`` (skip the gradient all-reduce) of the wrapped network; nothing to skip without DDP."""
+        inner = getattr(self.module, "no_sync", None)
+        return inner() if callable(inner) else contextlib.nullcontext()
