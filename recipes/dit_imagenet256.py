@@ -9,88 +9,17 @@ global batch 256, EMA 0.9999, no masking, learned sigma, 1000 linear steps.
 Rerunning a command with the same ``--out`` resumes from its newest checkpoint.
 """
 
-from __future__ import annotations
+from mdtblocks.training.recipe import DEMO, TrainRecipe
 
-import logging
-from dataclasses import dataclass
-
-import torch
-
-from mdtblocks import DiT, MaskedDiffusionObjective, create_diffusion
-from mdtblocks.training import setup_distributed, train
-from mdtblocks.training.recipe import (
-    RecipeConfig,
-    announce_builtin,
-    choose_config,
-    flag,
-    load_run_data,
-    model_overrides,
-    presets_of,
-    setup_logging,
-    train_config,
-    write_run_config,
+RECIPE = TrainRecipe(
+    script="recipes/dit_imagenet256.py",
+    family="DiT",
+    paper=dict(out="runs/dit_imagenet256", model="DiT-XL/2", lr=1e-4, global_batch_size=256, steps=7_000_000),
+    builtin={**DEMO, "model": "DiT-S/4"},
+    real_run="torchrun --nproc-per-node 8 recipes/dit_imagenet256.py --data /path/to/imagenet/train",
+    description=__doc__,
 )
-
-log = logging.getLogger("dit")
-
-
-@dataclass(frozen=True)
-class DiTConfig(RecipeConfig):
-    """DiT on ImageNet 256: every field is a ``--flag`` (``python recipes/dit_imagenet256.py --help``)."""
-
-    out: str = flag("runs/dit_imagenet256", "run folder; rerunning with the same --out resumes", metavar="DIR")
-    model: str = flag("DiT-XL/2", "DiT preset", choices=presets_of("DiT"))
-    lr: float = flag(1e-4, "constant AdamW learning rate")
-    global_batch_size: int = flag(256, "samples per step over all processes")
-    steps: int = flag(7_000_000, "optimizer steps")
-
-
-# The built-in demo: digits in pixel space, a CPU-sized DiT, about 5 minutes on 2 cores.
-BUILTIN = DiTConfig(
-    out="runs/dit_imagenet256", model="DiT-S/4", depth=6, hidden_size=128, num_heads=4,
-    image_size=16, vae=None, steps=1800, global_batch_size=32, lr=2e-3, ema_decay=0.995,
-    ckpt_every=600, log_every=50, device="cpu", num_workers=0, num_samples=40,
-)
-
-
-def main(argv: list[str] | None = None) -> None:
-    cfg, builtin = choose_config(DiTConfig, BUILTIN, argv, description=__doc__)
-    dist = setup_distributed(cfg.device)
-    setup_logging(dist)
-    if builtin:
-        announce_builtin(
-            "recipes/dit_imagenet256.py",
-            "torchrun --nproc-per-node 8 recipes/dit_imagenet256.py --data /path/to/imagenet/train",
-        )
-
-    data = load_run_data(cfg)
-    channels, side = data.latent_shape
-    overrides = model_overrides(cfg, ["depth", "hidden_size", "num_heads"])
-    num_classes = cfg.num_classes or data.num_classes
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = DiT.from_preset(
-        cfg.model, input_size=side, in_channels=channels, num_classes=num_classes, learn_sigma=True, **overrides
-    )
-    # DiT has no mask sampler, so the objective is the plain diffusion loss.
-    objective = MaskedDiffusionObjective(create_diffusion("", "linear", 1000, learn_sigma=True))
-    write_run_config(
-        cfg.out, cfg, dist, vae=data.vae, image_size=data.image_size, num_classes=num_classes,
-        model_preset=cfg.model, model_overrides=overrides, model_config=model.config.to_dict(),
-    )
-    train(
-        train_config(cfg),
-        model=model,
-        objective=objective,
-        dataset=data.dataset,
-        autoencoder=data.autoencoder,
-        make_optimizer=lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-        out=cfg.out,
-        dist=dist,
-        sample_diffusion=create_diffusion(f"ddim{cfg.sample_steps}"),
-    )
-    log.info("done: checkpoints in %s/checkpoints, sample grids in %s/samples", cfg.out, cfg.out)
-    dist.close()
-
+main = RECIPE.main
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ from training_utils import TINY, load_recipe
 
 import mdtblocks
 from mdtblocks.data import DigitsDataset
-from mdtblocks.training.recipe import build_parser
+from mdtblocks.training.recipe import RecipeConfig, build_parser
 
 COMMON_FLAGS = [
     "--data", "--out", "--model", "--steps", "--global-batch-size", "--lr", "--seed", "--ckpt-every",
@@ -24,11 +24,10 @@ RECIPES = ["mdtv2_imagenet256", "mdt_imagenet256", "dit_imagenet256"]
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_has_the_common_flags(name: str) -> None:
     recipe = load_recipe(name)
-    cls = next(v for k, v in vars(recipe).items() if k.endswith("Config") and k != "RecipeConfig")
-    help_text = build_parser(cls).format_help()
+    help_text = build_parser(RecipeConfig, defaults=recipe.RECIPE.defaults).format_help()
     for f in COMMON_FLAGS:
         assert f in help_text, f"{name} lacks {f}"
-    parser = build_parser(cls)
+    parser = build_parser(RecipeConfig, defaults=recipe.RECIPE.defaults)
     assert parser.parse_args(["--precision", "bf16"]).precision == "bf16"
     with pytest.raises(SystemExit):
         parser.parse_args(["--precision", "fp16"])
@@ -38,25 +37,22 @@ def test_recipe_has_the_common_flags(name: str) -> None:
 def test_mdtv2_paper_defaults() -> None:
     """Without the built-in demo, the config is the paper's (XL: lr 3e-4, S: 5e-4; global batch 256 for both)."""
     r = load_recipe("mdtv2_imagenet256")
-    cfg, builtin = r.choose_config(r.MDTv2Config, r.BUILTIN, ["--data", "/nonexistent"])
-    cfg = r.resolve(cfg)
+    cfg, builtin = r.RECIPE.configure(["--data", "/nonexistent"])
     assert not builtin
     assert (cfg.model, cfg.lr, cfg.global_batch_size, cfg.image_size) == ("MDTv2-XL/2", 3e-4, 256, 256)
     assert (cfg.adan_betas, cfg.weight_decay, cfg.grad_clip, cfg.ema_decay, cfg.snr_gamma) == (
         (0.98, 0.92, 0.99), 0.0, 1.0, 0.9999, 5.0
     )
     assert cfg.vae == "stabilityai/sd-vae-ft-ema"
-    small = r.resolve(r.choose_config(r.MDTv2Config, r.BUILTIN, ["--data", "x", "--model", "MDTv2-S/2"])[0])
+    small = r.RECIPE.configure(["--data", "x", "--model", "MDTv2-S/2"])[0]
     assert (small.lr, small.global_batch_size) == (5e-4, 256)
-    cfg, builtin = r.choose_config(r.MDTv2Config, r.BUILTIN, ["--steps", "7"])
+    cfg, builtin = r.RECIPE.configure(["--steps", "7"])
     assert builtin and cfg.steps == 7 and cfg.vae is None and cfg.image_size == 16
 
 
 def test_mdt_and_dit_paper_defaults() -> None:
     for name, model, lr in (("mdt_imagenet256", "MDT-XL/2", 3e-4), ("dit_imagenet256", "DiT-XL/2", 1e-4)):
-        r = load_recipe(name)
-        cls = next(v for k, v in vars(r).items() if k.endswith("Config") and k != "RecipeConfig")
-        cfg, _ = r.choose_config(cls, r.BUILTIN, ["--data", "x"])
+        cfg, _ = load_recipe(name).RECIPE.configure(["--data", "x"])
         assert (cfg.model, cfg.lr, cfg.global_batch_size, cfg.weight_decay, cfg.ema_decay) == (model, lr, 256, 0.0, 0.9999)
 
 
@@ -69,7 +65,7 @@ def test_builtin_default_runs_end_to_end(tmp_path: Path) -> None:
 
     config = json.loads((out / "config.json").read_text())
     assert config["vae"] is None and config["image_size"] == 16 and config["num_classes"] == 10
-    assert config["model_preset"] == r.BUILTIN.model and config["model_overrides"]["depth"] == r.BUILTIN.depth
+    assert config["model_preset"] == r.RECIPE.builtin["model"] and config["model_overrides"]["depth"] == r.RECIPE.builtin["depth"]
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [rec["step"] for rec in lines] == [1, 2]
     assert all(torch.isfinite(torch.tensor(rec["loss"])) and rec["steps_per_s"] > 0 for rec in lines)

@@ -1,0 +1,27 @@
+"""What every recipe shares, by concern: flags (:mod:`.cli`), data choice (:mod:`.data`), the run
+folder and logs (:mod:`.run`), and the one training recipe over them (:mod:`.train`)."""
+
+from .cli import RecipeConfig, build_parser, choose_config, flag, parse_flags, presets_of
+from .data import CachedLatents, RunData, load_run_data
+from .run import announce_builtin, model_overrides, setup_logging, train_config, write_run_config
+from .train import DEMO, MODEL_OVERRIDES, TrainRecipe
+
+__all__ = [
+    "flag",
+    "presets_of",
+    "RecipeConfig",
+    "parse_flags",
+    "choose_config",
+    "announce_builtin",
+    "build_parser",
+    "RunData",
+    "load_run_data",
+    "CachedLatents",
+    "train_config",
+    "model_overrides",
+    "write_run_config",
+    "setup_logging",
+    "TrainRecipe",
+    "MODEL_OVERRIDES",
+    "DEMO",
+]

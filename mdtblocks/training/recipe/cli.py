@@ -1,0 +1,165 @@
+"""Recipe flags: a typed config whose every field is a documented ``--flag``, and the command line parsed into it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from ...data import DEFAULT_VAE
+from ...models import PRESETS
+
+__all__ = ["flag", "presets_of", "RecipeConfig", "build_parser", "parse_flags", "choose_config"]
+
+C = TypeVar("C")
+
+
+def flag(default: Any, help: str, choices: Sequence[str] | None = None, metavar: str | None = None) -> Any:  # noqa: A002
+    """A dataclass field that is also a documented command-line flag (``choices`` restricts its values)."""
+    return field(
+        default=default, metadata={"help": help, "choices": list(choices) if choices else None, "metavar": metavar}
+    )
+
+
+def presets_of(family: str) -> list[str]:
+    """Preset names of one family (``"MDTv2"``, ``"MDT"``, ``"DiT"``), for a recipe's ``--model`` choices."""
+    return [name for name in PRESETS if name.split("-")[0] == family]
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """Flags every recipe has (``--data``, ``--out``, ``--model``, ...). Recipes subclass it."""
+
+    data: str | None = flag(
+        None, "ImageNet-style train folder (class subfolders); none: the built-in digits demo", metavar="DIR"
+    )
+    latents: str | None = flag(
+        None, "latent cache folder (recipes/extract_latents.py) to train from instead of --data", metavar="DIR"
+    )
+    out: str = flag("runs/run", "run folder; rerunning with the same --out resumes from its newest checkpoint", metavar="DIR")
+    model: str = flag("MDTv2-XL/2", "model preset name (mdtblocks.PRESETS)")
+    depth: int | None = flag(None, "override the preset's depth")
+    hidden_size: int | None = flag(None, "override the preset's width")
+    num_heads: int | None = flag(None, "override the preset's attention heads")
+    decode_layer: int | None = flag(None, "override the preset's decoder blocks (MDT, MDTv2)")
+    mask_ratio: float | None = flag(None, "override the (lower end of the) mask ratio (MDT, MDTv2)")
+    mask_ratio_range: float | None = flag(None, "override the width of the mask ratio interval (MDTv2)")
+    image_size: int = flag(256, "image side in pixels")
+    num_classes: int | None = flag(None, "classes; none: taken from the dataset")
+    vae: str | None = flag(
+        DEFAULT_VAE, "diffusers AutoencoderKL name or folder; 'none' trains in pixel space", metavar="NAME_OR_DIR"
+    )
+    steps: int = flag(400_000, "optimizer steps")
+    global_batch_size: int = flag(256, "samples per optimizer step over all processes")
+    micro_batch_size: int | None = flag(None, "samples per process per forward (gradient accumulation); none: no accumulation")
+    lr: float | None = flag(1e-4, "learning rate (constant); none: the recipe's value for the model size")
+    optimizer: Literal["adamw", "adan"] = flag("adamw", "optimizer")
+    adan_betas: tuple[float, ...] = flag((0.98, 0.92, 0.99), "Adan betas (with --optimizer adan)")
+    snr_gamma: float | None = flag(None, "min-SNR-gamma loss weighting; none: unweighted")
+    weight_decay: float = flag(0.0, "weight decay")
+    grad_clip: float | None = flag(None, "global gradient-norm clip; none: no clipping")
+    ema_decay: float = flag(0.9999, "EMA decay per step")
+    seed: int = flag(0, "seed of every random draw")
+    ckpt_every: int = flag(10_000, "checkpoint and sample grid every N steps")
+    log_every: int = flag(100, "log metrics every N steps")
+    precision: Literal["fp32", "bf16"] = flag("fp32", "bf16 autocasts the model forward (fp32 weights and diffusion math)")
+    device: Literal["auto", "cpu", "cuda"] = flag("auto", "training device")
+    fsdp: bool = flag(False, "shard parameters with FSDP (fully_shard) instead of DDP, for XL models")
+    compile: bool = flag(False, "torch.compile the model")
+    activation_checkpointing: bool = flag(False, "recompute block activations in backward to save memory")
+    num_workers: int = flag(4, "DataLoader workers per process")
+    num_samples: int = flag(16, "images in each checkpoint's sample grid")
+    sample_steps: int = flag(50, "DDIM steps for the sample grids")
+    sample_cfg_scale: float = flag(4.0, "classifier-free guidance scale of the sample grids (1: none)")
+
+    @property
+    def builtin(self) -> bool:
+        """No ``--data`` and no ``--latents``: the built-in digits demo."""
+        return self.data is None and self.latents is None
+
+
+def _kind(tp: Any) -> tuple[Any, bool]:
+    """``(base type, optional)`` of a field annotation such as ``int | None``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return (args[0] if len(args) == 1 else tp), type(None) in typing.get_args(tp)
+    return tp, False
+
+
+def _converter(base: Any, optional: bool, name: str) -> Any:
+    def convert(text: str) -> Any:
+        if optional and text.lower() in ("none", "null"):
+            return None
+        try:
+            return base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{name}: expected {base.__name__}, got {text!r}") from None
+
+    return convert
+
+
+def build_parser(cls: type, description: str = "", defaults: Any = None) -> argparse.ArgumentParser:
+    """An ``argparse`` parser with one ``--kebab-case`` flag per field of the dataclass ``cls``.
+
+    Defaults are suppressed so that :func:`parse_flags` can tell given flags from defaults;
+    the help text shows each field's default (that of the instance ``defaults`` when given).
+    Optional fields accept ``none``.
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = f.name.replace("_", "-")
+        base, optional = _kind(hints[f.name])
+        default = f.default if defaults is None else getattr(defaults, f.name)
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if base is bool:
+            parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(base) is Literal:
+            parser.add_argument(f"--{name}", choices=list(typing.get_args(base)), **kwargs)
+        elif typing.get_origin(base) is tuple:
+            item = typing.get_args(base)[0]
+            parser.add_argument(f"--{name}", nargs="+", type=item, metavar=item.__name__.upper(), **kwargs)
+        elif f.metadata.get("choices"):
+            parser.add_argument(f"--{name}", choices=f.metadata["choices"], **kwargs)
+        else:
+            metavar = f.metadata.get("metavar") or base.__name__.upper()
+            parser.add_argument(f"--{name}", type=_converter(base, optional, name), metavar=metavar, **kwargs)
+    return parser
+
+
+def parse_flags(
+    cls: type[C], argv: Sequence[str] | None = None, description: str = "", defaults: C | None = None
+) -> dict[str, Any]:
+    """The fields given on the command line, as ``{field: value}`` (defaults left out)."""
+    namespace = build_parser(cls, description, defaults).parse_args(argv)
+    given = vars(namespace)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in given and isinstance(given[f.name], list):
+            given[f.name] = tuple(given[f.name])
+    return given
+
+
+def choose_config(
+    cls: type[C], builtin: C, argv: Sequence[str] | None = None, description: str = "", defaults: C | None = None
+) -> tuple[C, bool]:
+    """Parse the command line into ``cls``; without ``--data`` and ``--latents`` start from ``builtin``.
+
+    Flags given on the command line always win; the built-in demo only changes the
+    defaults (dataset, model size, steps), never the code path. A real run starts from
+    ``defaults`` (default: ``cls()``).
+
+    Returns:
+        ``(config, is_builtin)``.
+    """
+    given = parse_flags(cls, argv, description, defaults)
+    if "data" in given or "latents" in given:
+        return (cls(**given) if defaults is None else dataclasses.replace(defaults, **given)), False  # type: ignore[type-var]
+    return dataclasses.replace(builtin, **given), True  # type: ignore[type-var]
+
+

@@ -1,0 +1,102 @@
+"""Recipe data: the dataset and the space the model works in (ImageNet folder, latent cache, or the built-in digits)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ...data import DEFAULT_VAE, Autoencoder, DigitsDataset, ImageFolderDataset, LatentDataset, load_autoencoder
+from .cli import RecipeConfig
+
+__all__ = ["CachedLatents", "RunData", "load_run_data"]
+
+
+class CachedLatents(nn.Module):
+    """The autoencoder of a latent-cache run: items are latents already (encode is the identity);
+    samples are decoded with the VAE that made the cache."""
+
+    def __init__(self, vae: Autoencoder) -> None:
+        super().__init__()
+        self.vae = vae
+        self.latent_channels = vae.latent_channels
+        self.downsample = vae.downsample
+        self.scale = vae.scale
+
+    def encode(
+        self, images: Float[Tensor, "b c2 h2 w2"], generator: torch.Generator | None = None
+    ) -> Float[Tensor, "b c2 h2 w2"]:
+        """Return the cached latents unchanged (``generator`` unused).
+
+        Args:
+            images: ``(b, c2, h2, w2)`` items of the cache, already scaled latents.
+            generator: ignored (kept for the :class:`~mdtblocks.data.Autoencoder` interface).
+
+        Returns:
+            ``(b, c2, h2, w2)``: ``images``.
+        """
+        return images
+
+    def decode(self, latents: Float[Tensor, "b c2 h2 w2"]) -> Float[Tensor, "b c hh ww"]:
+        """Decode latents to images in [-1, 1] with the VAE.
+
+        Args:
+            latents: ``(b, c2, h2, w2)`` scaled latents, as cached or generated.
+
+        Returns:
+            ``(b, c, hh, ww)`` images in [-1, 1] (``hh = h2 * downsample``).
+        """
+        return self.vae.decode(latents)
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The dataset and the space the model works in.
+
+    Attributes:
+        dataset: ``(x, y)`` pairs (images, or latents for a latent cache).
+        autoencoder: images -> model space and back (identity for pixels).
+        num_classes: classes of the dataset.
+        latent_shape: ``(channels, side)`` of the model's input.
+        vae: the VAE's name or folder, ``None`` in pixel space.
+        image_size: side of the images in pixels (for a latent cache, the size it was
+            extracted at, not the ``--image-size`` flag).
+    """
+
+    dataset: Dataset
+    autoencoder: Autoencoder
+    num_classes: int
+    latent_shape: tuple[int, int]
+    vae: str | None
+    image_size: int
+
+
+def load_run_data(cfg: RecipeConfig, builtin_channels: int = 1) -> RunData:
+    """Dataset and autoencoder for ``--latents``, ``--data`` or (neither) the built-in digits in pixel space."""
+    if cfg.latents is not None:
+        dataset = LatentDataset(cfg.latents)
+        # The VAE that made the cache decodes the samples, unless --vae names another one.
+        vae_name = cfg.vae if cfg.vae not in (None, DEFAULT_VAE) else (dataset.vae or cfg.vae)
+        c, h, w = dataset.latent_shape
+        if h != w:
+            raise ValueError(f"latents in {cfg.latents} are {h}x{w}; the models take square inputs")
+        ae = CachedLatents(load_autoencoder(vae_name))
+        if ae.latent_channels != c:
+            raise ValueError(f"latents in {cfg.latents} have {c} channels but the VAE {vae_name!r} makes {ae.latent_channels}")
+        image_size = int(dataset.meta.get("image_size") or h * ae.downsample)
+        return RunData(dataset, ae, dataset.num_classes, (c, h), vae_name, image_size)
+    if cfg.data is not None:
+        dataset = ImageFolderDataset(cfg.data, cfg.image_size)
+        ae = load_autoencoder(cfg.vae)
+        if cfg.image_size % ae.downsample:
+            raise ValueError(f"--image-size {cfg.image_size} is not divisible by the VAE's downsampling {ae.downsample}")
+        latent_shape = (ae.latent_channels, cfg.image_size // ae.downsample)
+        return RunData(dataset, ae, dataset.num_classes, latent_shape, cfg.vae, cfg.image_size)
+    dataset = DigitsDataset(image_size=cfg.image_size, channels=builtin_channels)
+    ae = load_autoencoder(None, channels=builtin_channels)
+    return RunData(dataset, ae, dataset.num_classes, (builtin_channels, cfg.image_size), None, cfg.image_size)
+
+
