@@ -1,7 +1,7 @@
 """``GaussianDiffusion``: the official ADM / DiT / MDT method names, forwarding to the free functions.
 
-This layer holds no logic. Each method is the free function of :mod:`.reverse`,
-:mod:`.loops`, :mod:`.losses` or :mod:`.bpd` with the process as ``self``; the
+This layer holds no logic. Each method is the free function of :mod:`~mdtblocks.diffusion.reverse`,
+:mod:`~mdtblocks.diffusion.loops`, :mod:`~mdtblocks.diffusion.losses` or :mod:`~mdtblocks.diffusion.bpd` with the process as ``self``; the
 official table attributes (``diffusion.alphas_cumprod``) read :attr:`~GaussianProcess.tables`.
 """
 

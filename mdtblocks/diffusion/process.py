@@ -1,7 +1,7 @@
 """The forward process: what a process is configured with, its float64 tables, ``q(x_t | x_0)`` and the posterior.
 
 This is the bottom of ``mdtblocks.diffusion``: it imports nothing from the package
-but :mod:`.noise`. The reverse step (:mod:`.reverse`) reads a model output against
+but :mod:`~mdtblocks.diffusion.noise`. The reverse step (:mod:`~mdtblocks.diffusion.reverse`) reads a model output against
 these tables; losses, loops and the bound build on that.
 """
 

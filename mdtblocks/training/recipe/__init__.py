@@ -1,5 +1,5 @@
-"""What every recipe shares, by concern: flags (:mod:`.cli`), data choice (:mod:`.data`), the run
-folder and logs (:mod:`.run`), and the one training recipe over them (:mod:`.train`)."""
+"""What every recipe shares, by concern: flags (:mod:`~mdtblocks.training.recipe.cli`), data choice (:mod:`~mdtblocks.training.recipe.data`), the run
+folder and logs (:mod:`~mdtblocks.training.recipe.run`), and the one training recipe over them (:mod:`~mdtblocks.training.recipe.train`)."""
 
 from .cli import RecipeConfig, build_parser, choose_config, flag, parse_flags, presets_of
 from .data import CachedLatents, RunData, load_run_data
