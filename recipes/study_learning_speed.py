@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import logging
 import os
 import platform
@@ -124,7 +125,7 @@ class StudyConfig:
         fields = dataclasses.asdict(self)
         for name in ("out", "device", "quick"):
             fields.pop(name)
-        return fields
+        return json.loads(json.dumps(fields))  # as results.json stores them (tuples become lists)
 
 
 QUICK = dict(
