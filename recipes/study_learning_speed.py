@@ -2,7 +2,7 @@
 
 Trains DiT and MDTv2 (and optionally MDT v1, or MDTv2 without its masked pass) of the
 same width, depth, patch size and parameter budget on the same 4,500 MNIST training
-digits (32x32, pixel space), with the same batch, optimizer, learning rate, loss
+digits (16x16 by default, pixel space), with the same batch, optimizer, learning rate, loss
 weighting and seeds. Every ``--eval-every`` steps each model's EMA samples the same
 noise with the same sampler, and a small CNN classifier trained on the same digits
 scores them (:mod:`mdtblocks.evaluation.domain`): Frechet distance in its feature
