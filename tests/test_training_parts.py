@@ -87,7 +87,10 @@ def test_checkpoint_roundtrip_and_latest(tmp_path: Path) -> None:
 
 
 def test_seed_derivation_is_stable() -> None:
-    assert derive_seed(0, "noise", 1) == derive_seed(0, "noise", 1)
+    # Pinned values: a resumed or replayed run on another machine or version must draw the same numbers.
+    assert derive_seed(0, "noise", 1) == 8852555494254000935
+    assert derive_seed(7, "t", 123) == 204333025534794034
+    assert derive_seed(0, "vae-rank1", 5) == 5032232834643682247
     assert len({derive_seed(0, "noise", 1), derive_seed(0, "noise", 2), derive_seed(1, "noise", 1), derive_seed(0, "t", 1)}) == 4
 
 
