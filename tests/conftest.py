@@ -14,7 +14,8 @@ OFFICIAL_KWARGS = {"mdtv2": {}, "mdtv1": {"decode_layer": 2}, "dit": {"num_heads
 
 
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    """Relative L2 error ||ours - ref|| / ||ref||."""
+    """Relative L2 error ||ours - ref|| / ||ref||, of tensors of the same shape (no broadcasting)."""
+    assert ours.shape == ref.shape, f"shapes differ: ours {tuple(ours.shape)}, reference {tuple(ref.shape)}"
     return float((ours.double() - ref.double()).norm() / ref.double().norm())
 
 
