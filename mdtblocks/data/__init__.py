@@ -2,6 +2,7 @@
 
 from .autoencoder import DEFAULT_VAE, Autoencoder, KLAutoencoder, PixelSpace, load_autoencoder
 from .digits import DigitsDataset
+from .in_memory import InMemoryImages
 from .grid import save_image_grid
 from .image_folder import IMAGE_EXTENSIONS, ImageFolderDataset, list_image_folder
 from .mnist import MNIST5K_SPLITS, MNIST5kDataset, find_mnist5k
@@ -16,6 +17,7 @@ __all__ = [
     "PixelSpace",
     "load_autoencoder",
     "DigitsDataset",
+    "InMemoryImages",
     "MNIST5kDataset",
     "MNIST5K_SPLITS",
     "find_mnist5k",

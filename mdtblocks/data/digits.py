@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from jaxtyping import Float
-from torch import Tensor
-from torch.utils.data import Dataset
+
+from .in_memory import InMemoryImages
 
 __all__ = ["DigitsDataset"]
 
 
-class DigitsDataset(Dataset):
+class DigitsDataset(InMemoryImages):
     """The 1,797 handwritten digits of UCI/scikit-learn (``load_digits``), as images in [-1, 1].
 
     The data ships inside the scikit-learn wheel, so this runs offline; it is the
@@ -38,23 +36,4 @@ class DigitsDataset(Dataset):
 
         digits = load_digits()
         pixels = torch.as_tensor(digits.images, dtype=torch.float32)[:, None] / 16.0  # (n, 1, 8, 8) in [0, 1]
-        if image_size != 8:
-            pixels = F.interpolate(pixels, size=(image_size, image_size), mode="bilinear", align_corners=False)
-        self.images = (pixels.clamp(0.0, 1.0) * 2.0 - 1.0).expand(-1, channels, -1, -1).contiguous()
-        self.labels = torch.as_tensor(digits.target, dtype=torch.int64)
-        self.image_size = image_size
-        self.channels = channels
-        self.flip = flip
-        self.num_images = len(self.labels)
-        self.num_skipped = 0  # same counter as ImageFolderDataset, for the trainer's log
-
-    def __len__(self) -> int:
-        return 2 * self.num_images if self.flip else self.num_images
-
-    def __getitem__(self, index: int) -> tuple[Float[Tensor, "c hh ww"], int]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for a dataset of length {len(self)}")
-        image = self.images[index % self.num_images]
-        if index >= self.num_images:
-            image = image.flip(-1)
-        return image.clone(), int(self.labels[index % self.num_images])
+        super().__init__(pixels, torch.as_tensor(digits.target), image_size, channels, flip)

