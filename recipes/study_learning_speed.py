@@ -42,13 +42,14 @@ from mdtblocks.evaluation import (
     DomainReference,
     domain_metrics,
     load_classifier,
+    mean_curve,
     plot_learning_curves,
     reach_table,
     save_classifier,
     spread,
     train_classifier,
 )
-from mdtblocks.io import read_json, write_json
+from mdtblocks.io import atomic_write, read_json, write_json
 from mdtblocks.sampling import sample
 from mdtblocks.training import TrainConfig, latest_checkpoint, setup_distributed, train
 from mdtblocks.training.recipe import flag, parse_flags
@@ -188,8 +189,14 @@ def train_until(
 
 
 @torch.no_grad()
-def evaluate(cfg: StudyConfig, reference: DomainReference, checkpoint: Path, device: torch.device) -> tuple[dict[str, float], torch.Tensor]:
-    """Sample the checkpoint's EMA on the study's fixed noise and labels; returns the metrics and the samples."""
+def evaluate(
+    cfg: StudyConfig, reference: DomainReference, checkpoint: Path, device: torch.device
+) -> tuple[dict[str, float], torch.Tensor, int]:
+    """Sample the checkpoint's EMA on the study's fixed noise and labels.
+
+    Returns:
+        The metrics, the samples and the model's parameter count.
+    """
     ema = load_pretrained(checkpoint, weights_name="ema.safetensors").to(device).eval()
     labels = torch.arange(cfg.eval_samples) % 10
     noise = torch.randn(cfg.eval_samples, 1, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(12345))
@@ -198,7 +205,7 @@ def evaluate(cfg: StudyConfig, reference: DomainReference, checkpoint: Path, dev
         noise=noise.to(device), generator=torch.Generator(device).manual_seed(54321),
         clip_denoised=cfg.sampler != "dpm_solver++",
     ).float().cpu()
-    return domain_metrics(reference, images, labels), images
+    return domain_metrics(reference, images, labels), images, sum(p.numel() for p in ema.parameters())
 
 
 # --- the study --------------------------------------------------------------------------------
@@ -257,7 +264,7 @@ def run_one(
         ckpt = latest_checkpoint(run_dir)
         assert ckpt is not None and ckpt.name == f"{step:07d}", ckpt
         start = time.perf_counter()
-        metrics, images = evaluate(cfg, reference, ckpt, dist.device)
+        metrics, images, params = evaluate(cfg, reference, ckpt, dist.device)
         grid = out / "samples" / f"{name}-seed{seed}" / f"{step:07d}.png"
         save_image_grid(images[:40], grid, nrow=10, scale=3)
         seconds = sum(timing[str(s)][0] for s in cfg.eval_steps if s <= step)
@@ -266,7 +273,7 @@ def run_one(
             "train_cpu_seconds": sum(timing[str(s)][1] for s in cfg.eval_steps if s <= step),
             "eval_seconds": time.perf_counter() - start, **metrics,
         })
-        run["params"] = sum(p.numel() for p in load_pretrained(ckpt).parameters())
+        run["params"] = params
         write_json(out / "results.json", results)
         log.info(
             "%s seed %d, step %d/%d (%.0f s of training): fd %.3f, accuracy %.3f, nn ratio %.2f",
@@ -338,7 +345,7 @@ def write_summary(cfg: StudyConfig, results: dict[str, Any], curves: dict[str, d
     for metric, (label, lower) in METRICS.items():
         if metric == "nn_ratio" or base not in curves[metric]:
             continue
-        steps_b, _, mean_b, low_b, high_b = _mean(curves[metric][base])
+        steps_b, _, mean_b, low_b, high_b = mean_curve(curves[metric][base])
         worst_b = high_b if lower else low_b  # the value every baseline seed had reached at that step
         points = sorted({min(len(mean_b) - 1, max(0, round(frac * len(mean_b)) - 1)) for frac in (0.25, 0.5, 1.0)})
         for i in points:
@@ -375,15 +382,7 @@ def write_summary(cfg: StudyConfig, results: dict[str, Any], curves: dict[str, d
         "so per-second curves favour DiT more than per-step ones.",
         "- Both models share one optimizer, learning rate and loss weighting; each might do better with its own.",
     ]
-    from mdtblocks.io import atomic_write
-
     atomic_write(path, lambda p: p.write_text("\n".join(lines) + "\n"))
-
-
-def _mean(curves: list[Curve]) -> Any:
-    from mdtblocks.evaluation import mean_curve
-
-    return mean_curve(curves)
 
 
 def _verdict(name: str, base: str, metric: str, table: Any, seeds: int) -> str:
