@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Bool, Int, Shaped
@@ -29,6 +29,9 @@ class StepRandomness:
         drop_label: ``(b,)`` True where the label becomes ``null_class`` (classifier-free guidance).
         mask: the mask plan of the masked pass, or ``None`` for models without masking.
         null_class: the label a dropped label becomes (the model's ``num_classes``).
+        masked_noise: ``(b, c, hh, ww)`` the masked pass's own noise; only with
+            ``masked_draws="independent"`` (the official trainers), else ``None``.
+        masked_drop_label: ``(b,)`` the masked pass's own label drops; as ``masked_noise``.
     """
 
     t: Int[Tensor, "b"]
@@ -36,22 +39,32 @@ class StepRandomness:
     drop_label: Bool[Tensor, "b"]
     mask: MaskPlan | None
     null_class: int
+    masked_noise: Image | None = None
+    masked_drop_label: Bool[Tensor, "b"] | None = None
 
     def rows(self, index: Int[Tensor, "r"]) -> StepRandomness:
         """The draws of the samples at batch positions ``index``."""
         mask = self.mask
         if mask is not None:
             mask = MaskPlan(ids_keep=mask.ids_keep[index], ids_restore=mask.ids_restore[index], mask=mask.mask[index])
-        return StepRandomness(self.t[index], self.noise[index], self.drop_label[index], mask, self.null_class)
+        return StepRandomness(
+            self.t[index], self.noise[index], self.drop_label[index], mask, self.null_class,
+            None if self.masked_noise is None else self.masked_noise[index],
+            None if self.masked_drop_label is None else self.masked_drop_label[index],
+        )
 
 
 @dataclass(frozen=True)
 class MaskedDiffusionObjective:
     """The MDT / MDTv2 loss: ``loss(x_t) + masked_weight * loss(x_t with masked tokens)``.
 
-    Both passes share the timestep, the noise and the (dropped) labels of the step's
-    :class:`StepRandomness` (Gao et al. 2023, Sec. 3.2); without a mask plan (DiT) the
-    loss is the unmasked one alone. The trainer draws the randomness of the whole global
+    Both passes share the timestep, the clean latents and the labels before dropout. With
+    ``masked_draws="shared"`` (the default) they also share the noise and the label
+    drops; with ``"independent"`` the masked pass gets its own noise and its own drops,
+    which is what the official MDT and MDTv2 trainers do (they call the loss twice and
+    each call draws afresh). Both are unbiased estimates of the same expected loss; the
+    benchmark ``benchmarks/masked_draws_variance.py`` compares their variance. Without a
+    mask plan (DiT) the loss is the unmasked one alone. The trainer draws the randomness of the whole global
     batch from ``(seed, step)``; :meth:`draw` draws it from one generator. Nothing reads
     tensor values on the host, so on an accelerator the step has no host sync. The model
     runs under whatever autocast the caller set; the diffusion math runs in fp32
@@ -60,10 +73,22 @@ class MaskedDiffusionObjective:
     Attributes:
         diffusion: the training process (``create_diffusion()``; MDTv2: ``snr_gamma=5``).
         masked_weight: weight of the masked loss (official: 1).
+        masked_draws: ``"shared"`` or ``"independent"`` (the official protocol): whether the
+            masked pass reuses the unmasked pass's noise and label drops or has its own.
     """
 
     diffusion: GaussianDiffusion
     masked_weight: float | int = 1.0
+    masked_draws: Literal["shared", "independent"] = "shared"
+
+    def __post_init__(self) -> None:
+        if self.masked_draws not in ("shared", "independent"):
+            raise ValueError(f"masked_draws must be 'shared' or 'independent', got {self.masked_draws!r}")
+
+    @property
+    def independent(self) -> bool:
+        """The masked pass has its own noise and label drops (the official protocol)."""
+        return self.masked_draws == "independent"
 
     def __call__(
         self,
@@ -96,7 +121,17 @@ class MaskedDiffusionObjective:
             out["vb"] = full["vb"]
         loss = full["loss"]
         if r.mask is not None:
-            masked = training_losses(self.diffusion, net, x_start, r.t, {**kwargs, "ids_keep": r.mask.ids_keep}, r.noise)
+            noise, masked_kwargs = r.noise, {**kwargs, "ids_keep": r.mask.ids_keep}
+            if self.independent:
+                if r.masked_noise is None or r.masked_drop_label is None:
+                    raise ValueError(
+                        "masked_draws='independent' needs the masked pass's own draws: the StepRandomness has "
+                        "masked_noise=None or masked_drop_label=None (draw it with objective.draw or "
+                        "draw_step_randomness(..., independent_masked_pass=True))"
+                    )
+                noise = r.masked_noise
+                masked_kwargs["y"] = torch.where(r.masked_drop_label, r.null_class, y)
+            masked = training_losses(self.diffusion, net, x_start, r.t, masked_kwargs, noise)
             out.update({f"{name}_masked": value for name, value in masked.items()})
             loss = loss + self.masked_weight * masked["loss"]
         out["loss"] = loss
@@ -104,6 +139,9 @@ class MaskedDiffusionObjective:
 
     def draw(self, model: nn.Module, x_start: Image, generator: torch.Generator | None) -> StepRandomness:
         """Draw a step's randomness for ``x_start`` from ``generator``, in the order t, noise, label drops, mask.
+
+        With ``masked_draws="independent"`` the masked pass's noise and label drops follow,
+        in that order (the earlier draws are the same as with ``"shared"``).
 
         Args:
             model: the backbone (not a wrapper): its ``mask_sampler`` and ``num_tokens`` give
@@ -127,4 +165,9 @@ class MaskedDiffusionObjective:
             drop = torch.zeros(b, dtype=torch.bool, device=device)
         sampler = getattr(model, "mask_sampler", None)
         mask = None if sampler is None else sampler(b, model.num_tokens, generator=generator, device=device)
-        return StepRandomness(t.to(device), noise, drop, mask, labels.num_classes)
+        masked_noise = masked_drop = None
+        if mask is not None and self.independent:
+            with fp32_math(device):
+                masked_noise = gaussian_noise(x_start.to(math_dtype(x_start)), generator)
+            masked_drop = labels.draw_drops(b, generator, device) if model.training else torch.zeros_like(drop)
+        return StepRandomness(t.to(device), noise, drop, mask, labels.num_classes, masked_noise, masked_drop)

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from .plan import MaskPlan
 
@@ -50,15 +52,30 @@ class MaskSampler:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         gen_device = generator.device
-        ratio = self.ratio
+        u = 0.0
         if self.ratio_range > 0:
-            ratio = self.ratio + self.ratio_range * float(torch.rand((), generator=generator, device=gen_device))
-        k = self.num_kept(num_tokens, ratio)
+            u = float(torch.rand((), generator=generator, device=gen_device))
         noise = torch.rand(batch_size, num_tokens, generator=generator, device=gen_device)
+        return self.plan_from_draws(noise, u, device)
+
+    def plan_from_draws(
+        self, noise: Float[Tensor, "b n"], u: float, device: torch.device | str | None = None
+    ) -> MaskPlan:
+        """The plan that the uniform draws ``noise`` (one per token) and ``u`` (the ratio's) give.
+
+        The ratio is ``ratio + ratio_range * u``; each sample keeps the ``int(n * (1 - ratio))``
+        tokens of smallest noise (the official ``random_masking``), so the same draws give the
+        official mask exactly.
+        """
+        if noise.ndim != 2:
+            raise ValueError(f"mask noise must have shape (batch, num_tokens), got {tuple(noise.shape)}")
+        if not 0.0 <= u < 1.0:
+            raise ValueError(f"the ratio's uniform draw u must lie in [0, 1), got {u}")
+        k = self.num_kept(noise.shape[1], self.ratio + self.ratio_range * u)
         ids_shuffle = noise.argsort(dim=1)
         ids_restore = ids_shuffle.argsort(dim=1)
         mask = (ids_restore >= k).float()
-        target = torch.device(device) if device is not None else gen_device
+        target = torch.device(device) if device is not None else noise.device
         return MaskPlan(
             ids_keep=ids_shuffle[:, :k].to(target, non_blocking=True),
             ids_restore=ids_restore.to(target, non_blocking=True),

@@ -5,13 +5,14 @@ from .checkpoint import TrainState, checkpoint_dir, latest_checkpoint, read_chec
 from .config import TrainConfig
 from .distributed import Distributed, resolve_device, setup_distributed
 from .ema import make_ema, update_ema
-from .loop import TrainResult, train
+from .loop import TrainResult, optimizer_step, train
 from .randomness import StepRandomness, derive_seed, draw_step_randomness, step_generator
 
 __all__ = [
     "Adan",
     "TrainConfig",
     "train",
+    "optimizer_step",
     "TrainResult",
     "Distributed",
     "setup_distributed",

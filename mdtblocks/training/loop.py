@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from .precision import AutocastForward
 from .progress import Meter, MetricsWriter, progress_bar
 from .randomness import StepRandomness, draw_step_randomness, step_generator
 
-__all__ = ["train", "TrainResult", "OptimizerFactory"]
+__all__ = ["train", "TrainResult", "OptimizerFactory", "optimizer_step"]
 
 log = logging.getLogger("mdtblocks.training")
 
@@ -120,13 +120,13 @@ def train(
         randomness = draw_step_randomness(
             model, seed=cfg.seed, step=step, global_batch=cfg.global_batch_size,
             sample_shape=sample_shape, num_timesteps=objective.diffusion.num_timesteps, device=device,
+            independent_masked_pass=objective.independent,
         ).rows(rows)
         latents = encode(autoencoder, x, step_generator(cfg.seed, f"vae-rank{dist.rank}", step, device))
-        losses = accumulate_gradients(denoiser, objective, latents, y, randomness, micro, accum)
-        grad_norm = clip_gradients(model, cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        update_ema(ema, model, cfg.ema_decay)
+        losses, grad_norm = optimizer_step(
+            denoiser, model, ema, objective, optimizer, latents, y, randomness,
+            micro=micro, accum=accum, grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay,
+        )
         step += 1
         meter.add(**losses, grad_norm=grad_norm)
         bar.update(1)
@@ -203,6 +203,51 @@ def accumulate_gradients(
                 value = terms[name].detach().mean() / accum
                 totals[name] = totals[name] + value if name in totals else value
     return totals
+
+
+def optimizer_step(
+    denoiser: AutocastForward,
+    model: nn.Module,
+    ema: nn.Module | Sequence[tuple[nn.Module, float]],
+    objective: MaskedDiffusionObjective,
+    optimizer: torch.optim.Optimizer,
+    latents: Tensor,
+    y: Tensor,
+    randomness: StepRandomness,
+    *,
+    micro: int,
+    accum: int,
+    grad_clip: float | None,
+    ema_decay: float,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """One optimizer step, in the order of the official trainers: gradients, clip, update, EMA.
+
+    Args:
+        denoiser: what the objective calls (``model`` wrapped for DDP / compile / autocast).
+        model: the backbone whose parameters ``optimizer`` updates.
+        ema: the EMA model, updated with ``ema_decay``; or ``[(ema_model, decay), ...]`` for
+            several averages (the official ``--ema_rate 0.9999,0.9``).
+        objective: the loss.
+        optimizer: built over ``model``'s trainable parameters.
+        latents: this rank's clean batch.
+        y: its labels, before dropout.
+        randomness: the draws of these samples.
+        micro: samples per forward.
+        accum: forwards per step (gradient accumulation).
+        grad_clip: global-norm clip (``None``: none).
+        ema_decay: the decay of ``ema`` when it is one model.
+
+    Returns:
+        ``(losses, grad_norm)``: the mean loss terms and the gradient norm before clipping, on device.
+    """
+    losses = accumulate_gradients(denoiser, objective, latents, y, randomness, micro, accum)
+    grad_norm = clip_gradients(model, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    averages = [(ema, ema_decay)] if isinstance(ema, nn.Module) else list(ema)
+    for average, decay in averages:
+        update_ema(average, model, decay)
+    return losses, grad_norm
 
 
 def clip_gradients(model: nn.Module, max_norm: float | None) -> Tensor:

@@ -40,8 +40,13 @@ def draw_step_randomness(
     sample_shape: tuple[int, int, int],
     num_timesteps: int,
     device: torch.device,
+    independent_masked_pass: bool = False,
 ) -> StepRandomness:
     """Draw the randomness of global batch ``step`` (identical on every rank).
+
+    With ``independent_masked_pass`` (the objective's ``masked_draws="independent"``, the
+    official protocol) the masked pass also gets its own label drops (drawn after the
+    mask) and its own noise (a separate stream); every other draw is unchanged.
 
     Small draws (timesteps, label flips, mask plan) come from CPU generators, so that the
     per-batch mask ratio is read without a device sync; the noise is drawn on ``device``.
@@ -59,11 +64,20 @@ def draw_step_randomness(
         mask = MaskPlan(
             ids_keep=_to(plan.ids_keep, device), ids_restore=_to(plan.ids_restore, device), mask=_to(plan.mask, device)
         )
+    masked_drop = masked_noise = None
+    if mask is not None and independent_masked_pass:
+        masked_drop = _to(model.y_embedder.draw_drops(global_batch, generator=g_small), device)
+        masked_noise = torch.randn(
+            (global_batch, *sample_shape), generator=step_generator(seed, "noise-masked", step, device), device=device
+        )
     noise = torch.randn(
         (global_batch, *sample_shape), generator=step_generator(seed, "noise", step, device), device=device
     )
     null_class = model.y_embedder.num_classes
-    return StepRandomness(t=_to(t, device), noise=noise, drop_label=_to(drop_label, device), mask=mask, null_class=null_class)
+    return StepRandomness(
+        t=_to(t, device), noise=noise, drop_label=_to(drop_label, device), mask=mask, null_class=null_class,
+        masked_noise=masked_noise, masked_drop_label=masked_drop,
+    )
 
 
 def _to(x: Tensor, device: torch.device) -> Tensor:

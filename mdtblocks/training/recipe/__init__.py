@@ -4,7 +4,7 @@ folder and logs (:mod:`~mdtblocks.training.recipe.run`), and the one training re
 from .cli import RecipeConfig, build_parser, choose_config, flag, parse_flags, presets_of
 from .data import CachedLatents, RunData, load_run_data
 from .run import announce_builtin, model_overrides, setup_logging, train_config, write_run_config
-from .train import DEMO, MODEL_OVERRIDES, TrainRecipe
+from .train import DEMO, MODEL_OVERRIDES, OFFICIAL_FIELDS, TrainRecipe, build_optimizer
 
 __all__ = [
     "flag",
@@ -23,5 +23,7 @@ __all__ = [
     "setup_logging",
     "TrainRecipe",
     "MODEL_OVERRIDES",
+    "OFFICIAL_FIELDS",
+    "build_optimizer",
     "DEMO",
 ]

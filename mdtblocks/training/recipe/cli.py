@@ -63,6 +63,14 @@ class RecipeConfig:
     weight_decay: float = flag(0.0, "weight decay")
     grad_clip: float | None = flag(None, "global gradient-norm clip; none: no clipping")
     ema_decay: float = flag(0.9999, "EMA decay per step")
+    masked_draws: Literal["shared", "independent"] = flag(
+        "shared", "masked pass (MDT, MDTv2): share the unmasked pass's noise and label drops, or draw its own "
+        "(independent: the official trainers)"
+    )
+    official: bool = flag(
+        False, "train exactly as the official script: its optimizer, clipping, loss weighting, weight decay, "
+        "mask ratios, EMA 0.9999 and independent masked-pass draws (a flag that contradicts them is refused)"
+    )
     seed: int = flag(0, "seed of every random draw")
     ckpt_every: int = flag(10_000, "checkpoint and sample grid every N steps")
     log_every: int = flag(100, "log metrics every N steps")

@@ -22,13 +22,19 @@ from ...models import PRESETS, DiT, MaskedDiffusionTransformer
 from ..adan import Adan
 from ..distributed import setup_distributed
 from ..loop import train
-from .cli import RecipeConfig, build_parser, choose_config, presets_of
+from .cli import RecipeConfig, build_parser, choose_config, parse_flags, presets_of
 from .data import load_run_data
 from .run import announce_builtin, model_overrides, setup_logging, train_config, write_run_config
 
-__all__ = ["TrainRecipe", "MODEL_OVERRIDES", "DEMO"]
+__all__ = ["TrainRecipe", "MODEL_OVERRIDES", "OFFICIAL_FIELDS", "DEMO", "build_optimizer"]
 
 log = logging.getLogger("mdtblocks.recipe")
+
+OFFICIAL_FIELDS = (
+    "optimizer", "adan_betas", "grad_clip", "snr_gamma", "weight_decay", "ema_decay", "mask_ratio", "mask_ratio_range",
+    "masked_draws",
+)
+"""The flags ``--official`` fixes to the official script's values (learning rate, batch and steps stay free)."""
 
 MODEL_OVERRIDES = ("depth", "hidden_size", "num_heads", "decode_layer", "mask_ratio", "mask_ratio_range")
 """Recipe flags that override a preset's config field (each only where the preset has that field)."""
@@ -69,15 +75,39 @@ class TrainRecipe:
         """The config of the real run when no flag is given."""
         return dataclasses.replace(RecipeConfig(), **self.paper)
 
+    @property
+    def official(self) -> dict[str, Any]:
+        """The values ``--official`` fixes: the official script's training protocol.
+
+        The paper's optimizer, clipping and loss weighting, no weight decay, the preset's
+        mask ratios, EMA 0.9999, and (MDT, MDTv2) a masked pass with its own noise and
+        label drops, as the official trainers call the loss twice.
+        """
+        fixed = {name: getattr(self.defaults, name) for name in OFFICIAL_FIELDS}
+        fixed.update(weight_decay=0.0, ema_decay=0.9999, mask_ratio=None, mask_ratio_range=None)
+        fixed["masked_draws"] = "shared" if self.family == "DiT" else "independent"
+        return fixed
+
     def configure(self, argv: Sequence[str] | None = None) -> tuple[RecipeConfig, bool]:
         """Parse the command line: ``(config, is_builtin)`` with the size-dependent learning rate filled in."""
         defaults = self.defaults
         builtin = dataclasses.replace(defaults, **self.builtin)
         cfg, is_builtin = choose_config(RecipeConfig, builtin, argv, self.description, defaults=defaults)
+        parser = build_parser(RecipeConfig, self.description, defaults)
         if cfg.model not in presets_of(self.family):
-            build_parser(RecipeConfig, self.description, defaults).error(
-                f"--model {cfg.model!r} is not a {self.family} preset; choose from {presets_of(self.family)}"
-            )
+            parser.error(f"--model {cfg.model!r} is not a {self.family} preset; choose from {presets_of(self.family)}")
+        if cfg.official:
+            given = parse_flags(RecipeConfig, argv, self.description, defaults)
+            fixed = self.official
+            clash = [f"--{n.replace('_', '-')} {given[n]}" for n in fixed if n in given and given[n] != fixed[n]]
+            if clash:
+                parser.error(
+                    f"--official fixes the official {self.family} protocol; drop {', '.join(clash)} "
+                    f"(official values: {', '.join(f'{n}={v}' for n, v in fixed.items())})"
+                )
+            cfg = dataclasses.replace(cfg, **fixed)
+        if self.family == "DiT" and cfg.masked_draws != "shared":
+            parser.error("--masked-draws applies to masked models (MDT, MDTv2); DiT has no masked pass")
         if cfg.lr is None:
             size = cfg.model.split("-")[1].split("/")[0]
             if size not in self.lr_by_size:
@@ -114,10 +144,11 @@ class TrainRecipe:
         train(
             train_config(cfg),
             model=model,
-            objective=MaskedDiffusionObjective(diffusion),  # without a mask sampler (DiT): the plain loss
+            # Without a mask sampler (DiT) the objective is the plain loss.
+            objective=MaskedDiffusionObjective(diffusion, masked_draws=cfg.masked_draws),
             dataset=data.dataset,
             autoencoder=data.autoencoder,
-            make_optimizer=lambda params: _optimizer(cfg, params),
+            make_optimizer=lambda params: build_optimizer(cfg, params),
             out=cfg.out,
             dist=dist,
             sample_diffusion=create_diffusion(f"ddim{cfg.sample_steps}"),
@@ -126,7 +157,8 @@ class TrainRecipe:
         dist.close()
 
 
-def _optimizer(cfg: RecipeConfig, params: Any) -> torch.optim.Optimizer:
+def build_optimizer(cfg: RecipeConfig, params: Any) -> torch.optim.Optimizer:
+    """The optimizer a recipe config names: Adan (``cfg.adan_betas``, eps 1e-8) or AdamW (torch's betas and eps)."""
     if cfg.optimizer == "adan":
         return Adan(params, lr=cfg.lr, betas=cfg.adan_betas, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
