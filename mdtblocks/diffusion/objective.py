@@ -29,8 +29,8 @@ class StepRandomness:
         drop_label: ``(b,)`` True where the label becomes ``null_class`` (classifier-free guidance).
         mask: the mask plan of the masked pass, or ``None`` for models without masking.
         null_class: the label a dropped label becomes (the model's ``num_classes``).
-        masked_noise: ``(b, c, hh, ww)`` the masked pass's own noise; only with
-            ``masked_draws="independent"`` (the official trainers), else ``None``.
+        masked_noise: ``(b, c, hh, ww)`` the masked pass's own noise, for the objective's
+            ``masked_draws="independent"`` (the default); ``None`` for ``"shared"``.
         masked_drop_label: ``(b,)`` the masked pass's own label drops; as ``masked_noise``.
     """
 
@@ -59,11 +59,11 @@ class MaskedDiffusionObjective:
     """The MDT / MDTv2 loss: ``loss(x_t) + masked_weight * loss(x_t with masked tokens)``.
 
     Both passes share the timestep, the clean latents and the labels before dropout. With
-    ``masked_draws="shared"`` (the default) they also share the noise and the label
-    drops; with ``"independent"`` the masked pass gets its own noise and its own drops,
-    which is what the official MDT and MDTv2 trainers do (they call the loss twice and
-    each call draws afresh). Both are unbiased estimates of the same expected loss; the
-    benchmark ``benchmarks/masked_draws_variance.py`` compares their variance. Without a
+    ``masked_draws="independent"`` (the default) the masked pass has its own noise and its
+    own label drops, as in the official MDT and MDTv2 trainers (they call the loss twice
+    and each call draws afresh); with ``"shared"`` it reuses those of the unmasked pass.
+    Both are unbiased estimates of the same expected loss, but shared draws give a noisier
+    gradient (1.6x the variance in ``benchmarks/bench_masked_draws_variance.py``). Without a
     mask plan (DiT) the loss is the unmasked one alone. The trainer draws the randomness of the whole global
     batch from ``(seed, step)``; :meth:`draw` draws it from one generator. Nothing reads
     tensor values on the host, so on an accelerator the step has no host sync. The model
@@ -73,13 +73,13 @@ class MaskedDiffusionObjective:
     Attributes:
         diffusion: the training process (``create_diffusion()``; MDTv2: ``snr_gamma=5``).
         masked_weight: weight of the masked loss (official: 1).
-        masked_draws: ``"shared"`` or ``"independent"`` (the official protocol): whether the
-            masked pass reuses the unmasked pass's noise and label drops or has its own.
+        masked_draws: ``"independent"`` (the official protocol) or ``"shared"``: whether the
+            masked pass has its own noise and label drops or reuses the unmasked pass's.
     """
 
     diffusion: GaussianDiffusion
     masked_weight: float | int = 1.0
-    masked_draws: Literal["shared", "independent"] = "shared"
+    masked_draws: Literal["shared", "independent"] = "independent"
 
     def __post_init__(self) -> None:
         if self.masked_draws not in ("shared", "independent"):
@@ -141,7 +141,7 @@ class MaskedDiffusionObjective:
         """Draw a step's randomness for ``x_start`` from ``generator``, in the order t, noise, label drops, mask.
 
         With ``masked_draws="independent"`` the masked pass's noise and label drops follow,
-        in that order (the earlier draws are the same as with ``"shared"``).
+        in that order (the earlier draws are those of ``"shared"``).
 
         Args:
             model: the backbone (not a wrapper): its ``mask_sampler`` and ``num_tokens`` give

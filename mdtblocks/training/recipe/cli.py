@@ -63,9 +63,9 @@ class RecipeConfig:
     weight_decay: float = flag(0.0, "weight decay")
     grad_clip: float | None = flag(None, "global gradient-norm clip; none: no clipping")
     ema_decay: float = flag(0.9999, "EMA decay per step")
-    masked_draws: Literal["shared", "independent"] = flag(
-        "shared", "masked pass (MDT, MDTv2): share the unmasked pass's noise and label drops, or draw its own "
-        "(independent: the official trainers)"
+    masked_draws: Literal["independent", "shared"] = flag(
+        "independent", "masked pass (MDT, MDTv2): its own noise and label drops (the official trainers), or "
+        "those of the unmasked pass (shared: 1.6x the gradient variance)"
     )
     official: bool = flag(
         False, "train exactly as the official script: its optimizer, clipping, loss weighting, weight decay, "

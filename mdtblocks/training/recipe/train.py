@@ -85,7 +85,7 @@ class TrainRecipe:
         """
         fixed = {name: getattr(self.defaults, name) for name in OFFICIAL_FIELDS}
         fixed.update(weight_decay=0.0, ema_decay=0.9999, mask_ratio=None, mask_ratio_range=None)
-        fixed["masked_draws"] = "shared" if self.family == "DiT" else "independent"
+        fixed["masked_draws"] = "independent"  # DiT: unused (no masked pass)
         return fixed
 
     def configure(self, argv: Sequence[str] | None = None) -> tuple[RecipeConfig, bool]:
@@ -106,7 +106,7 @@ class TrainRecipe:
                     f"(official values: {', '.join(f'{n}={v}' for n, v in fixed.items())})"
                 )
             cfg = dataclasses.replace(cfg, **fixed)
-        if self.family == "DiT" and cfg.masked_draws != "shared":
+        if self.family == "DiT" and "masked_draws" in parse_flags(RecipeConfig, argv, self.description, defaults):
             parser.error("--masked-draws applies to masked models (MDT, MDTv2); DiT has no masked pass")
         if cfg.lr is None:
             size = cfg.model.split("-")[1].split("/")[0]
