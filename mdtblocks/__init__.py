@@ -8,7 +8,7 @@ subpackage (``mdtblocks.blocks``, ``mdtblocks.masking``, ``mdtblocks.models``,
 
 from .compat import load_official
 from .diffusion import GaussianDiffusion, MaskedDiffusionObjective, create_diffusion
-from .models import PRESETS, DiT, DiTConfig, MaskedDiffusionTransformer, MDTConfig, load_pretrained
+from .models import PRESETS, DiT, DiTConfig, MaskedDiffusionTransformer, MDTConfig, forward_flops, load_pretrained
 from .sampling import classifier_free_guidance
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "PRESETS",
     "load_official",
     "load_pretrained",
+    "forward_flops",
     "create_diffusion",
     "GaussianDiffusion",
     "MaskedDiffusionObjective",

@@ -3,8 +3,9 @@
 from .base import DiffusionBackbone
 from .config import DiTConfig, MDTConfig
 from .dit import DiT
+from .flops import forward_flops
 from .mdt import MaskedDiffusionTransformer
 from .presets import PRESETS
 from .pretrained import load_pretrained
 
-__all__ = ["DiffusionBackbone", "DiTConfig", "MDTConfig", "DiT", "MaskedDiffusionTransformer", "PRESETS", "load_pretrained"]
+__all__ = ["DiffusionBackbone", "DiTConfig", "MDTConfig", "DiT", "MaskedDiffusionTransformer", "PRESETS", "load_pretrained", "forward_flops"]

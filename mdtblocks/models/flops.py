@@ -1,0 +1,55 @@
+"""Model FLOPs: the multiply-adds of one image's forward pass, counted on the meta device.
+
+One multiply-add counts as one FLOP, the convention of the DiT paper's Table 4 (DiT-XL/2
+at 256 px: 118.6 GFLOPs), so the counts compare with published tables. A training step
+costs about three forwards (the backward is two), for each pass it runs; MFU figures
+double the count to get floating-point operations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .base import DiffusionBackbone
+
+__all__ = ["forward_flops"]
+
+
+def forward_flops(model: DiffusionBackbone, kept_tokens: int | None = None) -> int:
+    """Multiply-adds of one image's forward pass of ``model``'s architecture.
+
+    The count is taken by running a copy of the architecture (built from ``model.config``
+    on the meta device, so nothing is allocated or computed) under PyTorch's FLOP counter,
+    with the reference attention path, whose two matrix products are counted like the
+    fused kernels' work. Weights and the attention backend of ``model`` do not matter.
+
+    Args:
+        model: a :class:`~mdtblocks.MaskedDiffusionTransformer` or :class:`~mdtblocks.DiT`.
+        kept_tokens: ``None`` for the plain pass over all ``n`` tokens; for MDT models, the
+            masked pass keeping this many tokens (``1 <= kept_tokens <= n``).
+
+    Returns:
+        Multiply-adds (one per multiply-add; matrix products, convolution and attention).
+    """
+    if not isinstance(model, DiffusionBackbone):
+        raise TypeError(f"forward_flops needs an mdtblocks model, got {type(model).__name__}")
+    cfg = model.config
+    n = model.num_tokens
+    if kept_tokens is not None:
+        if not hasattr(cfg, "decode_layer"):
+            raise ValueError(f"kept_tokens={kept_tokens}: a {type(model).__name__} has no masked pass")
+        if not 1 <= kept_tokens <= n:
+            raise ValueError(f"kept_tokens={kept_tokens} is outside [1, {n}] (the model has {n} tokens)")
+    with torch.device("meta"):
+        copy = type(model)(dataclasses.replace(cfg, attention_backend="math")).eval()
+    copy.check_values = False
+    x = torch.zeros(1, cfg.in_channels, cfg.input_size, cfg.input_size, device="meta")
+    t = torch.zeros(1, dtype=torch.long, device="meta")
+    y = torch.zeros(1, dtype=torch.long, device="meta")
+    kwargs = {} if kept_tokens is None else {"ids_keep": torch.zeros(1, kept_tokens, dtype=torch.long, device="meta")}
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        copy(x, t, y, **kwargs)
+    return counter.get_total_flops() // 2  # the counter counts a multiply-add as two
