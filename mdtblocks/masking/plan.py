@@ -8,7 +8,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-__all__ = ["MaskPlan", "plan_from_ids_keep", "validate_ids_keep"]
+__all__ = ["MaskPlan", "plan_from_ids_keep", "validate_ids_keep", "mark_kept_dynamic"]
 
 
 @dataclass(frozen=True)
@@ -86,3 +86,15 @@ def plan_from_ids_keep(ids_keep: Int[Tensor, "b k"], num_tokens: int) -> MaskPla
     ids_shuffle = order_key.argsort(dim=1)
     ids_restore = ids_shuffle.argsort(dim=1)
     return MaskPlan(ids_keep=ids_keep, ids_restore=ids_restore, mask=(~keep).float())
+
+
+def mark_kept_dynamic(plan: MaskPlan) -> MaskPlan:
+    """Tell ``torch.compile`` that the kept-token count ``k`` of ``plan`` varies from step to step.
+
+    MDTv2 draws ``k`` per batch. Marked before the compiled call, the masked pass is traced
+    once with a symbolic ``k`` instead of once for the first ``k`` and again, as dynamic,
+    for the second (a minutes-long recompile of the whole network on a CPU); the result is
+    exact, no tokens are padded. Eager code ignores the mark. Returns ``plan``.
+    """
+    torch._dynamo.maybe_mark_dynamic(plan.ids_keep, 1)
+    return plan

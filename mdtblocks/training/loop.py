@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from ..data import Autoencoder, PixelSpace, save_image_grid
 from ..diffusion import GaussianDiffusion, MaskedDiffusionObjective
+from ..masking import mark_kept_dynamic
 from ..sampling import classifier_free_guidance
 from .batches import BatchStream
 from .checkpoint import Checkpoint, TrainState, latest_checkpoint, model_config_json, read_checkpoint, write_checkpoint
@@ -194,8 +195,11 @@ def accumulate_gradients(
         part = slice(i * micro, (i + 1) * micro)
         index = torch.arange(part.start, part.stop)
         sync = i == accum - 1
+        rows = randomness.rows(index)
+        if rows.mask is not None:
+            mark_kept_dynamic(rows.mask)  # one compiled graph for every kept-token count
         with contextlib.nullcontext() if sync else denoiser.no_sync():
-            terms = objective(denoiser, latents[part], y[part], randomness.rows(index))
+            terms = objective(denoiser, latents[part], y[part], rows)
             loss = terms["loss"].mean() / accum
             loss.backward()
         for name in ("loss", "loss_unmasked", "loss_masked"):

@@ -1,0 +1,313 @@
+"""The benchmark suite: training-step and sampling-step time, peak memory and FLOP/s, per configuration.
+
+For each combination of ``--models``, ``--batch``, ``--precision``, ``--backend`` and
+``--compile`` it measures
+
+- the training step: plain pass + masked pass (MDT models) + backward + AdamW update,
+  the step of the official trainers, with a mean-square loss of the outputs;
+- the sampling step: one classifier-free-guided network evaluation of ``batch`` images
+  (a ``2 * batch`` forward, conditional and unconditional), without gradients;
+- peak memory of the training step, in a fresh child process per configuration (CPU: the
+  growth of the maximum resident set over two steps; CUDA: ``max_memory_allocated``);
+- achieved FLOP/s of the training step from :func:`mdtblocks.forward_flops` (a backward
+  counted as two forwards, a multiply-add as two operations) against the matrix-multiply
+  ceiling that the suite measures itself at the same precision;
+- the ratio against the reference path (``math`` attention, fp32, eager) of the same model
+  and, with ``--official DIR`` (a sail-sg/MDT checkout, branch main), against the official
+  MDTv2 model run the same way in the same process.
+
+Configurations take turns step by step (``--rounds`` rounds, the median is reported), so
+load from other work on the machine falls on all of them alike. It prints a table and
+writes every number to ``--json``.
+
+    python benchmarks/suite.py                                   # MDTv2-S/2, 32x32 latents, batch 8, CPU
+    python benchmarks/suite.py --precision fp32 bf16 --backend sdpa math --official ../MDT
+    python benchmarks/suite.py --models MDTv2-XL/2 --batch 32 --precision bf16 --device cuda --compile off on
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from official_model import load_official_mdtv2  # noqa: E402
+
+from mdtblocks import MaskedDiffusionTransformer, forward_flops  # noqa: E402
+from mdtblocks.masking import mark_kept_dynamic  # noqa: E402
+from mdtblocks.models import PRESETS, DiT  # noqa: E402
+from mdtblocks.sampling import classifier_free_guidance  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Config:
+    """One measured configuration."""
+
+    model: str
+    batch: int
+    precision: str
+    backend: str
+    compile: bool
+    input_size: int
+    device: str
+    official: str | None = None  # a checkout path: this row runs the official model
+
+    @property
+    def name(self) -> str:
+        if self.official:
+            return f"official {self.model} b{self.batch} fp32 eager"
+        return f"{self.model} b{self.batch} {self.precision} {self.backend}{' compile' if self.compile else ''}"
+
+
+def build(cfg: Config, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    if cfg.official:
+        return load_official_mdtv2(cfg.official, cfg.model, cfg.input_size).to(cfg.device)
+    cls = DiT if PRESETS[cfg.model][0] == "DiT" else MaskedDiffusionTransformer
+    model = cls.from_preset(cfg.model, input_size=cfg.input_size, num_classes=1000, attention_backend=cfg.backend)
+    model.check_values = False  # value checks read tensors back; a benchmark measures the compute
+    return model.to(cfg.device)
+
+
+class Runner:
+    """The training and sampling steps of one configuration, ready to call."""
+
+    def __init__(self, cfg: Config, seed: int = 0) -> None:
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        self.model = build(cfg, seed).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        g = torch.Generator().manual_seed(seed)
+        c = 4
+        self.generator = g
+        self.x = torch.randn(cfg.batch, c, cfg.input_size, cfg.input_size, generator=g).to(self.device)
+        self.t = torch.randint(0, 1000, (cfg.batch,), generator=g).to(self.device)
+        self.y = torch.randint(0, 1000, (cfg.batch,), generator=g).to(self.device)
+        self.net = torch.compile(self.model) if cfg.compile else self.model
+        self.masked = cfg.official is not None or getattr(self.model, "mask_sampler", None) is not None
+        self.kept: list[int] = []
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
+    def masked_forward(self) -> torch.Tensor:
+        if self.cfg.official:
+            return self.net(self.x, self.t, self.y, enable_mask=True)
+        model = self.model
+        plan = mark_kept_dynamic(model.mask_sampler(self.cfg.batch, model.num_tokens, generator=self.generator, device=self.device))
+        self.kept.append(plan.num_kept)
+        return self.net(self.x, self.t, self.y, ids_keep=plan.ids_keep)
+
+    def train_step(self) -> None:
+        with self.autocast():
+            out = self.net(self.x, self.t, self.y)
+            loss = out.float().pow(2).mean()
+            if self.masked:
+                loss = loss + self.masked_forward().float().pow(2).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    @torch.no_grad()
+    def sample_step(self) -> None:
+        self.model.eval()
+        x, t = torch.cat([self.x, self.x]), torch.cat([self.t, self.t])
+        y = torch.cat([self.y, torch.full_like(self.y, 1000)])
+        with self.autocast():
+            if self.cfg.official:
+                self.model.forward_with_cfg(x, t, y, cfg_scale=4.0)
+            else:
+                classifier_free_guidance(self.net, 4.0)(x, t, y)
+        self.model.train()
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def train_flops(self, kept: int | None) -> float:
+        """Floating-point operations of one training step (2 per multiply-add, backward = 2 forwards)."""
+        probe = build(Config(**{**asdict(self.cfg), "official": None, "backend": "math"}))
+        macs = forward_flops(probe)
+        if self.masked and kept is not None:
+            macs += forward_flops(probe, kept)
+        return 2 * 3 * macs * self.cfg.batch
+
+
+def timed(fn, runner: Runner) -> float:
+    runner.sync()
+    start = time.perf_counter()
+    fn()
+    runner.sync()
+    return (time.perf_counter() - start) * 1e3
+
+
+def matmul_ceiling(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """Best achieved FLOP/s of a square matrix multiply at ``dtype``: the hardware's practical ceiling."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def peak_memory_mib(cfg: Config, threads: int) -> float:
+    """Peak memory of two training steps, measured in a fresh process."""
+    cmd = [sys.executable, __file__, "--child-memory", json.dumps(asdict(cfg)), "--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory probe of {cfg.name} failed:\n{out.stderr[-2000:]}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak resident set (Linux ``clear_refs`` 5); ``ru_maxrss`` survives exec from a big parent."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_memory(cfg: Config) -> None:
+    runner = Runner(cfg)
+    if runner.device.type == "cuda":
+        runner.train_step()
+        torch.cuda.reset_peak_memory_stats(runner.device)
+        base = torch.cuda.memory_allocated(runner.device)
+        for _ in range(2):
+            runner.train_step()
+        print((torch.cuda.max_memory_allocated(runner.device) - base) / 2**20)
+        return
+    if not _reset_peak_rss():
+        raise RuntimeError("cannot reset the peak RSS (/proc/self/clear_refs): memory probes need Linux")
+    before = _peak_rss_mib()  # model, optimizer and inputs built, no step run yet
+    for _ in range(2):
+        runner.train_step()
+    print(_peak_rss_mib() - before)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["MDTv2-S/2"], choices=sorted(PRESETS), metavar="PRESET")
+    p.add_argument("--batch", nargs="+", type=int, default=[8])
+    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--backend", nargs="+", default=["sdpa"], choices=["sdpa", "math", "xformers"])
+    p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
+    p.add_argument("--input-size", type=int, default=32, help="latent side (32 = 256 px through the SD VAE)")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds (each configuration once per round)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (compile happens here)")
+    p.add_argument("--official", metavar="DIR", help="a sail-sg/MDT checkout (branch main): add the official MDTv2")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory probes")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", default="benchmark.json", help="where to write every number")
+    p.add_argument("--child-memory", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.child_memory:
+        child_memory(Config(**json.loads(args.child_memory)))
+        return
+    if args.rounds < 1 or args.warmup < 0 or any(b < 1 for b in args.batch):
+        p.error(f"--rounds {args.rounds}, --warmup {args.warmup} and --batch {args.batch} must be positive")
+
+    configs = [
+        Config(m, b, prec, backend, comp == "on", args.input_size, args.device)
+        for m, b, prec, backend, comp in itertools.product(args.models, args.batch, args.precision, args.backend, args.compile)
+    ]
+    references = {c.model + str(c.batch): Config(c.model, c.batch, "fp32", "math", False, args.input_size, args.device) for c in configs}
+    officials = {}
+    if args.official:
+        for c in configs:
+            if c.model.startswith("MDTv2"):
+                officials[c.model + str(c.batch)] = Config(c.model, c.batch, "fp32", "math", False, args.input_size, args.device, args.official)
+    everything = list(dict.fromkeys([*configs, *references.values(), *officials.values()]))
+    device = torch.device(args.device)
+    runners = {c: Runner(c) for c in everything}
+    results = {c: {"train_ms": [], "sample_ms": []} for c in everything}
+    for r in range(args.warmup + args.rounds):
+        for c, runner in runners.items():
+            train, sample = timed(runner.train_step, runner), timed(runner.sample_step, runner)
+            if r >= args.warmup:
+                results[c]["train_ms"].append(train)
+                results[c]["sample_ms"].append(sample)
+    ceilings = {prec: matmul_ceiling(device, torch.float32 if prec == "fp32" else torch.bfloat16) for prec in ("fp32", "bf16")}
+
+    rows = []
+    for c in everything:
+        runner, res = runners[c], results[c]
+        train_ms, sample_ms = statistics.median(res["train_ms"]), statistics.median(res["sample_ms"])
+        kept = statistics.median(runner.kept) if runner.kept else (int(0.6 * runner.model.x_embedder.num_patches) if c.official else None)
+        flops = runner.train_flops(int(kept) if kept else None)
+        row = {
+            **asdict(c), "name": c.name, "train_ms": train_ms, "sample_ms": sample_ms,
+            "train_ms_all": res["train_ms"], "sample_ms_all": res["sample_ms"],
+            "images_per_s": c.batch / train_ms * 1e3, "train_tflops": flops / train_ms / 1e9,
+            "ceiling_tflops": ceilings[c.precision] / 1e12,
+        }
+        row["fraction_of_ceiling"] = row["train_tflops"] / row["ceiling_tflops"]
+        ref = results[references[c.model + str(c.batch)]]
+        row["speedup_vs_math"] = statistics.median(ref["train_ms"]) / train_ms
+        row["sample_speedup_vs_math"] = statistics.median(ref["sample_ms"]) / sample_ms
+        off = officials.get(c.model + str(c.batch))
+        if off is not None:
+            row["speedup_vs_official"] = statistics.median(results[off]["train_ms"]) / train_ms
+            row["sample_speedup_vs_official"] = statistics.median(results[off]["sample_ms"]) / sample_ms
+        if not args.no_memory:
+            row["peak_mib"] = peak_memory_mib(c, args.threads)
+        rows.append(row)
+    if not args.no_memory:
+        for row in rows:
+            off = officials.get(row["model"] + str(row["batch"]))
+            if off is not None:
+                off_mib = next(r["peak_mib"] for r in rows if r["name"] == off.name)
+                row["memory_vs_official"] = row["peak_mib"] / off_mib if off_mib > 0 else float("nan")
+
+    machine = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)",
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "ceiling_tflops": {k: v / 1e12 for k, v in ceilings.items()},
+    }
+    Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+    print(f"{machine['device']}, {machine['threads']} threads, torch {machine['torch']}, {machine['date']}; "
+          f"matmul ceiling fp32 {ceilings['fp32'] / 1e9:.0f} GFLOP/s, bf16 {ceilings['bf16'] / 1e9:.0f} GFLOP/s")
+    head = f"{'configuration':44s} {'train ms':>9s} {'img/s':>7s} {'sample ms':>9s} {'GFLOP/s':>8s} {'% ceil':>6s} {'peak MiB':>8s} {'vs math':>7s} {'vs official':>11s} {'mem vs off':>10s}"
+    print(head)
+    for row in rows:
+        print(
+            f"{row['name']:44s} {row['train_ms']:9.1f} {row['images_per_s']:7.2f} {row['sample_ms']:9.1f} "
+            f"{row['train_tflops'] * 1e3:8.1f} {100 * row['fraction_of_ceiling']:6.1f} "
+            f"{row.get('peak_mib', float('nan')):8.0f} {row['speedup_vs_math']:6.2f}x "
+            f"{row.get('speedup_vs_official', float('nan')):10.2f}x {row.get('memory_vs_official', float('nan')):9.2f}x"
+        )
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
