@@ -19,6 +19,21 @@ def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return float((ours.double() - ref.double()).norm() / ref.double().norm())
 
 
+def rel_err_rows(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """Largest relative L2 error over the rows of axis 0 (the timestep / batch axis).
+
+    One norm over the whole tensor lets a wrong row of small norm hide behind the large ones (the
+    t=0 row of ``pmv_variance`` is 0.0016 against 5.3 for t=49), so each row is compared with its
+    own reference row. A reference row that is exactly zero is compared absolutely.
+    """
+    assert ours.shape == ref.shape, f"shapes differ: ours {tuple(ours.shape)}, reference {tuple(ref.shape)}"
+    assert ref.dim() >= 1 and ref.shape[0] > 0, f"need a leading row axis, got shape {tuple(ref.shape)}"
+    diff = (ours.double() - ref.double()).reshape(ref.shape[0], -1).norm(dim=1)
+    scale = ref.double().reshape(ref.shape[0], -1).norm(dim=1)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return float((diff / scale).max())
+
+
 @pytest.fixture(scope="session")
 def conformance_inputs() -> dict[str, torch.Tensor]:
     return load_file(str(CONFORMANCE / "inputs.safetensors"))

@@ -1,7 +1,14 @@
-"""Data parallelism: 2 Gloo processes under torchrun give the weights of 1 process with the same global batch."""
+"""Data parallelism: 2 Gloo processes under torchrun give the weights of 1 process with the same global batch.
+
+Adan with clipping ignores a constant gradient scale, so equal weights alone would not catch
+summing gradients over ranks or micro batches instead of averaging them: the logged gradient
+norms (before clipping) are compared too. The EMA decay is 0.5, so that the EMA weights move
+far from the initial ones in 3 steps and a wrong EMA shows in the comparison.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,7 +18,7 @@ from pathlib import Path
 import pytest
 from training_utils import RECIPES, TINY, load_recipe, max_abs_diff, weights
 
-FLAGS = TINY + ["--steps", "3", "--ckpt-every", "3", "--num-samples", "2"]
+FLAGS = TINY + ["--steps", "3", "--ckpt-every", "3", "--num-samples", "2", "--ema-decay", "0.5"]
 FINAL = "checkpoints/0000003"
 
 
@@ -20,6 +27,26 @@ def one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("one")
     load_recipe("mdtv2_imagenet256").main(FLAGS + ["--out", str(out)])
     return out / FINAL
+
+
+def grad_norms(final: Path) -> list[float]:
+    """The logged gradient norm of each step of the run whose last checkpoint is ``final``."""
+    lines = (final.parent.parent / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["grad_norm"] for line in lines]
+
+
+def assert_same_run(reference: Path, other: Path, tol: float) -> None:
+    for name in ("model.safetensors", "ema.safetensors"):
+        diff = max_abs_diff(weights(reference, name), weights(other, name))
+        assert diff < tol, f"{name}: max |run - reference| = {diff}"
+    ref_norms, norms = grad_norms(reference), grad_norms(other)
+    assert len(norms) == len(ref_norms) == 3
+    assert norms == pytest.approx(ref_norms, rel=1e-4), "logged gradient norms differ (summed, not averaged?)"
+
+
+def test_ema_moves_in_these_runs(one_process: Path) -> None:
+    # Guard for the comparisons below: with decay 0.5 the EMA is far from both the model and the start.
+    assert max_abs_diff(weights(one_process, "ema.safetensors"), weights(one_process)) > 1e-3
 
 
 def torchrun(out: Path, *extra: str) -> None:
@@ -33,19 +60,15 @@ def torchrun(out: Path, *extra: str) -> None:
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one(strategy: str, one_process: Path, tmp_path: Path) -> None:
     torchrun(tmp_path, *(["--fsdp"] if strategy == "fsdp" else []))
-    for name in ("model.safetensors", "ema.safetensors"):
-        diff = max_abs_diff(weights(one_process, name), weights(tmp_path / FINAL, name))
-        assert diff < 1e-5, f"{strategy} {name}: max |2 processes - 1 process| = {diff}"
+    assert_same_run(one_process, tmp_path / FINAL, 1e-5)
     assert (tmp_path / "samples" / "0000003.png").is_file()
 
 
 def test_gradient_accumulation_matches_one_batch(one_process: Path, tmp_path: Path) -> None:
     load_recipe("mdtv2_imagenet256").main(FLAGS + ["--out", str(tmp_path), "--micro-batch-size", "2"])
-    for name in ("model.safetensors", "ema.safetensors"):
-        assert max_abs_diff(weights(one_process, name), weights(tmp_path / FINAL, name)) < 1e-5
+    assert_same_run(one_process, tmp_path / FINAL, 1e-5)
 
 
 def test_activation_checkpointing_changes_nothing(one_process: Path, tmp_path: Path) -> None:
     load_recipe("mdtv2_imagenet256").main(FLAGS + ["--out", str(tmp_path), "--activation-checkpointing"])
-    for name in ("model.safetensors", "ema.safetensors"):
-        assert max_abs_diff(weights(one_process, name), weights(tmp_path / FINAL, name)) < 1e-6
+    assert_same_run(one_process, tmp_path / FINAL, 1e-6)

@@ -28,7 +28,13 @@ def test_dit_training_checkpoint_gives_its_ema_weights(tmp_path):
     path = tmp_path / "0001000.pt"
     torch.save({"model": noisy, "ema": state, "opt": {"state": {}}, "args": argparse.Namespace(model="DiT-XL/2")}, path)
     model = load_official(path, num_heads=4)
-    assert torch.equal(model.pos_embed, state["pos_embed"])
+    expected = load_official(state, num_heads=4).state_dict()
+    noisy_model = load_official(noisy, num_heads=4).state_dict()
+    got = model.state_dict()
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), f"{name} is not the EMA's"
+        assert not torch.equal(got[name], noisy_model[name]), f"{name} is the training weights'"
 
 
 def test_ddp_prefix_is_removed():
@@ -63,9 +69,13 @@ def test_odd_mlp_widths_are_rebuilt_exactly():
     assert model.blocks[0].mlp.fc1.out_features == 61
     loaded = load_official(model.state_dict(), num_heads=2)
     assert loaded.blocks[0].mlp.fc1.out_features == 61
-    assert load_official(model.state_dict(), num_heads=2, mlp_ratio=2.18).config.mlp_ratio  # agrees: not refused
+    agreeing = load_official(model.state_dict(), num_heads=2, mlp_ratio=2.18)  # agrees with the weights: not refused
+    for net in (loaded, agreeing):
+        assert [b.mlp.fc1.out_features for b in net.blocks] == [61] * len(model.blocks)
+        assert [b.mlp.fc2.in_features for b in net.blocks] == [61] * len(model.blocks)
     with pytest.raises(ValueError, match="mlp_ratio"):
         load_official(model.state_dict(), num_heads=2, mlp_ratio=4.0)
     x, t, y = inputs(model)
     with torch.no_grad():
         assert torch.equal(loaded(x, t, y), model(x, t, y))
+        assert torch.equal(agreeing(x, t, y), model(x, t, y))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from helpers import inputs, tiny_mdt
@@ -56,15 +56,29 @@ def test_sampler_rejects_bad_ratios():
         MaskSampler(0.3)(2, 4, generator=0)
 
 
+@st.composite
+def kept_rows(draw, max_n: int = 30, max_batch: int = 3):
+    """``(n, rows)``: ``b`` rows of ``k`` distinct indices in ``[0, n)``, drawn by Hypothesis (replayable)."""
+    n = draw(st.integers(1, max_n))
+    k = draw(st.integers(1, n))
+    return n, [draw(st.permutations(range(n)))[:k] for _ in range(draw(st.integers(1, max_batch)))]
+
+
 @SETTINGS
-@given(b=st.integers(1, 3), n=st.integers(1, 30), data=st.data())
-def test_plan_from_ids_keep_matches_sampler_layout(b, n, data):
-    k = data.draw(st.integers(1, n))
-    ids = torch.stack([torch.randperm(n)[:k] for _ in range(b)])
+@given(case=kept_rows())
+@example(case=(1, [[0]]))  # one token
+@example(case=(5, [[4, 0, 2, 1, 3], [0, 1, 2, 3, 4]]))  # all tokens kept (none masked)
+@example(case=(9, [[8], [0], [4]]))  # k = 1 of an odd count
+def test_plan_from_ids_keep_matches_sampler_layout(case):
+    n, rows = case
+    ids = torch.tensor(rows)
+    b, k = ids.shape
     plan = plan_from_ids_keep(ids, n)
     shuffle = plan.ids_restore.argsort(1)
     assert torch.equal(shuffle[:, :k], ids)
     assert torch.equal(plan.mask.sum(1), torch.full((b,), float(n - k)))
+    for i in range(b):  # the mask is 0 exactly on the kept tokens
+        assert sorted(torch.nonzero(plan.mask[i] == 0).flatten().tolist()) == sorted(rows[i])
 
 
 def test_side_interpolater_passes_kept_tokens_unchanged():

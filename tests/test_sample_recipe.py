@@ -69,14 +69,35 @@ def test_sample_other_samplers_labels_and_default_out(fake_run: Path, sampler: s
 
 
 def test_sample_is_seeded_and_batch_split_independent(fake_run: Path, tmp_path: Path) -> None:
+    """Batch ``j`` is drawn from ``(seed, j)`` alone, whatever else the run draws.
+
+    With ``--batch-size 4``, 6 samples are batches of 4 and 2: the first batch equals a run of 4
+    samples, and a run of 10 (4, 4, 2) holds it too; with ``--batch-size 3`` the first 3 of 6 equal
+    a run of 3. The split over processes is checked with torchrun below.
+    The samples do depend on ``--batch-size`` itself (each batch has its own generator).
+    """
     recipe = load_recipe("sample")
-    common = ["--ckpt", str(fake_run / "checkpoints" / "0000100"), "--num-samples", "6", "--sampler", "ddim",
-              "--steps", "2", "--device", "cpu", "--no-progress", "--batch-size", "3"]
-    a = recipe.main([*common, "--out", str(tmp_path / "a")])
-    b = recipe.main([*common, "--out", str(tmp_path / "b")])
-    c = recipe.main([*common, "--out", str(tmp_path / "c"), "--seed", "1"])
-    load = lambda p: np.load(p / "samples.npz", allow_pickle=False)["arr_0"]  # noqa: E731
-    assert np.array_equal(load(a), load(b)) and not np.array_equal(load(a), load(c))
+    common = ["--ckpt", str(fake_run / "checkpoints" / "0000100"), "--sampler", "ddim",
+              "--steps", "2", "--device", "cpu", "--no-progress"]
+
+    def run(name: str, n: int, batch: int, *extra: str) -> tuple[np.ndarray, np.ndarray]:
+        out = recipe.main([*common, "--num-samples", str(n), "--batch-size", str(batch), *extra,
+                           "--out", str(tmp_path / name)])
+        with np.load(out / "samples.npz", allow_pickle=False) as f:
+            return f["arr_0"], f["arr_1"]
+
+    six, six_labels = run("b4n6", 6, 4)
+    four, four_labels = run("b4n4", 4, 4)
+    ten, ten_labels = run("b4n10", 10, 4)
+    assert len({im.tobytes() for im in ten}) == 10
+    assert np.array_equal(six[:4], four) and np.array_equal(six_labels[:4], four_labels)
+    assert np.array_equal(ten[:4], four) and np.array_equal(ten_labels[:4], four_labels)
+    three, three_labels = run("b3n6", 6, 3)
+    first, first_labels = run("b3n3", 3, 3)
+    assert np.array_equal(three[:3], first) and np.array_equal(three_labels[:3], first_labels)
+    again, _ = run("again", 6, 3)
+    other, _ = run("seed1", 6, 3, "--seed", "1")
+    assert np.array_equal(again, three) and not np.array_equal(other, three)
 
 
 def test_sample_latent_run_decodes_with_the_run_vae(tmp_path: Path) -> None:
@@ -118,15 +139,16 @@ def test_sample_rejects_bad_flags(fake_run: Path) -> None:
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
                     reason="torchrun not installed")
 def test_sample_torchrun_two_processes_matches_one(fake_run: Path, tmp_path: Path) -> None:
-    common = ["--ckpt", str(fake_run / "checkpoints" / "0000100"), "--num-samples", "7", "--batch-size", "2",
+    # 7 samples in batches of 2: rank 0 draws batches 0 and 2, rank 1 batches 1 and 3 (the short one).
+    common = ["--ckpt", str(fake_run / "checkpoints" / "0000100"), "--num-samples", "7",
               "--sampler", "ddim", "--steps", "2", "--device", "cpu", "--no-progress"]
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [torchrun, "--standalone", "--nproc-per-node", "2", str(RECIPES / "sample.py"), *common,
-           "--out", str(tmp_path / "two")]
+           "--batch-size", "2", "--out", str(tmp_path / "two")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one = load_recipe("sample").main([*common, "--out", str(tmp_path / "one")])
+    one = load_recipe("sample").main([*common, "--batch-size", "2", "--out", str(tmp_path / "one")])
     two = np.load(tmp_path / "two" / "samples.npz", allow_pickle=False)
     ref = np.load(one / "samples.npz", allow_pickle=False)
     assert two["arr_0"].shape == (7, 16, 16, 3)

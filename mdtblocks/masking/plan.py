@@ -65,8 +65,13 @@ def validate_ids_keep(ids_keep: object, batch_size: int, num_tokens: int, check_
         if lo < 0 or hi >= num_tokens:
             raise ValueError(f"ids_keep values span [{lo}, {hi}], expected indices in [0, {num_tokens})")
         sorted_ids = ids_keep.sort(dim=1).values
-        if bool((sorted_ids[:, 1:] == sorted_ids[:, :-1]).any()):
-            raise ValueError("ids_keep has duplicate indices within a row; each row must hold k distinct tokens")
+        repeats = sorted_ids[:, 1:] == sorted_ids[:, :-1]
+        if bool(repeats.any()):
+            row, col = (int(i) for i in repeats.nonzero()[0])
+            raise ValueError(
+                f"ids_keep has duplicate indices within a row: row {row} holds index {int(sorted_ids[row, col])} "
+                "more than once; each row must hold k distinct tokens"
+            )
 
 
 def plan_from_ids_keep(ids_keep: Int[Tensor, "b k"], num_tokens: int) -> MaskPlan:

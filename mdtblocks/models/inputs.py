@@ -44,6 +44,7 @@ def check_inputs(cfg: DiTConfig, x: object, t: object, y: object, has_null: bool
             raise ValueError(f"labels y span [{lo}, {hi}], expected values in [0, {hi_allowed}]{null}")
         if t.is_floating_point():
             if not bool(torch.isfinite(t).all()):
-                raise ValueError("timesteps t contain non-finite values")
+                bad = t[~torch.isfinite(t)]
+                raise ValueError(f"timesteps t must be finite, got {float(bad[0])} ({bad.numel()} non-finite)")
         if float(t.min()) < 0:
             raise ValueError(f"timesteps t must be non-negative, got minimum {float(t.min())}")
