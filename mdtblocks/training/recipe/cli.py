@@ -74,6 +74,10 @@ class RecipeConfig:
     seed: int = flag(0, "seed of every random draw")
     ckpt_every: int = flag(10_000, "checkpoint and sample grid every N steps")
     log_every: int = flag(100, "log metrics every N steps")
+    keep_checkpoints: int | None = flag(
+        None, "keep only the newest N checkpoints (older ones removed once a new one is complete); none: keep all"
+    )
+    max_bad_steps: int = flag(10, "stop after this many non-finite (skipped) steps in a row")
     precision: Literal["fp32", "bf16"] = flag("fp32", "bf16 autocasts the model forward (fp32 weights and diffusion math)")
     device: Literal["auto", "cpu", "cuda"] = flag("auto", "training device")
     fsdp: bool = flag(False, "shard parameters with FSDP (fully_shard) instead of DDP, for XL models")
