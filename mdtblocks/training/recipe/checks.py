@@ -15,7 +15,7 @@ from typing import Any
 from ...data import DEFAULT_VAE
 from .cli import RecipeConfig
 
-__all__ = ["config_problems", "offline", "vae_problem", "ranges"]
+__all__ = ["config_problems", "path_problems", "offline", "vae_problem", "ranges"]
 
 
 def offline() -> bool:
@@ -115,14 +115,19 @@ def config_problems(cfg: RecipeConfig, world_size: int | None = None) -> list[st
                 f"--micro-batch-size {cfg.micro_batch_size} does not divide the per-process batch {per_rank} "
                 f"(--global-batch-size {cfg.global_batch_size} over {world_size} processes)"
             )
+    return problems
+
+
+def path_problems(cfg: RecipeConfig) -> list[str]:
+    """Folders the run needs that are not there (``--data``, ``--latents``, a ``--vae`` folder)."""
+    problems = []
     if cfg.data is not None and not Path(cfg.data).is_dir():
         problems.append(f"--data {cfg.data!r} is not a folder")
     if cfg.latents is not None and not Path(cfg.latents).is_dir():
         problems.append(f"--latents {cfg.latents!r} is not a folder")
-    if not cfg.builtin or cfg.vae is not None:
-        problem = vae_problem(cfg.vae)
-        if problem:
-            problems.append(problem)
+    problem = vae_problem(cfg.vae)
+    if problem:
+        problems.append(problem)
     return problems
 
 

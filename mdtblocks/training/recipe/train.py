@@ -27,7 +27,7 @@ from ..distributed import setup_distributed
 from ..guard import NonFiniteSteps
 from ..loop import train
 from ..signals import EXIT_CODES
-from .checks import config_problems
+from .checks import config_problems, path_problems
 from .cli import RecipeConfig, build_parser, choose_config, parse_flags, presets_of
 from .data import load_run_data
 from .run import announce_builtin, model_overrides, setup_logging, train_config, write_run_config
@@ -132,6 +132,9 @@ class TrainRecipe:
     def main(self, argv: Sequence[str] | None = None) -> None:
         """Train: parse the flags, build data, model, objective and optimizer, run :func:`~mdtblocks.training.train`."""
         cfg, builtin = self.configure(argv)
+        missing = path_problems(cfg)
+        if missing:
+            build_parser(RecipeConfig, self.description, self.defaults).error("; ".join(missing))
         dist = setup_distributed(cfg.device)
         setup_logging(dist)
         if builtin:
