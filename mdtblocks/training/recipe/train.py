@@ -140,7 +140,18 @@ class TrainRecipe:
         if builtin:
             announce_builtin(self.script, self.real_run)
 
-        data = load_run_data(cfg)
+        parser = build_parser(RecipeConfig, self.description, self.defaults)
+        try:
+            data = load_run_data(cfg)
+        except (ValueError, FileNotFoundError) as err:  # an empty or damaged dataset: refused before training
+            parser.error(str(err))
+        size = len(data.dataset)  # type: ignore[arg-type]
+        if size < cfg.global_batch_size:
+            source = cfg.latents or cfg.data or "the built-in digits"
+            parser.error(
+                f"the dataset {source} holds {size} samples (flips included), fewer than --global-batch-size "
+                f"{cfg.global_batch_size}; use a smaller batch or more data"
+            )
         channels, side = data.latent_shape
         cls_name, preset_fields = PRESETS[cfg.model]
         overrides = model_overrides(cfg, [n for n in MODEL_OVERRIDES if n in preset_fields])
