@@ -105,11 +105,16 @@ class NonFiniteGuard:
             for now, old in zip(kept, before):
                 now.copy_(torch.where(finite, now, old))
 
-    def check(self, step: int) -> int:
+    def check(self, step: int, reset: bool = True) -> int:
         """Read the counters (a host sync): warn about new bad steps, stop after too many in a row.
 
+        Args:
+            step: the current step, for the warning.
+            reset: start a new reporting interval (logging steps); ``False`` only checks
+                (before a checkpoint between logging steps).
+
         Returns:
-            the bad steps since the previous call (for ``metrics.jsonl``).
+            the bad steps since the last reset (for ``metrics.jsonl``).
         """
         interval, worst, last = (int(v) for v in torch.stack([self.interval, self.worst_run, self.last_bad]).tolist())
         if interval > self.warned:
@@ -117,9 +122,12 @@ class NonFiniteGuard:
                 "step %d: non-finite loss or gradient, update skipped (%d skipped since the last report, newest at "
                 "step %d; %d in a row at most)", step, interval, last, worst,
             )
-        self.interval.zero_()
-        self.worst_run.copy_(self.in_a_row)
-        self.warned = 0
+        if reset:
+            self.interval.zero_()
+            self.worst_run.copy_(self.in_a_row)
+            self.warned = 0
+        else:
+            self.warned = interval
         if worst >= self.max_bad_steps:
             raise NonFiniteSteps(self._message(worst, last))
         return interval

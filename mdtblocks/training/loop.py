@@ -209,7 +209,7 @@ def run_steps(
         stopped_by = stop_signal(stop, dist, logging_step)
         if step % cfg.ckpt_every == 0 or step == cfg.steps or stopped_by is not None:
             if not logging_step:
-                guard.check(step)  # never checkpoint past a run of bad steps that should have stopped
+                guard.check(step, reset=False)  # never checkpoint past a run of bad steps that should have stopped
             ckpt_dir = save(out, step, model, model_config, ema, optimizer, batches, cfg, dist)
             if sample_diffusion is not None and cfg.num_samples > 0 and stopped_by is None:
                 save_samples(out / "samples" / f"{step:07d}.png", ema, sample_diffusion, autoencoder, cfg, dist)
