@@ -26,7 +26,7 @@ import torch
 from mdtblocks.data import DEFAULT_VAE, DigitsDataset, ImageFolderDataset, encode_dataset, load_autoencoder, merge_parts
 from mdtblocks.io import read_json
 from mdtblocks.training import derive_seed, setup_distributed
-from mdtblocks.training.recipe import flag, parse_flags
+from mdtblocks.training.recipe import exit_on_bad_input, flag, parse_flags
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ class ExtractConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError(f"--num-workers must be non-negative, got {self.num_workers}")
+        if self.seed < 0:
+            raise ValueError(f"--seed {self.seed} is negative; allowed: a non-negative integer")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -104,4 +106,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_on_bad_input(main))

@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from mdtblocks.io import atomic_write, read_json, write_json
 from mdtblocks.sampling import sample
 from mdtblocks.training import setup_distributed
 from mdtblocks.training.randomness import derive_seed
-from mdtblocks.training.recipe import flag, parse_flags, setup_logging
+from mdtblocks.training.recipe import exit_on_bad_input, flag, parse_flags, setup_logging
 
 log = logging.getLogger("mdtblocks.sample")
 
@@ -65,6 +66,16 @@ class SampleConfig:
     def __post_init__(self) -> None:
         if not self.ckpt:
             raise ValueError("--ckpt is required (a checkpoint folder such as runs/x/checkpoints/0000100)")
+        ckpt = Path(self.ckpt)
+        if not ckpt.is_dir() or not (ckpt / "config.json").is_file():
+            raise ValueError(
+                f"--ckpt {self.ckpt!r} is not a checkpoint: expected a folder with config.json and "
+                f"{self.weights}.safetensors (such as runs/x/checkpoints/0000100)"
+            )
+        if not self.cfg_scale >= 1.0:
+            raise ValueError(f"--cfg-scale {self.cfg_scale} is below 1; allowed: at least 1 (1 disables guidance)")
+        if self.seed < 0:
+            raise ValueError(f"--seed {self.seed} is negative; allowed: a non-negative integer")
         for name in ("num_samples", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -221,4 +232,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_on_bad_input(main))

@@ -58,6 +58,12 @@ def list_image_folder(root: str | os.PathLike) -> tuple[list[Path], list[int], l
     if subdirs and not top_files:
         for sub in subdirs:
             images = _images_under(sub)
+            if not images and not sub.name.startswith("."):
+                # An empty class would silently shift every later label and shrink num_classes.
+                raise ValueError(
+                    f"class folder {str(sub)!r} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                    "remove it or add its images"
+                )
             files.extend(images)
             names.extend([sub.name] * len(images))
     else:

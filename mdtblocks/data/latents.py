@@ -184,6 +184,17 @@ class LatentDataset(Dataset):
         ).astype(np.int64)
         if self.labels.shape != (self.num_images,):
             raise ValueError(f"{str(self.root)!r}: the shards hold {len(self.labels)} labels for {self.num_images} images")
+        for shard, path in zip(self.meta["shards"], self._files):
+            expected = (int(shard["count"]), 2, *self.latent_shape)  # [:, 0] the latent, [:, 1] its mirror's
+            try:
+                shape = np.load(path, mmap_mode="r", allow_pickle=False).shape  # reads the header only
+            except (OSError, ValueError) as err:
+                raise ValueError(f"latent shard {str(path)!r} is missing or unreadable ({err})") from err
+            if tuple(shape) != expected:
+                raise ValueError(
+                    f"latent shard {str(path)!r} holds an array of shape {tuple(shape)} but meta.json says {expected}; "
+                    "the cache is damaged (re-extract it)"
+                )
         self._maps: dict[int, np.ndarray] = {}  # opened lazily, so each DataLoader worker maps its own
 
     def __len__(self) -> int:

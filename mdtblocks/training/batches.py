@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import signal
 from collections.abc import Iterator
 
 import torch
@@ -73,6 +74,7 @@ class BatchStream:
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=False,
+            worker_init_fn=_ignore_interrupts if self.num_workers else None,
         )
         return iter(loader)
 
@@ -108,3 +110,12 @@ class BatchStream:
             )
         self.sampler.load_state_dict(state["sampler"])
         self.consumed = int(state["batches_consumed"])
+
+
+def _ignore_interrupts(worker_id: int) -> None:
+    """DataLoader workers ignore Ctrl-C: the trainer checkpoints and stops them itself.
+
+    A terminal sends SIGINT to the whole process group; a worker that died of it would
+    fail the next batch before the trainer could write its checkpoint.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

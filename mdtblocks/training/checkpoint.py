@@ -9,7 +9,11 @@ A checkpoint folder holds:
 - ``state.json``: step, randomness and data position (see :class:`TrainState`).
 
 Only folders named by exactly 7 digits are complete; a kill mid-write leaves a
-``.tmp-*`` folder that is ignored and cleaned up by the next save.
+``.tmp-*`` folder that is ignored and cleaned up by the next save. A write that fails
+(a full disk) removes its temporary folder and raises :class:`CheckpointWriteError`
+naming the folder; the previous checkpoint is never touched. A complete-looking folder
+that does not read back (a truncated file, a bad safetensors header, a missing file)
+raises :class:`CheckpointError` naming the file, and the resume falls back to the previous one.
 """
 
 from __future__ import annotations
@@ -36,7 +40,21 @@ __all__ = [
     "write_checkpoint",
     "read_checkpoint",
     "Checkpoint",
+    "CheckpointError",
+    "CheckpointWriteError",
+    "complete_checkpoints",
+    "prune_checkpoints",
 ]
+
+CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "optimizer.pt", "config.json", "state.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that looks complete but does not read back (the message names the file)."""
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (e.g. a full disk); the message names the folder, earlier checkpoints are intact."""
 
 STEP_DIGITS = 7
 _STEP_DIR = re.compile(rf"^\d{{{STEP_DIGITS}}}$")
@@ -70,13 +88,32 @@ def checkpoint_dir(out: str | os.PathLike, step: int) -> Path:
     return Path(out) / "checkpoints" / f"{step:0{STEP_DIGITS}d}"
 
 
-def latest_checkpoint(out: str | os.PathLike) -> Path | None:
-    """Newest complete checkpoint folder under ``OUT/checkpoints``, or None."""
+def complete_checkpoints(out: str | os.PathLike) -> list[Path]:
+    """Complete-looking checkpoint folders under ``OUT/checkpoints`` (7-digit name, ``state.json``), newest first."""
     root = Path(out) / "checkpoints"
     if not root.is_dir():
-        return None
+        return []
     steps = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and (p / "state.json").is_file()]
-    return max(steps, key=lambda p: int(p.name), default=None)
+    return sorted(steps, key=lambda p: int(p.name), reverse=True)
+
+
+def latest_checkpoint(out: str | os.PathLike) -> Path | None:
+    """Newest complete checkpoint folder under ``OUT/checkpoints``, or None."""
+    found = complete_checkpoints(out)
+    return found[0] if found else None
+
+
+def prune_checkpoints(out: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints; returns the deleted folders.
+
+    Called only after a new checkpoint is complete, so at least ``keep`` good ones remain.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    old = complete_checkpoints(out)[keep:]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return old
 
 
 def model_config_json(model: torch.nn.Module) -> dict[str, Any]:
@@ -111,15 +148,23 @@ def write_checkpoint(out: str | os.PathLike, ckpt: Checkpoint) -> Path:
     for stale in root.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    tmp.mkdir()
-    save_file(_cpu(ckpt.model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    save_file(_cpu(ckpt.ema), str(tmp / "ema.safetensors"), metadata={"format": "pt"})
-    torch.save(ckpt.optimizer, tmp / "optimizer.pt")
-    write_json(tmp / "config.json", ckpt.model_config)
-    write_json(tmp / "state.json", asdict(ckpt.state))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    try:
+        tmp.mkdir()
+        save_file(_cpu(ckpt.model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(_cpu(ckpt.ema), str(tmp / "ema.safetensors"), metadata={"format": "pt"})
+        torch.save(ckpt.optimizer, tmp / "optimizer.pt")
+        write_json(tmp / "config.json", ckpt.model_config)
+        write_json(tmp / "state.json", asdict(ckpt.state))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except (OSError, RuntimeError) as err:  # safetensors and torch.save report a full disk as RuntimeError too
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(out)
+        raise CheckpointWriteError(
+            f"could not write checkpoint {final} ({err}); is {root} full or read-only? "
+            f"The previous checkpoint {previous if previous else '(none)'} is intact"
+        ) from err
     if final.exists():  # a re-save of the same step (e.g. the final step after a resume)
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -141,13 +186,31 @@ def _fsync_dir(path: Path) -> None:
 
 
 def read_checkpoint(directory: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint folder back (every tensor on CPU)."""
+    """Read a checkpoint folder back (every tensor on CPU).
+
+    Raises:
+        CheckpointError: a file is missing, truncated or corrupt; the message names it.
+    """
     directory = Path(directory)
-    state = TrainState(**read_json(directory / "state.json"))
+    missing = [name for name in CHECKPOINT_FILES if not (directory / name).is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint {directory} is missing {', '.join(missing)}")
+
+    def read(name: str, load: Any) -> Any:
+        try:
+            return load(directory / name)
+        except Exception as err:  # safetensors, pickle and JSON each raise their own kinds
+            raise CheckpointError(f"checkpoint file {directory / name} is unreadable ({type(err).__name__}: {err})") from err
+
+    raw_state = read("state.json", read_json)
+    try:
+        state = TrainState(**raw_state)
+    except TypeError as err:
+        raise CheckpointError(f"checkpoint file {directory / 'state.json'} is not a training state ({err})") from err
     return Checkpoint(
-        model=load_file(str(directory / "model.safetensors")),
-        ema=load_file(str(directory / "ema.safetensors")),
-        optimizer=torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True),
+        model=read("model.safetensors", lambda p: load_file(str(p))),
+        ema=read("ema.safetensors", lambda p: load_file(str(p))),
+        optimizer=read("optimizer.pt", lambda p: torch.load(p, map_location="cpu", weights_only=True)),
         state=state,
-        model_config=read_json(directory / "config.json"),
+        model_config=read("config.json", read_json),
     )

@@ -33,6 +33,9 @@ class TrainConfig:
         num_workers: DataLoader worker processes.
         num_samples: images in each checkpoint's sample grid (0 for none).
         sample_cfg_scale: classifier-free guidance scale of the sample grids (1: none).
+        max_bad_steps: stop after this many non-finite (skipped) steps in a row.
+        keep_checkpoints: keep only the newest N checkpoints (pruned after each new one is
+            complete); ``None`` keeps all.
     """
 
     steps: int
@@ -50,11 +53,15 @@ class TrainConfig:
     num_workers: int = 4
     num_samples: int = 16
     sample_cfg_scale: float = 1.0
+    max_bad_steps: int = 10
+    keep_checkpoints: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("steps", "global_batch_size", "ckpt_every", "log_every"):
+        for name in ("steps", "global_batch_size", "ckpt_every", "log_every", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be at least 1 (or None: keep all), got {self.keep_checkpoints}")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be at least 1, got {self.micro_batch_size}")
         if not 0.0 <= self.ema_decay <= 1.0:

@@ -23,14 +23,26 @@ from ..diffusion import GaussianDiffusion, MaskedDiffusionObjective
 from ..masking import mark_kept_dynamic
 from ..sampling import classifier_free_guidance
 from .batches import BatchStream
-from .checkpoint import Checkpoint, TrainState, latest_checkpoint, model_config_json, read_checkpoint, write_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    TrainState,
+    complete_checkpoints,
+    latest_checkpoint,
+    model_config_json,
+    prune_checkpoints,
+    read_checkpoint,
+    write_checkpoint,
+)
 from .config import TrainConfig
 from .distributed import Distributed
 from .ema import make_ema, update_ema
+from .guard import NonFiniteGuard, step_is_finite
 from .parallel import enable_activation_checkpointing, full_state, load_full_state, wrap_model
 from .precision import AutocastForward
 from .progress import Meter, MetricsWriter, progress_bar
 from .randomness import StepRandomness, draw_step_randomness, step_generator
+from .signals import StopRequest
 
 __all__ = ["train", "TrainResult", "OptimizerFactory", "optimizer_step"]
 
@@ -48,11 +60,14 @@ class TrainResult:
         step: the final step.
         checkpoint: the folder of the last checkpoint.
         resumed_from: the step the run resumed from (0 for a fresh run).
+        stopped_by: the signal (SIGTERM, SIGINT) that made the run checkpoint and stop
+            before ``cfg.steps``; ``None`` when it ran to the end.
     """
 
     step: int
     checkpoint: Path
     resumed_from: int
+    stopped_by: int | None = None
 
 
 def train(
@@ -82,6 +97,13 @@ def train(
         dist: this process's place in the job (:func:`~mdtblocks.training.setup_distributed`).
         sample_diffusion: process for the sample grids (e.g. ``create_diffusion("ddim50")``);
             ``None`` skips them.
+
+    Faults: a step with a non-finite loss or gradient is skipped exactly and counted
+    (``bad_steps`` in ``metrics.jsonl``); ``cfg.max_bad_steps`` in a row raise
+    :class:`~mdtblocks.training.guard.NonFiniteSteps`. SIGTERM / SIGINT write a checkpoint
+    at the next step boundary (the next logging step under several ranks, where the ranks
+    agree on it) and return with ``stopped_by`` set. A failed checkpoint write raises
+    :class:`~mdtblocks.training.checkpoint.CheckpointWriteError`.
     """
     out = Path(out)
     device = dist.device
@@ -114,6 +136,49 @@ def train(
     bar = progress_bar(cfg.steps, start, dist.is_main)
     log_start(cfg, dist, model_config["class"], model, per_rank, micro, accum, start, out)
     step, ckpt_dir = start, latest_checkpoint(out)
+    guard = NonFiniteGuard(device, cfg.max_bad_steps)
+    with StopRequest() as stop:
+        step, ckpt_dir, stopped_by = run_steps(
+            cfg, step, ckpt_dir, stop, guard, model=model, denoiser=denoiser, ema=ema, objective=objective,
+            optimizer=optimizer, batches=batches, autoencoder=autoencoder, dataset=dataset, dist=dist, out=out,
+            model_config=model_config, sample_shape=sample_shape, rows=rows, micro=micro, accum=accum, meter=meter,
+            metrics=metrics, bar=bar, sample_diffusion=sample_diffusion,
+        )
+    bar.close()
+    dist.barrier()
+    assert ckpt_dir is not None
+    return TrainResult(step=step, checkpoint=ckpt_dir, resumed_from=start, stopped_by=stopped_by)
+
+
+def run_steps(
+    cfg: TrainConfig,
+    step: int,
+    ckpt_dir: Path | None,
+    stop: StopRequest,
+    guard: NonFiniteGuard,
+    *,
+    model: nn.Module,
+    denoiser: AutocastForward,
+    ema: nn.Module,
+    objective: MaskedDiffusionObjective,
+    optimizer: torch.optim.Optimizer,
+    batches: BatchStream,
+    autoencoder: Autoencoder,
+    dataset: Dataset,
+    dist: Distributed,
+    out: Path,
+    model_config: dict[str, Any],
+    sample_shape: tuple[int, int, int],
+    rows: Tensor,
+    micro: int,
+    accum: int,
+    meter: Meter,
+    metrics: MetricsWriter,
+    bar: Any,
+    sample_diffusion: GaussianDiffusion | None,
+) -> tuple[int, Path | None, int | None]:
+    """The steps of :func:`train` from ``step`` to ``cfg.steps``; returns ``(step, last checkpoint, stopping signal)``."""
+    device = dist.device
     skipped: int | None = None
     while step < cfg.steps:
         x, y = batches.next()
@@ -126,28 +191,51 @@ def train(
         latents = encode(autoencoder, x, step_generator(cfg.seed, f"vae-rank{dist.rank}", step, device))
         losses, grad_norm = optimizer_step(
             denoiser, model, ema, objective, optimizer, latents, y, randomness,
-            micro=micro, accum=accum, grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay,
+            micro=micro, accum=accum, grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay, guard=guard, step=step + 1,
         )
         step += 1
         meter.add(**losses, grad_norm=grad_norm)
         bar.update(1)
 
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            record = {"step": step, "lr": optimizer.param_groups[0]["lr"], **meter.read(dist)}
+        logging_step = step % cfg.log_every == 0 or step == cfg.steps
+        if logging_step:
+            bad_steps = guard.check(step)
+            record = {"step": step, "lr": optimizer.param_groups[0]["lr"], **meter.read(dist), "bad_steps": bad_steps}
             record["samples_per_s"] = record["steps_per_s"] * cfg.global_batch_size
             skipped = report_skipped(dataset, skipped, dist)
             if skipped is not None:
                 record["skipped_images"] = skipped
             metrics.write(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+        stopped_by = stop_signal(stop, dist, logging_step)
+        if step % cfg.ckpt_every == 0 or step == cfg.steps or stopped_by is not None:
+            if not logging_step:
+                guard.check(step, reset=False)  # never checkpoint past a run of bad steps that should have stopped
             ckpt_dir = save(out, step, model, model_config, ema, optimizer, batches, cfg, dist)
-            if sample_diffusion is not None and cfg.num_samples > 0:
+            if sample_diffusion is not None and cfg.num_samples > 0 and stopped_by is None:
                 save_samples(out / "samples" / f"{step:07d}.png", ema, sample_diffusion, autoencoder, cfg, dist)
-    bar.close()
-    dist.barrier()
-    assert ckpt_dir is not None
-    return TrainResult(step=step, checkpoint=ckpt_dir, resumed_from=start)
+        if stopped_by is not None:
+            if dist.is_main:
+                log.warning("signal %d: checkpointed step %d to %s and stopping; rerun the command to resume",
+                            stopped_by, step, ckpt_dir)
+            return step, ckpt_dir, stopped_by
+    return step, ckpt_dir, None
+
+
+def stop_signal(stop: StopRequest, dist: Distributed, logging_step: bool) -> int | None:
+    """The signal to stop on after this step, agreed by every rank.
+
+    One process looks at every step. Several ranks must stop at the same step (the
+    checkpoint is a collective), so they agree at logging steps, where the metrics
+    already take a host sync: the largest signal number any rank received wins.
+    """
+    if not dist.enabled:
+        return stop.signum
+    if not logging_step:
+        return None
+    flag = torch.tensor(float(stop.signum or 0), device=dist.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return int(flag.item()) or None
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -223,6 +311,8 @@ def optimizer_step(
     accum: int,
     grad_clip: float | None,
     ema_decay: float,
+    guard: NonFiniteGuard | None = None,
+    step: int = 0,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """One optimizer step, in the order of the official trainers: gradients, clip, update, EMA.
 
@@ -240,18 +330,38 @@ def optimizer_step(
         accum: forwards per step (gradient accumulation).
         grad_clip: global-norm clip (``None``: none).
         ema_decay: the decay of ``ema`` when it is one model.
+        guard: skips the update (exactly) when the loss or gradient is not finite and counts
+            it; ``None`` updates unconditionally.
+        step: the number of this step (1-based), for the guard's warning.
 
     Returns:
         ``(losses, grad_norm)``: the mean loss terms and the gradient norm before clipping, on device.
     """
     losses = accumulate_gradients(denoiser, objective, latents, y, randomness, micro, accum)
     grad_norm = clip_gradients(model, grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
     averages = [(ema, ema_decay)] if isinstance(ema, nn.Module) else list(ema)
-    for average, decay in averages:
-        update_ema(average, model, decay)
+
+    def update() -> None:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        for average, decay in averages:
+            update_ema(average, model, decay)
+
+    if guard is None:
+        update()
+    else:
+        finite = step_is_finite(losses["loss"], grad_norm)
+        if dist_enabled():  # every rank must take the same decision (the loss is per rank)
+            agreed = finite.float()
+            torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+            finite = agreed.bool()
+        guard.apply(finite, step, update, [model, *(a for a, _ in averages)], optimizer)
     return losses, grad_norm
+
+
+def dist_enabled() -> bool:
+    """A process group is running (the guard's flag must then agree over ranks)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def clip_gradients(model: nn.Module, max_norm: float | None) -> Tensor:
@@ -299,6 +409,9 @@ def save(
         )
         path = write_checkpoint(out, Checkpoint(model_sd, ema_sd, opt_sd or {}, state, model_config))
         log.info("saved checkpoint %s", path)
+        if cfg.keep_checkpoints is not None:
+            for old in prune_checkpoints(out, cfg.keep_checkpoints):
+                log.info("removed old checkpoint %s (--keep-checkpoints %d)", old, cfg.keep_checkpoints)
     dist.barrier()
     return out / "checkpoints" / f"{step:07d}"
 
@@ -326,10 +439,10 @@ def resume(
     Restores model, EMA, optimizer, data position and the global torch RNG; all the
     loop's own randomness derives from ``(seed, step)``, so nothing else is needed.
     """
-    path = latest_checkpoint(out)
-    if path is None:
+    found = read_newest_checkpoint(out, dist)
+    if found is None:
         return 0
-    ckpt = read_checkpoint(path)
+    path, ckpt = found
     if ckpt.state.seed != cfg.seed:
         raise ValueError(f"{path} was trained with seed {ckpt.state.seed}, this run has --seed {cfg.seed}")
     if ckpt.state.world_size != dist.world_size:
@@ -345,6 +458,17 @@ def resume(
     if dist.is_main:
         log.info("resumed from %s (step %d)", path, ckpt.state.step)
     return ckpt.state.step
+
+
+def read_newest_checkpoint(out: Path, dist: Distributed) -> tuple[Path, Checkpoint] | None:
+    """The newest checkpoint under ``out`` that reads back; corrupt ones are reported by path and passed over."""
+    for path in complete_checkpoints(out):
+        try:
+            return path, read_checkpoint(path)
+        except CheckpointError as err:
+            if dist.is_main:
+                log.warning("%s; resuming from the previous checkpoint instead", err)
+    return None
 
 
 @torch.no_grad()

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from ...data import DEFAULT_VAE
 from ...models import PRESETS
 
-__all__ = ["flag", "presets_of", "RecipeConfig", "build_parser", "parse_flags", "choose_config"]
+__all__ = ["flag", "presets_of", "RecipeConfig", "build_parser", "parse_flags", "choose_config", "exit_on_bad_input"]
 
 C = TypeVar("C")
 
@@ -74,6 +75,10 @@ class RecipeConfig:
     seed: int = flag(0, "seed of every random draw")
     ckpt_every: int = flag(10_000, "checkpoint and sample grid every N steps")
     log_every: int = flag(100, "log metrics every N steps")
+    keep_checkpoints: int | None = flag(
+        None, "keep only the newest N checkpoints (older ones removed once a new one is complete); none: keep all"
+    )
+    max_bad_steps: int = flag(10, "stop after this many non-finite (skipped) steps in a row")
     precision: Literal["fp32", "bf16"] = flag("fp32", "bf16 autocasts the model forward (fp32 weights and diffusion math)")
     device: Literal["auto", "cpu", "cuda"] = flag("auto", "training device")
     fsdp: bool = flag(False, "shard parameters with FSDP (fully_shard) instead of DDP, for XL models")
@@ -171,3 +176,17 @@ def choose_config(
     return dataclasses.replace(builtin, **given), True  # type: ignore[type-var]
 
 
+
+
+def exit_on_bad_input(main: Callable[[], Any]) -> int:
+    """Run a script's ``main``; bad input (``ValueError``, ``TypeError``, a missing file) becomes one line and exit 2.
+
+    ``main`` raises for callers that import it (tests, notebooks); a person at a shell gets
+    ``error: <message>`` on stderr instead of a traceback from deep inside the library.
+    """
+    try:
+        main()
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -47,6 +47,8 @@ def train_config(cfg: RecipeConfig) -> TrainConfig:
         num_workers=cfg.num_workers,
         num_samples=cfg.num_samples,
         sample_cfg_scale=cfg.sample_cfg_scale,
+        max_bad_steps=cfg.max_bad_steps,
+        keep_checkpoints=cfg.keep_checkpoints,
     )
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +22,12 @@ import torch
 from ...diffusion import MaskedDiffusionObjective, create_diffusion
 from ...models import PRESETS, DiT, MaskedDiffusionTransformer
 from ..adan import Adan
+from ..checkpoint import CheckpointWriteError
 from ..distributed import setup_distributed
+from ..guard import NonFiniteSteps
 from ..loop import train
+from ..signals import EXIT_CODES
+from .checks import config_problems, path_problems
 from .cli import RecipeConfig, build_parser, choose_config, parse_flags, presets_of
 from .data import load_run_data
 from .run import announce_builtin, model_overrides, setup_logging, train_config, write_run_config
@@ -111,25 +117,43 @@ class TrainRecipe:
         if cfg.lr is None:
             size = cfg.model.split("-")[1].split("/")[0]
             if size not in self.lr_by_size:
-                raise ValueError(f"--lr none: {self.script} has no learning rate for size {size!r}; give --lr")
+                parser.error(f"--lr none: {self.script} has no learning rate for size {size!r}; give --lr")
             cfg = dataclasses.replace(cfg, lr=self.lr_by_size[size])
+        cls_name, preset_fields = PRESETS[cfg.model]
+        unused = [n for n in MODEL_OVERRIDES if getattr(cfg, n) is not None and n not in preset_fields]
+        if unused:
+            flags = ", ".join("--" + n.replace("_", "-") for n in unused)
+            parser.error(f"{flags} does not apply to {cfg.model} (a {cls_name} has no such field)")
+        problems = config_problems(cfg)
+        if problems:
+            parser.error("; ".join(problems))
         return cfg, is_builtin
 
     def main(self, argv: Sequence[str] | None = None) -> None:
         """Train: parse the flags, build data, model, objective and optimizer, run :func:`~mdtblocks.training.train`."""
         cfg, builtin = self.configure(argv)
+        missing = path_problems(cfg)
+        if missing:
+            build_parser(RecipeConfig, self.description, self.defaults).error("; ".join(missing))
         dist = setup_distributed(cfg.device)
         setup_logging(dist)
         if builtin:
             announce_builtin(self.script, self.real_run)
 
-        data = load_run_data(cfg)
+        parser = build_parser(RecipeConfig, self.description, self.defaults)
+        try:
+            data = load_run_data(cfg)
+        except (ValueError, FileNotFoundError) as err:  # an empty or damaged dataset: refused before training
+            parser.error(str(err))
+        size = len(data.dataset)  # type: ignore[arg-type]
+        if size < cfg.global_batch_size:
+            source = cfg.latents or cfg.data or "the built-in digits"
+            parser.error(
+                f"the dataset {source} holds {size} samples (flips included), fewer than --global-batch-size "
+                f"{cfg.global_batch_size}; use a smaller batch or more data"
+            )
         channels, side = data.latent_shape
         cls_name, preset_fields = PRESETS[cfg.model]
-        unused = [n for n in MODEL_OVERRIDES if getattr(cfg, n) is not None and n not in preset_fields]
-        if unused:
-            flags = ", ".join("--" + n.replace("_", "-") for n in unused)
-            raise ValueError(f"{flags} does not apply to {cfg.model} (a {cls_name} has no such field)")
         overrides = model_overrides(cfg, [n for n in MODEL_OVERRIDES if n in preset_fields])
         num_classes = cfg.num_classes or data.num_classes
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -141,20 +165,31 @@ class TrainRecipe:
             cfg.out, cfg, dist, vae=data.vae, image_size=data.image_size, num_classes=num_classes,
             model_preset=cfg.model, model_overrides=overrides, model_config=model.config.to_dict(),
         )
-        train(
-            train_config(cfg),
-            model=model,
-            # Without a mask sampler (DiT) the objective is the plain loss.
-            objective=MaskedDiffusionObjective(diffusion, masked_draws=cfg.masked_draws),
-            dataset=data.dataset,
-            autoencoder=data.autoencoder,
-            make_optimizer=lambda params: build_optimizer(cfg, params),
-            out=cfg.out,
-            dist=dist,
-            sample_diffusion=create_diffusion(f"ddim{cfg.sample_steps}"),
-        )
-        log.info("done: checkpoints in %s/checkpoints, sample grids in %s/samples", cfg.out, cfg.out)
+        try:
+            result = train(
+                train_config(cfg),
+                model=model,
+                # Without a mask sampler (DiT) the objective is the plain loss.
+                objective=MaskedDiffusionObjective(diffusion, masked_draws=cfg.masked_draws),
+                dataset=data.dataset,
+                autoencoder=data.autoencoder,
+                make_optimizer=lambda params: build_optimizer(cfg, params),
+                out=cfg.out,
+                dist=dist,
+                sample_diffusion=create_diffusion(f"ddim{cfg.sample_steps}"),
+            )
+        except (NonFiniteSteps, CheckpointWriteError) as err:
+            # Faults of the run itself, not bugs: one line, no traceback, a non-zero exit.
+            print(f"error: {err}", file=sys.stderr)
+            dist.close()
+            raise SystemExit(1) from None
         dist.close()
+        if result.stopped_by is not None:
+            log.info("stopped by signal %d at step %d; rerun the same command to resume", result.stopped_by, result.step)
+            if EXIT_CODES.get(signal.Signals(result.stopped_by), 1):
+                raise SystemExit(EXIT_CODES.get(signal.Signals(result.stopped_by), 1))
+            return
+        log.info("done: checkpoints in %s/checkpoints, sample grids in %s/samples", cfg.out, cfg.out)
 
 
 def build_optimizer(cfg: RecipeConfig, params: Any) -> torch.optim.Optimizer:
