@@ -3,8 +3,10 @@
 The top level re-exports what most users call; every part is also importable from its
 subpackage (``mdtblocks.blocks``, ``mdtblocks.masking``, ``mdtblocks.models``,
 ``mdtblocks.compat``, ``mdtblocks.diffusion``, ``mdtblocks.sampling``, ``mdtblocks.data``,
-``mdtblocks.training``, ``mdtblocks.evaluation``).
+``mdtblocks.training``, ``mdtblocks.evaluation``, ``mdtblocks.pipelines``).
 """
+
+from typing import Any
 
 from .compat import load_official
 from .diffusion import GaussianDiffusion, MaskedDiffusionObjective, create_diffusion
@@ -23,5 +25,15 @@ __all__ = [
     "GaussianDiffusion",
     "MaskedDiffusionObjective",
     "classifier_free_guidance",
+    "MDTPipeline",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """``MDTPipeline`` on first use: importing diffusers' pipeline machinery takes seconds."""
+    if name == "MDTPipeline":
+        from .pipelines import MDTPipeline
+
+        return MDTPipeline
+    raise AttributeError(f"module 'mdtblocks' has no attribute {name!r}")
