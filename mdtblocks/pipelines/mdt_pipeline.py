@@ -56,7 +56,7 @@ class MDTPipeline(DiffusionPipeline):
         transformer: DiffusionBackbone,
         scheduler: Any,
         vae: Any = None,
-        id2label: dict[str, str] | None = None,
+        id2label: dict[str, str] | dict[int, str] | None = None,
         prediction_type: str | None = None,
     ) -> None:
         super().__init__()
@@ -91,13 +91,13 @@ class MDTPipeline(DiffusionPipeline):
     def __call__(
         self,
         class_labels: int | str | Sequence[int | str] | Tensor,
-        guidance_scale: float = 4.0,
+        guidance_scale: float | int = 4.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         num_inference_steps: int = 50,
         output_type: str = "pil",
         return_dict: bool = True,
         *,
-        guidance_power: float | None = None,
+        guidance_power: float | int | None = None,
         guided_channels: int | None = None,
         latents: Tensor | None = None,
         **step_kwargs: Any,
