@@ -6,12 +6,15 @@ subpackage (``mdtblocks.blocks``, ``mdtblocks.masking``, ``mdtblocks.models``,
 ``mdtblocks.training``, ``mdtblocks.evaluation``, ``mdtblocks.pipelines``).
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .compat import load_official
 from .diffusion import GaussianDiffusion, MaskedDiffusionObjective, create_diffusion
 from .models import PRESETS, DiT, DiTConfig, MaskedDiffusionTransformer, MDTConfig, load_pretrained
 from .sampling import classifier_free_guidance
+
+if TYPE_CHECKING:  # imported on first use (see __getattr__); named here for type checkers and the docs
+    from .pipelines import MDTPipeline
 
 __all__ = [
     "MaskedDiffusionTransformer",
