@@ -173,3 +173,27 @@ def test_ode_schedulers_agree_so_euler_noise_is_scaled_by_init_noise_sigma():
     ref = results.pop(DPMSolverMultistepScheduler)
     for cls, out in results.items():
         assert rel_err(out, ref) < 0.02, (cls.__name__, rel_err(out, ref))  # measured 0.008 for Euler (1st order)
+
+
+def test_a_run_folder_becomes_a_pipeline_of_its_ema_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from mdtblocks.pipelines import pipeline_from_checkpoint
+
+    raw, ema = tiny_dit(seed=0), tiny_dit(seed=1)
+    ckpt = tmp_path / "run" / "checkpoints" / "0000005"
+    raw.save_pretrained(ckpt)  # config.json + model.safetensors, as the trainer writes them
+    save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(ckpt / "ema.safetensors"))
+    (ckpt / "state.json").write_text("{}")  # what marks a checkpoint complete
+    pipe = pipeline_from_checkpoint(tmp_path / "run", id2label={1: "one"})
+    pipe.set_progress_bar_config(disable=True)
+    for key, value in ema.state_dict().items():
+        assert torch.equal(pipe.transformer.state_dict()[key], value), key
+    pipe.save_pretrained(tmp_path / "pipeline")
+    again = MDTPipeline.from_pretrained(tmp_path / "pipeline")
+    again.set_progress_bar_config(disable=True)
+    kw = dict(class_labels=["one"], num_inference_steps=2, output_type="latent")
+    torch.testing.assert_close(again(generator=gen(), **kw).images, pipe(generator=gen(), **kw).images, rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+        pipeline_from_checkpoint(tmp_path / "empty")
