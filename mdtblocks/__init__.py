@@ -3,13 +3,18 @@
 The top level re-exports what most users call; every part is also importable from its
 subpackage (``mdtblocks.blocks``, ``mdtblocks.masking``, ``mdtblocks.models``,
 ``mdtblocks.compat``, ``mdtblocks.diffusion``, ``mdtblocks.sampling``, ``mdtblocks.data``,
-``mdtblocks.training``, ``mdtblocks.evaluation``).
+``mdtblocks.training``, ``mdtblocks.evaluation``, ``mdtblocks.pipelines``).
 """
+
+from typing import TYPE_CHECKING, Any
 
 from .compat import load_official
 from .diffusion import GaussianDiffusion, MaskedDiffusionObjective, create_diffusion
 from .models import PRESETS, DiT, DiTConfig, MaskedDiffusionTransformer, MDTConfig, forward_flops, load_pretrained
 from .sampling import classifier_free_guidance
+
+if TYPE_CHECKING:  # imported on first use (see __getattr__); named here for type checkers and the docs
+    from .pipelines import MDTPipeline
 
 __all__ = [
     "MaskedDiffusionTransformer",
@@ -24,5 +29,15 @@ __all__ = [
     "GaussianDiffusion",
     "MaskedDiffusionObjective",
     "classifier_free_guidance",
+    "MDTPipeline",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """``MDTPipeline`` on first use: importing diffusers' pipeline machinery takes seconds."""
+    if name == "MDTPipeline":
+        from .pipelines import MDTPipeline
+
+        return MDTPipeline
+    raise AttributeError(f"module 'mdtblocks' has no attribute {name!r}")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from jaxtyping import Float, Int, Shaped
+from diffusers import ModelMixin
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -25,11 +27,15 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-class DiffusionBackbone(nn.Module):
+class DiffusionBackbone(ModelMixin):
     """Base of the denoisers: maps ``(x, t, y)`` to the model output, knows nothing of betas.
 
     Holds the patch, timestep and label embedders, the (fixed or learned) position
     table and the final layer; subclasses define the token mixing in between.
+
+    It is a diffusers ``ModelMixin`` (without ``ConfigMixin``: the constructor keeps its
+    typed, frozen config), so diffusers' pipeline loader saves and loads it with the
+    methods below; see ``docs/diffusers.md``.
 
     Attributes:
         check_values: validate tensor values (label range, timestep sign, mask indices)
@@ -97,40 +103,120 @@ class DiffusionBackbone(nn.Module):
         """Classifier-free-guidance label dropout with an explicit generator (training only)."""
         return self.y_embedder.drop(y, generator)
 
+    # --- diffusers ----------------------------------------------------------------------
+    def to(self, *args: Any, **kwargs: Any) -> DiffusionBackbone:
+        """``nn.Module.to``: skips diffusers' quantisation checks (these models are never
+        quantised) and its warning on every dtype cast."""
+        return nn.Module.to(self, *args, **kwargs)
+
     # --- files --------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (atomically) into ``directory``."""
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike,
+        *,
+        variant: str | None = None,
+        safe_serialization: bool = True,
+        **unused: Any,
+    ) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (atomically) into ``directory``.
+
+        Args:
+            directory: the folder (created if missing).
+            variant: write ``model.<variant>.safetensors`` instead (diffusers' variants, e.g. ``"fp16"``).
+            safe_serialization: must be true: weights are only ever written as safetensors.
+            **unused: further arguments diffusers' pipeline ``save_pretrained`` may pass
+                (``max_shard_size``, ``is_main_process``, ...); one with a non-default value is refused.
+        """
+        if not safe_serialization:
+            raise ValueError("mdtblocks writes weights only as safetensors; safe_serialization must be True")
+        _refuse_set(unused, "save_pretrained")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        weights = _variant_name(WEIGHTS_NAME, variant)
+        atomic_write(directory / weights, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
         write_json(directory / CONFIG_NAME, {"class": type(self).__name__, **self.config.to_dict()})
         return directory
 
     @classmethod
     def from_pretrained(
-        cls: type[M], directory: str | os.PathLike, weights_name: str = WEIGHTS_NAME, **overrides: Any
+        cls: type[M],
+        directory: str | os.PathLike,
+        weights_name: str = WEIGHTS_NAME,
+        *,
+        torch_dtype: torch.dtype | None = None,
+        variant: str | None = None,
+        subfolder: str | None = None,
+        **overrides: Any,
     ) -> M:
         """Load a model written by :meth:`save_pretrained`.
 
+        This is also the method diffusers' pipeline loader calls for a pipeline's
+        ``transformer`` folder (the class is a diffusers ``ModelMixin``).
+
         Args:
-            directory: folder holding ``config.json`` and the weights.
+            directory: folder holding ``config.json`` and the weights, or a Hugging Face Hub
+                repo id ``"owner/name"`` (downloaded when online; the local folder wins).
             weights_name: the safetensors file to load (e.g. ``"ema.safetensors"`` in a
                 training checkpoint).
-            **overrides: config fields that do not change the weights (e.g. ``attention_backend``).
+            torch_dtype: cast the loaded model to this dtype.
+            variant: load ``model.<variant>.safetensors``.
+            subfolder: a folder inside ``directory`` (or the repo).
+            **overrides: config fields that do not change the weights (e.g. ``attention_backend``);
+                the loader arguments diffusers passes (``device_map``, ``low_cpu_mem_usage``, ...)
+                are accepted at their defaults.
         """
-        directory = Path(directory)
+        for key in _LOADER_ARGS:
+            value = overrides.pop(key, None)
+            if value not in (None, True, False) or (key in _LOADER_NONE and value is not None):
+                raise ValueError(f"{cls.__name__}.from_pretrained does not support {key}={value!r}")
+        directory = _resolve_folder(directory, subfolder)
         data = read_json(directory / CONFIG_NAME)
         saved_cls = data.pop("class", cls.__name__)
         if saved_cls != cls.__name__:
             raise ValueError(f"{directory} holds a {saved_cls}, not a {cls.__name__}")
         data.update(overrides)
         model = cls(config_from_dict(cls.config_class, data))
+        weights = directory / _variant_name(weights_name, variant)
         try:
-            state = load_file(str(directory / weights_name))
+            state = load_file(str(weights))
         except FileNotFoundError:
-            raise FileNotFoundError(f"{directory / weights_name} does not exist") from None
+            raise FileNotFoundError(f"{weights} does not exist") from None
         except Exception as err:  # safetensors raises its own error types
-            raise ValueError(f"cannot read weights from {directory / weights_name}: {err}") from err
+            raise ValueError(f"cannot read weights from {weights}: {err}") from err
         model.load_state_dict(state, strict=True)
+        if torch_dtype is not None:
+            model.to(torch_dtype)
         return model.eval()
+
+
+# Arguments diffusers' pipeline loader passes to a ModelMixin's from_pretrained.
+_LOADER_NONE = ("device_map", "max_memory", "offload_folder", "quantization_config", "dduf_entries")
+_LOADER_ARGS = _LOADER_NONE + (
+    "offload_state_dict", "use_safetensors", "low_cpu_mem_usage", "use_flashpack", "disable_mmap",
+)
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _refuse_set(unused: dict[str, Any], where: str) -> None:
+    for key, value in unused.items():
+        if value not in (None, True, False) and key != "max_shard_size":
+            raise ValueError(f"{where} does not support {key}={value!r}")
+
+
+def _variant_name(weights_name: str, variant: str | None) -> str:
+    """``model.safetensors`` -> ``model.fp16.safetensors`` (diffusers' variant naming)."""
+    if variant is None:
+        return weights_name
+    stem, dot, ext = weights_name.rpartition(".")
+    return f"{stem}.{variant}.{ext}" if dot else f"{weights_name}.{variant}"
+
+
+def _resolve_folder(directory: str | os.PathLike, subfolder: str | None) -> Path:
+    """A local folder, or a Hub repo id fetched into the local cache (only when not a local path)."""
+    path = Path(directory)
+    if not path.exists() and isinstance(directory, str) and _REPO_ID.match(directory):
+        from huggingface_hub import snapshot_download  # only for repo ids: never needed offline
+
+        path = Path(snapshot_download(directory, allow_patterns=[f"{subfolder}/*"] if subfolder else None))
+    return path / subfolder if subfolder else path

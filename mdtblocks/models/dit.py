@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from jaxtyping import Float, Int, Shaped
+from diffusers import ModelMixin  # noqa: F401 - diffusers' pipeline loader looks the base up here
 from torch import Tensor, nn
 
 from ..blocks import AdaLNBlock

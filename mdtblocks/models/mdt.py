@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from diffusers import ModelMixin  # noqa: F401 - diffusers' pipeline loader looks the base up here
 from jaxtyping import Float, Int, Shaped
 from torch import Tensor, nn
 

@@ -1,0 +1,176 @@
+"""``MDTPipeline``: class-conditional sampling from an MDT or DiT the way diffusers' DiT pipeline does it."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor
+
+from ..models.base import DiffusionBackbone
+from ..sampling.guidance import classifier_free_guidance
+from ..sampling.schedulers import scheduler_model_output
+from .labels import label_table, resolve_labels
+
+__all__ = ["MDTPipeline", "OUTPUT_TYPES"]
+
+OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt", "latent")
+"""``pil``: PIL images; ``np``: ``(b, h, w, c)`` floats in [0, 1]; ``pt``: ``(b, c, h, w)``
+floats in [0, 1]; ``latent``: the sampled latents (or pixels in [-1, 1]) undecoded."""
+
+
+class MDTPipeline(DiffusionPipeline):
+    """Sample images for class labels from a :class:`~mdtblocks.MaskedDiffusionTransformer`
+    or :class:`~mdtblocks.DiT`, with any diffusers scheduler that fits the model.
+
+    The loop is diffusers' DiT pipeline's: noise from ``randn_tensor``, the batch stacked
+    as ``[cond; uncond]`` when guided, the learned-sigma channels dropped before the
+    scheduler step (except for a DDPM scheduler that reads them, ``variance_type=
+    "learned_range"``). Unlike that pipeline the null class is the model's own (not a
+    fixed 1000), the noise is scaled by ``scheduler.init_noise_sigma`` (so Euler works),
+    and MDT's power-cosine guidance schedule is available.
+
+    Args:
+        transformer: the denoiser.
+        scheduler: a diffusers scheduler over the model's training betas (e.g.
+            :func:`~mdtblocks.sampling.make_scheduler`); swap with
+            ``pipe.scheduler = X.from_config(pipe.scheduler.config)``.
+        vae: an ``AutoencoderKL`` for a latent model, ``None`` for a pixel-space model.
+        id2label: class id -> name (comma-separated synonyms), for names as labels; int
+            keys are accepted too (stored as strings, as JSON has them).
+        prediction_type: what the model predicts, in diffusers' words (``"epsilon"``,
+            ``"v_prediction"``, ``"sample"``); default: the scheduler's. A scheduler
+            configured for another prediction is refused at call time.
+    """
+
+    model_cpu_offload_seq = "transformer->vae"
+    _optional_components = ["vae"]
+
+    def __init__(
+        self,
+        transformer: DiffusionBackbone,
+        scheduler: Any,
+        vae: Any = None,
+        id2label: dict[str, str] | dict[int, str] | None = None,
+        prediction_type: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(transformer, DiffusionBackbone):
+            raise TypeError(
+                f"transformer must be an mdtblocks MaskedDiffusionTransformer or DiT, got {type(transformer).__name__}; "
+                "for a diffusers DiTTransformer2DModel use mdtblocks.compat.dit_from_diffusers"
+            )
+        if prediction_type is None:
+            prediction_type = scheduler.config.get("prediction_type", "epsilon")
+        self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
+        table = {str(k): v for k, v in (id2label or {}).items()}
+        self.labels = label_table(table)
+        self.register_to_config(id2label=table or None, prediction_type=prediction_type)
+
+    def get_label_ids(self, label: str | Sequence[str]) -> list[int]:
+        """Class ids of label names (as diffusers' ``DiTPipeline.get_label_ids``)."""
+        names = [label] if isinstance(label, str) else list(label)
+        cfg = self.transformer.config
+        return resolve_labels(names, self.labels, cfg.num_classes).tolist()
+
+    def _check_scheduler(self) -> None:
+        expected = self.config.prediction_type
+        got = self.scheduler.config.get("prediction_type", None)
+        if got != expected:
+            raise ValueError(
+                f"{type(self.scheduler).__name__} has prediction_type={got!r} but the model predicts {expected!r}; "
+                f"build the scheduler with prediction_type={expected!r} (X.from_config(pipe.scheduler.config) keeps it)"
+            )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | str | Sequence[int | str] | Tensor,
+        guidance_scale: float | int = 4.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 50,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        *,
+        guidance_power: float | int | None = None,
+        guided_channels: int | None = None,
+        latents: Tensor | None = None,
+        **step_kwargs: Any,
+    ) -> ImagePipelineOutput | tuple[Any]:
+        """Sample one image per class label.
+
+        Args:
+            class_labels: ints in ``[0, num_classes)`` or names from ``id2label``.
+            guidance_scale: classifier-free guidance scale, at least 1 (1: no guidance).
+            generator: source of the initial noise and of any step noise.
+            num_inference_steps: scheduler steps.
+            output_type: one of :data:`OUTPUT_TYPES`.
+            return_dict: return an ``ImagePipelineOutput`` rather than a tuple.
+            guidance_power: ``None`` for a constant scale (DiT), else MDT's power-cosine
+                schedule with this power (MDT uses 4).
+            guided_channels: output channels to guide (``None``: all prediction channels,
+                as diffusers' DiT pipeline; the official MDT evaluation guides 3).
+            latents: initial ``(b, c, h, w)`` noise instead of a draw.
+            **step_kwargs: passed to ``scheduler.step`` (e.g. ``eta`` for DDIM).
+        """
+        model = self.transformer
+        cfg = model.config
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"unknown output_type {output_type!r}; expected one of {OUTPUT_TYPES}")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+        if guidance_scale < 1:
+            raise ValueError(f"guidance_scale must be at least 1 (1 turns guidance off), got {guidance_scale}")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
+        guided = guidance_scale > 1
+        if guided and not model.y_embedder.has_null:
+            raise ValueError("guidance_scale > 1 needs a null class, but this model was built with class_dropout_prob=0")
+        self._check_scheduler()
+        device = self._execution_device
+        y = resolve_labels(class_labels, self.labels, cfg.num_classes).to(device)
+        b = y.shape[0]
+        shape = (b, cfg.in_channels, cfg.input_size, cfg.input_size)
+        dtype = next(model.parameters()).dtype
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape} for {b} labels")
+        net: Any = model
+        if guided:
+            latents = torch.cat([latents, latents])
+            y = torch.cat([y, torch.full_like(y, cfg.num_classes)])
+            net = classifier_free_guidance(
+                model, guidance_scale, scale_pow=guidance_power, guided_channels=guided_channels,
+                diffusion_steps=self.scheduler.config.num_train_timesteps,
+            )
+        x = latents.to(device) * self.scheduler.init_noise_sigma
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        if "generator" in inspect.signature(self.scheduler.step).parameters:
+            step_kwargs.setdefault("generator", generator)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            t_batch = t.to(device).expand(x.shape[0])
+            out = net(self.scheduler.scale_model_input(x, t), t_batch, y)
+            out = scheduler_model_output(self.scheduler, out.to(x.dtype), x.shape[1])
+            x = self.scheduler.step(out, t, x, **step_kwargs).prev_sample
+        x = x[:b]
+        images = self._decode(x, output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def _decode(self, x: Tensor, output_type: str) -> Any:
+        """Latents -> images in ``output_type`` (the VAE's scaling factor undone first)."""
+        if output_type == "latent":
+            return x
+        if self.vae is not None:
+            x = self.vae.decode(x.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        images = (x / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return images
+        arr = images.cpu().permute(0, 2, 3, 1).float().numpy()
+        return arr if output_type == "np" else self.numpy_to_pil(arr)
