@@ -91,6 +91,15 @@ def test_builtin_default_runs_end_to_end(tmp_path: Path) -> None:
     assert torch.equal(load_file(str(again / "model.safetensors"))["pos_embed"], load_file(str(ckpt / "ema.safetensors"))["pos_embed"])
     assert ema.config.input_size == 16 and ema.config.in_channels == DigitsDataset().channels
 
+    # OUT/pipeline: the EMA weights as a diffusers pipeline folder that samples.
+    from mdtblocks import MDTPipeline
+
+    pipe = MDTPipeline.from_pretrained(out / "pipeline")
+    assert torch.equal(pipe.transformer.pos_embed, ema.pos_embed)
+    assert torch.equal(pipe.transformer.state_dict()["final_layer.linear.weight"], load_file(str(ckpt / "ema.safetensors"))["final_layer.linear.weight"])
+    images = pipe([0, 3], num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (2, 16, 16, DigitsDataset().channels) and not (out / "pipeline.tmp").exists()
+
 
 @pytest.mark.parametrize("name", ["mdt_imagenet256", "dit_imagenet256"])
 def test_mdt_and_dit_recipes_train(name: str, tmp_path: Path) -> None:

@@ -10,14 +10,14 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from jaxtyping import Float, Int, Shaped
 from diffusers import ModelMixin
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..blocks import FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, sincos_2d, unpatchify
-from ..io import atomic_write, read_json, write_json
+from ..io import read_json, write_json
 from .config import DiTConfig, config_from_dict
 from .inputs import check_inputs
 from .presets import preset
+from .shards import DEFAULT_MAX_SHARD_SIZE, read_weights, write_weights
 
 __all__ = ["DiffusionBackbone"]
 
@@ -116,6 +116,7 @@ class DiffusionBackbone(ModelMixin):
         *,
         variant: str | None = None,
         safe_serialization: bool = True,
+        max_shard_size: int | str | None = DEFAULT_MAX_SHARD_SIZE,
         **unused: Any,
     ) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (atomically) into ``directory``.
@@ -124,8 +125,11 @@ class DiffusionBackbone(ModelMixin):
             directory: the folder (created if missing).
             variant: write ``model.<variant>.safetensors`` instead (diffusers' variants, e.g. ``"fp16"``).
             safe_serialization: must be true: weights are only ever written as safetensors.
+            max_shard_size: above this size (bytes, or ``"10GB"``, ``"500MB"``; default 10 GB
+                as diffusers) the weights are split into ``model-0000i-of-0000n.safetensors``
+                shards with a ``model.safetensors.index.json`` (the Hugging Face layout).
             **unused: further arguments diffusers' pipeline ``save_pretrained`` may pass
-                (``max_shard_size``, ``is_main_process``, ...); one with a non-default value is refused.
+                (``is_main_process``, ...); one with a non-default value is refused.
         """
         if not safe_serialization:
             raise ValueError("mdtblocks writes weights only as safetensors; safe_serialization must be True")
@@ -134,7 +138,7 @@ class DiffusionBackbone(ModelMixin):
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         weights = _variant_name(WEIGHTS_NAME, variant)
-        atomic_write(directory / weights, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        write_weights(directory, state, weights, DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else max_shard_size)
         write_json(directory / CONFIG_NAME, {"class": type(self).__name__, **self.config.to_dict()})
         return directory
 
@@ -177,13 +181,7 @@ class DiffusionBackbone(ModelMixin):
             raise ValueError(f"{directory} holds a {saved_cls}, not a {cls.__name__}")
         data.update(overrides)
         model = cls(config_from_dict(cls.config_class, data))
-        weights = directory / _variant_name(weights_name, variant)
-        try:
-            state = load_file(str(weights))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{weights} does not exist") from None
-        except Exception as err:  # safetensors raises its own error types
-            raise ValueError(f"cannot read weights from {weights}: {err}") from err
+        state = read_weights(directory, _variant_name(weights_name, variant))  # one file or an index of shards
         model.load_state_dict(state, strict=True)
         if torch_dtype is not None:
             model.to(torch_dtype)
@@ -200,7 +198,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 def _refuse_set(unused: dict[str, Any], where: str) -> None:
     for key, value in unused.items():
-        if value not in (None, True, False) and key != "max_shard_size":
+        if value not in (None, True, False):
             raise ValueError(f"{where} does not support {key}={value!r}")
 
 

@@ -68,6 +68,9 @@ class RecipeConfig:
         "independent", "masked pass (MDT, MDTv2): its own noise and label drops (the official trainers), or "
         "those of the unmasked pass (shared: 1.6x the gradient variance)"
     )
+    pipeline: bool = flag(
+        True, "at the end of the run write OUT/pipeline: an MDTPipeline folder (diffusers layout) of the EMA weights"
+    )
     official: bool = flag(
         False, "train exactly as the official script: its optimizer, clipping, loss weighting, weight decay, "
         "mask ratios, EMA 0.9999 and independent masked-pass draws (a flag that contradicts them is refused)"

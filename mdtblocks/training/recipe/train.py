@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -190,6 +192,27 @@ class TrainRecipe:
                 raise SystemExit(EXIT_CODES.get(signal.Signals(result.stopped_by), 1))
             return
         log.info("done: checkpoints in %s/checkpoints, sample grids in %s/samples", cfg.out, cfg.out)
+        if cfg.pipeline and dist.is_main:
+            folder = write_pipeline(result.checkpoint, Path(cfg.out) / "pipeline", getattr(data.autoencoder, "vae", None))
+            log.info("sampling pipeline (EMA weights, diffusers layout): %s", folder)
+
+
+def write_pipeline(checkpoint: Path, folder: Path, vae: Any) -> Path:
+    """``folder``: the checkpoint's EMA weights as an :class:`~mdtblocks.MDTPipeline` folder, replaced whole.
+
+    Written under a temporary name and renamed, so a reader sees the old folder or the new one.
+    """
+    from ...pipelines import pipeline_from_checkpoint  # diffusers' pipeline code: imported only here
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipeline_from_checkpoint(checkpoint, vae=vae).save_pretrained(tmp)
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 def build_optimizer(cfg: RecipeConfig, params: Any) -> torch.optim.Optimizer:
