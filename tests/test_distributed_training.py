@@ -72,3 +72,22 @@ def test_gradient_accumulation_matches_one_batch(one_process: Path, tmp_path: Pa
 def test_activation_checkpointing_changes_nothing(one_process: Path, tmp_path: Path) -> None:
     load_recipe("mdtv2_imagenet256").main(FLAGS + ["--out", str(tmp_path), "--activation-checkpointing"])
     assert_same_run(one_process, tmp_path / FINAL, 1e-6)
+
+
+def test_ranks_with_different_flags_are_refused_at_start(tmp_path: Path) -> None:
+    # Each rank adds --seed <its rank>: a node started with another command.
+    script = tmp_path / "per_rank_seed.py"
+    script.write_text(
+        "import importlib.util, os, sys\n"
+        f"spec = importlib.util.spec_from_file_location('recipe', {str(RECIPES / 'mdtv2_imagenet256.py')!r})\n"
+        "module = importlib.util.module_from_spec(spec); sys.modules['recipe'] = module; spec.loader.exec_module(module)\n"
+        "module.main(sys.argv[1:] + ['--seed', os.environ['RANK']])\n"
+    )
+    torchrun_bin = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    cmd = [torchrun_bin, "--standalone", "--nproc-per-node", "2", str(script), *FLAGS, "--out", str(tmp_path / "run")]
+    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "error: rank 1 was started with other flags than rank 0: --seed 1 (rank 0: 0)" in result.stderr
+    # One line from the ranks (what follows it is torchrun's own summary of the failed workers).
+    assert "Traceback" not in result.stderr.split("error: rank 1")[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any work

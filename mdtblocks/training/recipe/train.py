@@ -139,6 +139,11 @@ class TrainRecipe:
             build_parser(RecipeConfig, self.description, self.defaults).error("; ".join(missing))
         dist = setup_distributed(cfg.device)
         setup_logging(dist)
+        disagreement = config_disagreement(cfg, dist)
+        if disagreement:  # every rank sees the same gathered configs, so every rank stops here
+            print(f"error: {disagreement}", file=sys.stderr)
+            dist.close()
+            raise SystemExit(2)
         if builtin:
             announce_builtin(self.script, self.real_run)
 
@@ -195,6 +200,25 @@ class TrainRecipe:
         if cfg.pipeline and dist.is_main:
             folder = write_pipeline(result.checkpoint, Path(cfg.out) / "pipeline", getattr(data.autoencoder, "vae", None))
             log.info("sampling pipeline (EMA weights, diffusers layout): %s", folder)
+
+
+def config_disagreement(cfg: RecipeConfig, dist: Any) -> str | None:
+    """What the ranks' configs disagree on (``None`` if nothing): a node started with other flags.
+
+    Ranks with different seeds, batch sizes or models would train silently different
+    shards of one model; the configs are gathered once at start and compared with rank 0's.
+    """
+    if not dist.enabled:
+        return None
+    mine = dataclasses.asdict(cfg)
+    gathered: list[Any] = [None] * dist.world_size
+    torch.distributed.all_gather_object(gathered, mine)
+    for rank, other in enumerate(gathered[1:], start=1):
+        diff = [k for k in mine if other.get(k) != gathered[0].get(k)]
+        if diff:
+            flags = ", ".join(f"--{k.replace('_', '-')} {other[k]} (rank 0: {gathered[0][k]})" for k in diff)
+            return f"rank {rank} was started with other flags than rank 0: {flags}; start every rank with the same command"
+    return None
 
 
 def write_pipeline(checkpoint: Path, folder: Path, vae: Any) -> Path:
