@@ -72,3 +72,11 @@ def test_gradient_accumulation_matches_one_batch(one_process: Path, tmp_path: Pa
 def test_activation_checkpointing_changes_nothing(one_process: Path, tmp_path: Path) -> None:
     load_recipe("mdtv2_imagenet256").main(FLAGS + ["--out", str(tmp_path), "--activation-checkpointing"])
     assert_same_run(one_process, tmp_path / FINAL, 1e-6)
+
+
+def test_fsdp_resume_matches_one_process(one_process: Path, tmp_path: Path) -> None:
+    """FSDP on 2 ranks stopped after its step-1 checkpoint and rerun ends like the uninterrupted 1-process run."""
+    torchrun(tmp_path, "--fsdp", "--steps", "1", "--ckpt-every", "1")  # later flags win
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["0000001"]
+    torchrun(tmp_path, "--fsdp")  # the same command as the straight run: resumes at step 1
+    assert_same_run(one_process, tmp_path / FINAL, 1e-5)
