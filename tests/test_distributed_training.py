@@ -53,7 +53,7 @@ def torchrun(out: Path, *extra: str) -> None:
     torchrun_bin = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [torchrun_bin, "--standalone", "--nproc-per-node", "2", str(RECIPES / "mdtv2_imagenet256.py"), *FLAGS, "--out", str(out), *extra]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
 
 
@@ -85,9 +85,17 @@ def test_ranks_with_different_flags_are_refused_at_start(tmp_path: Path) -> None
     )
     torchrun_bin = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     cmd = [torchrun_bin, "--standalone", "--nproc-per-node", "2", str(script), *FLAGS, "--out", str(tmp_path / "run")]
-    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode != 0
     assert "error: rank 1 was started with other flags than rank 0: --seed 1 (rank 0: 0)" in result.stderr
     # One line from the ranks (what follows it is torchrun's own summary of the failed workers).
     assert "Traceback" not in result.stderr.split("error: rank 1")[0]
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any work
+
+
+def test_fsdp_resume_matches_one_process(one_process: Path, tmp_path: Path) -> None:
+    """FSDP on 2 ranks stopped after its step-1 checkpoint and rerun ends like the uninterrupted 1-process run."""
+    torchrun(tmp_path, "--fsdp", "--steps", "1", "--ckpt-every", "1")  # later flags win
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["0000001"]
+    torchrun(tmp_path, "--fsdp")  # the same command as the straight run: resumes at step 1
+    assert_same_run(one_process, tmp_path / FINAL, 1e-5)

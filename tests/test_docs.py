@@ -9,8 +9,8 @@ Snippet conventions (see docs/index.md, "About the code on this site"):
 - a page may declare ``<!-- docs-test-setup: recipes/x.py --flag ... -->``: that recipe
   runs first, in the same directory (e.g. a 2-step training run, so that the page's
   snippets read a real run folder);
-- ``bash`` blocks are not run, but every ``--flag`` given to a ``recipes/*.py`` script
-  must appear in that script's ``--help``.
+- every ``--flag`` given to a ``recipes/*.py`` script in a ``bash`` block must appear in
+  that script's ``--help``; the short commands are also run (``test_docs_commands.py``).
 
 Code in docstrings counts too: a docstring paragraph ending in ``::`` followed by an
 indented block that imports something is run the same way (one namespace per docstring).

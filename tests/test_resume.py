@@ -88,3 +88,15 @@ def test_resume_refuses_a_different_batch(tmp_path: Path) -> None:
         load_recipe("mdtv2_imagenet256").main(
             with_flag(TINY, "--global-batch-size", "4") + ["--out", str(tmp_path), "--steps", "6", "--ckpt-every", "3"]
         )
+
+
+def test_bf16_resume_is_bit_identical(tmp_path: Path) -> None:
+    """Under bf16 autocast too: stopped after the first checkpoint and resumed, equal to a straight run."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run(straight, 6, "--precision", "bf16")
+    run(resumed, 3, "--precision", "bf16")
+    assert latest_checkpoint(resumed).name == "0000003"
+    run(resumed, 6, "--precision", "bf16")
+    final = "checkpoints/0000006"
+    for name in ("model.safetensors", "ema.safetensors"):
+        assert max_abs_diff(weights(straight / final, name), weights(resumed / final, name)) == 0.0, name

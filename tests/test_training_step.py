@@ -101,3 +101,26 @@ def test_ema_averages_the_weights_after_the_update():
         torch.testing.assert_close(ema_params[name], expected, rtol=1e-5, atol=1e-6, msg=name)
     for (name, b_ema), (_, b) in zip(ema.named_buffers(), trained.named_buffers(), strict=True):
         assert torch.equal(b_ema, b), name
+
+
+def test_ema_copies_buffers_the_step_changed():
+    """A buffer the forward updates (a running statistic, as BatchNorm keeps) reaches the EMA model.
+
+    The model's own buffers are constant index tables, so equal buffers alone would not show a copy.
+    """
+    model, objective, x, y, randomness = setup()
+    model.register_buffer("forwards_seen", torch.zeros(3))
+    ema = make_ema(model)
+
+    def count(module, args, output):
+        module.forwards_seen.add_(torch.tensor([1.0, 0.5, -2.0]))
+
+    model.register_forward_hook(count)  # after make_ema: only the trained model counts
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    denoiser = AutocastForward(model, torch.device("cpu"), "fp32")
+    optimizer_step(
+        denoiser, model, ema, objective, optimizer, x, y, randomness, micro=4, accum=BATCH // 4, grad_clip=None,
+        ema_decay=0.9,
+    )
+    assert float(model.forwards_seen.abs().sum()) > 0  # the step changed the buffer
+    torch.testing.assert_close(ema.forwards_seen, model.forwards_seen, rtol=0, atol=0)
