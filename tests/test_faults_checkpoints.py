@@ -10,17 +10,12 @@ import struct
 from pathlib import Path
 
 import pytest
-from training_utils import TINY, load_recipe, max_abs_diff, weights
+from training_utils import max_abs_diff, weights
+from training_utils import run_tiny as run
 
 from mdtblocks.training import checkpoint as checkpoint_module
 from mdtblocks.training import latest_checkpoint
 from mdtblocks.training.checkpoint import CheckpointError, read_checkpoint
-
-
-def run(out: Path, steps: int, *extra: str) -> None:
-    load_recipe("mdtv2_imagenet256").main(
-        TINY + ["--out", str(out), "--steps", str(steps), "--ckpt-every", "3", "--num-samples", "0", *extra]
-    )
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,9 @@ from pathlib import Path
 
 import pytest
 from training_utils import RECIPES, TINY, load_recipe, max_abs_diff, weights, with_flag
+from training_utils import run_tiny as run
 
 from mdtblocks.training import latest_checkpoint
-
-
-def run(out: Path, steps: int, *extra: str) -> None:
-    load_recipe("mdtv2_imagenet256").main(
-        TINY + ["--out", str(out), "--steps", str(steps), "--ckpt-every", "3", "--num-samples", "0", *extra]
-    )
 
 
 @pytest.fixture(scope="module")

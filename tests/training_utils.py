@@ -62,3 +62,10 @@ def save_tiny_vae(path: Path) -> Path:
     )
     vae.save_pretrained(path)
     return path
+
+
+def run_tiny(out: Path, steps: int, *extra: str) -> None:
+    """The MDTv2 recipe on the TINY config for ``steps`` steps, a checkpoint every 3, no sample grids."""
+    load_recipe("mdtv2_imagenet256").main(
+        TINY + ["--out", str(out), "--steps", str(steps), "--ckpt-every", "3", "--num-samples", "0", *extra]
+    )
