@@ -15,6 +15,7 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from .biased_attention import biased_attention
 from .relative_bias import RelativePositionBias
 
 __all__ = ["AttentionBackend", "BACKENDS", "attention", "SelfAttention"]
@@ -112,9 +113,14 @@ class SelfAttention(nn.Module):
         ``rel_index`` selects bias-table rows for the tokens present (see
         :func:`~mdtblocks.blocks.relative_bias.gather_relative_index`); ``None`` means the full grid.
         """
-        q, k, v = rearrange(self.qkv(x), "b n (three h e) -> three b h n e", three=3, h=self.num_heads)
+        qkv = self.qkv(x)
         bias = None
         if self.rel_pos_bias is not None:
             bias = self.rel_pos_bias(rel_index)
+            if self.backend == "sdpa" and x.device.type == "cpu" and not torch.compiler.is_compiling():
+                # PyTorch's CPU SDPA has no fused kernel with a bias gradient (it falls back to
+                # its math path with extra passes over the scores); see biased_attention.
+                return self.proj(biased_attention(qkv, bias.to(qkv.dtype), self.num_heads))
+        q, k, v = rearrange(qkv, "b n (three h e) -> three b h n e", three=3, h=self.num_heads)
         out = attention(q, k, v, bias, self.backend)
         return self.proj(rearrange(out, "b h n e -> b n (h e)"))

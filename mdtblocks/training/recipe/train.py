@@ -243,4 +243,6 @@ def build_optimizer(cfg: RecipeConfig, params: Any) -> torch.optim.Optimizer:
     """The optimizer a recipe config names: Adan (``cfg.adan_betas``, eps 1e-8) or AdamW (torch's betas and eps)."""
     if cfg.optimizer == "adan":
         return Adan(params, lr=cfg.lr, betas=cfg.adan_betas, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The fused kernel (CPU and CUDA) updates every tensor in one pass; --official keeps
+    # torch's per-tensor loop, the official scripts' optimizer, to the last bit.
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=not cfg.official)
