@@ -7,27 +7,14 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from .attention import AttentionBackend, SelfAttention
+from .mlp import Mlp
 
-__all__ = ["modulate", "Mlp", "AdaLNBlock"]
+__all__ = ["modulate", "AdaLNBlock"]
 
 
 def modulate(x: Float[Tensor, "b n d"], shift: Float[Tensor, "b d"], scale: Float[Tensor, "b d"]) -> Float[Tensor, "b n d"]:
     """Adaptive layer-norm modulation ``x * (1 + scale) + shift``, per sample."""
     return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))  # one pass instead of two
-
-
-class Mlp(nn.Module):
-    """Two-layer MLP with tanh-approximated GELU (DiT/MDT feed-forward)."""
-
-    def __init__(self, hidden_size: int, mlp_hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(hidden_size, mlp_hidden)
-        self.act = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(mlp_hidden, hidden_size)
-
-    def forward(self, x: Float[Tensor, "b n d"]) -> Float[Tensor, "b n d"]:
-        """Apply fc1, GELU, fc2 token-wise."""
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class AdaLNBlock(nn.Module):
