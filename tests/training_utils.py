@@ -52,11 +52,11 @@ def with_flag(flags: list[str], name: str, value: str) -> list[str]:
     return flags
 
 
-def save_tiny_vae(path: Path) -> Path:
+def save_tiny_vae(path: Path, seed: int = 0) -> Path:
     """Save a tiny random-initialised diffusers AutoencoderKL (downsampling 2, 4 latent channels, scale 0.5)."""
     from diffusers import AutoencoderKL
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
