@@ -180,6 +180,9 @@ def main(argv: list[str] | None = None) -> Path:
     setup_logging(dist)
     run = run_settings(cfg)
     vae = cfg.vae if cfg.vae is not None else run.get("vae")
+    if cfg.vae is not None and run.get("vae") not in (None, cfg.vae):
+        # Fine for a local copy of the run's VAE; any other VAE decodes the latents into wrong pictures.
+        log.warning("--vae %r is not the VAE of the run's config.json (%r); decoding with %r", cfg.vae, run["vae"], cfg.vae)
     out = Path(cfg.out) if cfg.out is not None else default_out(cfg)
 
     model = load_pretrained(cfg.ckpt, weights_name=f"{cfg.weights}.safetensors").to(dist.device).eval()

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from training_utils import TINY, load_recipe, save_tiny_vae
 
