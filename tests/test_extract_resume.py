@@ -11,6 +11,7 @@ import pytest
 from training_utils import load_recipe, save_tiny_vae, start_killed_after
 
 from mdtblocks.data import KLAutoencoder
+from mdtblocks.training.recipe import exit_on_bad_input
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,9 @@ def recorded_shards(out: Path) -> int:
         return 0
 
 
-def test_killed_extraction_resumes_to_an_identical_cache(tiny_vae: Path, tmp_path: Path, monkeypatch) -> None:
+def test_killed_extraction_resumes_to_an_identical_cache(
+    tiny_vae: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     recipe = load_recipe("extract_latents")
     killed = tmp_path / "killed"
     start_killed_after("extract_latents", flags(tiny_vae, killed), lambda: recorded_shards(killed) >= 2)
@@ -68,4 +71,9 @@ def test_killed_extraction_resumes_to_an_identical_cache(tiny_vae: Path, tmp_pat
             a, b = np.load(killed / name, allow_pickle=False), np.load(fresh / name, allow_pickle=False)
             assert a.dtype == b.dtype and np.array_equal(a, b), name
             assert (killed / name).read_bytes() == (fresh / name).read_bytes()
+
+    # A finished cache is not extracted again: one error line, exit code 2.
+    capsys.readouterr()
+    assert exit_on_bad_input(lambda: recipe.main(flags(tiny_vae, fresh))) == 2
+    assert f"error: {str(fresh)!r} already holds a latent cache" in capsys.readouterr().err
 
