@@ -166,6 +166,32 @@ def read_batch(path: Path, size: int, side: int) -> tuple[np.ndarray, np.ndarray
     return images, labels, channels
 
 
+def start_batches(out: Path, settings: dict[str, Any], dist: Any) -> Path:
+    """``OUT/.batches``, its progress record checked against ``settings`` (every rank) or written (rank 0).
+
+    The flags are recorded before any batch is drawn, so a batch file always belongs to the recorded run.
+    """
+    batches = out / ".batches"
+    if (batches / "progress.json").is_file():
+        check_settings(batches / "progress.json", settings, "sampling run")
+    dist.barrier()
+    if dist.is_main:
+        ProgressRecord.open(batches / "progress.json", settings, "sampling run")
+    dist.barrier()
+    return batches
+
+
+def gather_batches(batches: Path, cfg: SampleConfig, image_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Every batch file in order: ``(images, labels, channels)`` of the whole sample set."""
+    parts = []
+    for j in range(math.ceil(cfg.num_samples / cfg.batch_size)):
+        part = read_batch(batch_path(batches, j), min(cfg.batch_size, cfg.num_samples - j * cfg.batch_size), image_size)
+        if part is None:
+            raise RuntimeError(f"batch {j} is missing from {batches} after every rank finished")
+        parts.append(part)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), parts[0][2]
+
+
 def main(argv: list[str] | None = None) -> Path:
     """Generate the samples; rank 0 writes ``samples.npz``, ``grid.png`` and ``sample_config.json``.
 
@@ -211,15 +237,7 @@ def main(argv: list[str] | None = None) -> Path:
         cfg.num_samples, image_size, image_size, cfg.sampler, cfg.steps, cfg.cfg_scale, cfg.scale_pow,
         num_batches, dist.world_size, out,
     )
-    # The flags are recorded before any batch, so a batch file always belongs to the recorded run.
-    batches = out / ".batches"
-    settings = output_settings(cfg, vae, image_size)
-    if (batches / "progress.json").is_file():
-        check_settings(batches / "progress.json", settings, "sampling run")
-    dist.barrier()
-    if dist.is_main:
-        ProgressRecord.open(batches / "progress.json", settings, "sampling run")
-    dist.barrier()
+    batches = start_batches(out, output_settings(cfg, vae, image_size), dist)
 
     start = time.perf_counter()
     drawn = 0
@@ -253,17 +271,10 @@ def main(argv: list[str] | None = None) -> Path:
 
     dist.barrier()
     if dist.is_main:
-        parts = []
-        for j in range(num_batches):
-            part = read_batch(batch_path(batches, j), min(cfg.batch_size, cfg.num_samples - j * cfg.batch_size), image_size)
-            if part is None:
-                raise RuntimeError(f"batch {j} is missing from {batches} after every rank finished")
-            parts.append(part)
-        all_images = np.concatenate([p[0] for p in parts])
-        all_labels = np.concatenate([p[1] for p in parts])
+        all_images, all_labels, channels = gather_batches(batches, cfg, image_size)
         save_npz(out / "samples.npz", arr_0=all_images, arr_1=all_labels)
         # Back from uint8 to [-1, 1] (+0.5: the centre of each level, so the grid's own conversion is exact).
-        grid = torch.from_numpy(all_images[:64, ..., : parts[0][2]]).permute(0, 3, 1, 2).float()
+        grid = torch.from_numpy(all_images[:64, ..., :channels]).permute(0, 3, 1, 2).float()
         save_image_grid((grid + 0.5) / 127.5 - 1.0, out / "grid.png")
         write_json(out / "sample_config.json", {**dataclasses.asdict(cfg), "vae": vae, "image_size": image_size,
                                                 "world_size": dist.world_size})
