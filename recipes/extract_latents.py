@@ -8,9 +8,11 @@ Usage::
     torchrun --nproc-per-node 8 recipes/extract_latents.py --data /data/imagenet/train --out latents/in256
 
 then train with ``--latents latents/in256``. Under torchrun each process encodes a
-contiguous part of the (sorted) files with its own posterior noise stream, seeded
-from ``(--seed, rank)``; rank 0 writes ``meta.json`` when all are done. With no
-``--data`` the built-in digits dataset (RGB, upscaled) is encoded, which is only useful for tests.
+contiguous part of the (sorted) files; batch ``k`` of rank ``r`` draws its posterior
+noise from ``(--seed, r, k)``. Rank 0 writes ``meta.json`` when all are done. A killed
+extraction resumes: rerun the same command and it continues after the last complete
+shard (other flags on a part-done folder are refused). With no ``--data`` the built-in
+digits dataset (RGB, upscaled) is encoded, which is only useful for tests.
 """
 
 from __future__ import annotations
@@ -21,11 +23,9 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
-
 from mdtblocks.data import DEFAULT_VAE, DigitsDataset, ImageFolderDataset, encode_dataset, load_autoencoder, merge_parts
 from mdtblocks.io import read_json
-from mdtblocks.training import derive_seed, setup_distributed
+from mdtblocks.training import setup_distributed
 from mdtblocks.training.recipe import exit_on_bad_input, flag, parse_flags
 
 
@@ -33,7 +33,7 @@ from mdtblocks.training.recipe import exit_on_bad_input, flag, parse_flags
 class ExtractConfig:
     """Every field is a ``--flag`` (``python recipes/extract_latents.py --help``)."""
 
-    out: str = flag("", "new folder for the latent cache (required)")
+    out: str = flag("", "folder for the latent cache: new, or part-done by the same command (required)")
     data: str | None = flag(None, "image folder (class subfolders or ADM ClassID_ImgID.ext files); none: built-in digits")
     vae: str = flag(DEFAULT_VAE, "diffusers AutoencoderKL name or local folder")
     image_size: int = flag(256, "side of the ADM center crop, in pixels")
@@ -73,14 +73,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     autoencoder = load_autoencoder(cfg.vae).to(dist.device)
     if cfg.image_size % autoencoder.downsample:
         raise ValueError(f"--image-size {cfg.image_size} is not divisible by the VAE's downsampling {autoencoder.downsample}")
-    generator = torch.Generator(device=dist.device).manual_seed(derive_seed(cfg.seed, "extract", dist.rank))
     start = time.perf_counter()
     meta = encode_dataset(
         dataset,
         autoencoder,
         cfg.out,
         batch_size=cfg.batch_size,
-        generator=generator,
+        seed=cfg.seed,
         device=dist.device,
         num_workers=cfg.num_workers,
         shard_size=cfg.shard_size,

@@ -11,6 +11,11 @@ space) and image size; flags override it. Samples are drawn in global batches of
 ``--batch-size``; batch ``j`` uses a generator seeded from ``(--seed, j)`` and rank
 ``r`` of ``W`` draws batches ``r, r + W, ...``. Every rank thus draws different seeds,
 the gathered set has no duplicates, and the result does not depend on the number of processes.
+
+Each finished batch is written at once (atomically) to ``OUT/.batches/``, so a killed run
+resumes: rerun the same command and only the missing batches are drawn, giving the same
+``samples.npz`` as an uninterrupted run (with any number of processes). A part-done
+``OUT`` started with other flags is refused.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import math
 import shutil
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +37,7 @@ import torch
 from mdtblocks import load_pretrained
 from mdtblocks.data import load_autoencoder, save_image_grid, to_uint8
 from mdtblocks.io import atomic_write, read_json, write_json
+from mdtblocks.progress import ProgressRecord, check_settings
 from mdtblocks.sampling import sample
 from mdtblocks.training import setup_distributed
 from mdtblocks.training.randomness import derive_seed
@@ -132,6 +139,59 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
     atomic_write(path, write)
 
 
+def output_settings(cfg: SampleConfig, vae: str | None, image_size: int) -> dict[str, Any]:
+    """What decides the samples: every flag but ``--out``, ``--device`` and ``--progress``, with the resolved VAE.
+
+    The number of processes is left out on purpose: batch ``j`` does not depend on it, so a
+    killed 8-GPU run may be finished on one.
+    """
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "device", "progress")}
+    return {**settings, "ckpt": str(Path(cfg.ckpt).resolve()), "vae": vae, "image_size": image_size}
+
+
+def batch_path(batches: Path, j: int) -> Path:
+    """The file of finished batch ``j``."""
+    return batches / f"batch-{j:06d}.npz"
+
+
+def read_batch(path: Path, size: int, side: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """``(images, labels, channels)`` of a finished batch file, or ``None`` if it is missing or not that batch."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            images, labels, channels = f["images"], f["labels"], int(f["channels"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    if images.shape != (size, side, side, 3) or images.dtype != np.uint8 or labels.shape != (size,):
+        return None
+    return images, labels, channels
+
+
+def start_batches(out: Path, settings: dict[str, Any], dist: Any) -> Path:
+    """``OUT/.batches``, its progress record checked against ``settings`` (every rank) or written (rank 0).
+
+    The flags are recorded before any batch is drawn, so a batch file always belongs to the recorded run.
+    """
+    batches = out / ".batches"
+    if (batches / "progress.json").is_file():
+        check_settings(batches / "progress.json", settings, "sampling run")
+    dist.barrier()
+    if dist.is_main:
+        ProgressRecord.open(batches / "progress.json", settings, "sampling run")
+    dist.barrier()
+    return batches
+
+
+def gather_batches(batches: Path, cfg: SampleConfig, image_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Every batch file in order: ``(images, labels, channels)`` of the whole sample set."""
+    parts = []
+    for j in range(math.ceil(cfg.num_samples / cfg.batch_size)):
+        part = read_batch(batch_path(batches, j), min(cfg.batch_size, cfg.num_samples - j * cfg.batch_size), image_size)
+        if part is None:
+            raise RuntimeError(f"batch {j} is missing from {batches} after every rank finished")
+        parts.append(part)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), parts[0][2]
+
+
 def main(argv: list[str] | None = None) -> Path:
     """Generate the samples; rank 0 writes ``samples.npz``, ``grid.png`` and ``sample_config.json``.
 
@@ -146,6 +206,9 @@ def main(argv: list[str] | None = None) -> Path:
     setup_logging(dist)
     run = run_settings(cfg)
     vae = cfg.vae if cfg.vae is not None else run.get("vae")
+    if cfg.vae is not None and run.get("vae") not in (None, cfg.vae):
+        # Fine for a local copy of the run's VAE; any other VAE decodes the latents into wrong pictures.
+        log.warning("--vae %r is not the VAE of the run's config.json (%r); decoding with %r", cfg.vae, run["vae"], cfg.vae)
     out = Path(cfg.out) if cfg.out is not None else default_out(cfg)
 
     model = load_pretrained(cfg.ckpt, weights_name=f"{cfg.weights}.safetensors").to(dist.device).eval()
@@ -174,12 +237,15 @@ def main(argv: list[str] | None = None) -> Path:
         cfg.num_samples, image_size, image_size, cfg.sampler, cfg.steps, cfg.cfg_scale, cfg.scale_pow,
         num_batches, dist.world_size, out,
     )
+    batches = start_batches(out, output_settings(cfg, vae, image_size), dist)
+
     start = time.perf_counter()
-    images: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
+    drawn = 0
     for j in mine:
         first = j * cfg.batch_size
         b = min(cfg.batch_size, cfg.num_samples - first)
+        if read_batch(batch_path(batches, j), b, image_size) is not None:
+            continue  # finished before a kill
         gen = torch.Generator(device=dist.device).manual_seed(derive_seed(cfg.seed, "sample", j))
         if fixed_labels is None:
             y = torch.randint(mc.num_classes, (b,), generator=gen, device=dist.device)
@@ -197,34 +263,22 @@ def main(argv: list[str] | None = None) -> Path:
         u8 = to_uint8(x)
         if u8.shape[-1] == 1:  # grey (the digits demo): the evaluator's Inception network wants RGB
             u8 = u8.expand(-1, -1, -1, 3)
-        images.append(u8.numpy())
-        labels.append(y.cpu().numpy().astype(np.int64))
-    log.info("rank %d drew %d batches in %.1fs", dist.rank, len(mine), time.perf_counter() - start)
+        save_npz(batch_path(batches, j), images=u8.numpy(), labels=y.cpu().numpy().astype(np.int64),
+                 channels=np.asarray(x.shape[1]))
+        drawn += 1
+    log.info("rank %d drew %d of its %d batches in %.1fs (the rest were done before)", dist.rank, drawn, len(mine),
+             time.perf_counter() - start)
 
-    parts = out / ".parts"
-    if dist.enabled:
-        arrays = {"batches": np.asarray(mine, dtype=np.int64)}
-        for k, (im, la) in enumerate(zip(images, labels)):
-            arrays[f"images_{k}"], arrays[f"labels_{k}"] = im, la
-        save_npz(parts / f"rank{dist.rank:05d}.npz", **arrays)
-        dist.barrier()
+    dist.barrier()
     if dist.is_main:
-        by_batch = dict(zip(mine, zip(images, labels)))
-        for r in range(1, dist.world_size):
-            with np.load(parts / f"rank{r:05d}.npz", allow_pickle=False) as part:
-                for k, j in enumerate(part["batches"].tolist()):
-                    by_batch[j] = (part[f"images_{k}"], part[f"labels_{k}"])
-        if sorted(by_batch) != list(range(num_batches)):
-            raise RuntimeError(f"gathered batches {sorted(by_batch)} but expected 0..{num_batches - 1}")
-        all_images = np.concatenate([by_batch[j][0] for j in range(num_batches)])
-        all_labels = np.concatenate([by_batch[j][1] for j in range(num_batches)])
+        all_images, all_labels, channels = gather_batches(batches, cfg, image_size)
         save_npz(out / "samples.npz", arr_0=all_images, arr_1=all_labels)
         # Back from uint8 to [-1, 1] (+0.5: the centre of each level, so the grid's own conversion is exact).
-        grid = torch.from_numpy(all_images[:64, ..., : x.shape[1]]).permute(0, 3, 1, 2).float()
+        grid = torch.from_numpy(all_images[:64, ..., :channels]).permute(0, 3, 1, 2).float()
         save_image_grid((grid + 0.5) / 127.5 - 1.0, out / "grid.png")
         write_json(out / "sample_config.json", {**dataclasses.asdict(cfg), "vae": vae, "image_size": image_size,
                                                 "world_size": dist.world_size})
-        shutil.rmtree(parts, ignore_errors=True)
+        shutil.rmtree(batches, ignore_errors=True)  # the outputs are complete: the batch files are not needed
         log.info("wrote %s (arr_0 %s uint8, arr_1 labels) and %s", out / "samples.npz", all_images.shape, out / "grid.png")
     dist.barrier()
     dist.close()

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from training_utils import TINY, load_recipe
 
@@ -58,8 +57,7 @@ def cache(tmp_path: Path) -> Path:
     digits = DigitsDataset(image_size=8, channels=1)
     digits.images, digits.labels, digits.num_images = digits.images[:12], digits.labels[:12], 12
     out = tmp_path / "cache"
-    encode_dataset(digits, load_autoencoder(None, channels=1), out, batch_size=4, shard_size=8,
-                   generator=torch.Generator().manual_seed(0))
+    encode_dataset(digits, load_autoencoder(None, channels=1), out, batch_size=4, shard_size=8, seed=0)
     return out
 
 

@@ -80,10 +80,12 @@ def test_extract_latents_recipe_and_latent_dataset(tiny_vae_dir: Path, image_dir
     images = ImageFolderDataset(image_dir, 16, flip=False)
     good = [i for i in range(images.num_images) if images.load(i) is not None]
     ae = load_autoencoder(str(tiny_vae_dir))
-    gen = torch.Generator().manual_seed(derive_seed(3, "extract", 0))
     expected = []
-    for start in range(0, len(good), 4):
-        x = torch.stack([images.load(i) for i in good[start : start + 4]])
+    # Batch k holds files 4k..4k+3 (the unreadable one left out) and draws from (seed, "extract", rank, k).
+    batches = [[i for i in good if k * 4 <= i < k * 4 + 4] for k in range((images.num_images + 3) // 4)]
+    for k, batch in enumerate(batches):
+        x = torch.stack([images.load(i) for i in batch])
+        gen = torch.Generator().manual_seed(derive_seed(3, "extract", 0, k))
         z = ae.encode(torch.cat([x, x.flip(-1)]), generator=gen)
         expected.append((z[: len(x)], z[len(x) :]))
     plain = torch.cat([e[0] for e in expected])

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from mdtblocks import MaskedDiffusionTransformer
 from mdtblocks.io import write_json
 
-from training_utils import RECIPES, load_recipe
+from training_utils import RECIPES, load_recipe, start_killed_after
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_sample_writes_adm_npz_and_grid(fake_run: Path, tmp_path: Path) -> None:
     assert len({im.tobytes() for im in images}) == 10  # no duplicates
     grid = Image.open(out / "grid.png")
     assert grid.mode == "L" and grid.size == (4 * 18 + 2, 3 * 18 + 2)
-    assert not (out / ".parts").exists()
+    assert not (out / ".batches").exists()
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "dpm-solver"])
@@ -133,6 +133,37 @@ def test_sample_rejects_bad_flags(fake_run: Path) -> None:
         recipe.main(["--ckpt", ckpt, "--num-samples", "0", "--device", "cpu"])
     with pytest.raises(ValueError, match="--image-size 32"):
         recipe.main(["--ckpt", ckpt, "--image-size", "32", "--device", "cpu", "--num-samples", "1"])
+
+
+def test_killed_sampling_resumes_to_identical_samples(fake_run: Path, tmp_path: Path, monkeypatch) -> None:
+    recipe = load_recipe("sample")
+
+    def flags(out: Path, *extra: str) -> list[str]:
+        return ["--ckpt", str(fake_run / "checkpoints" / "0000100"), "--num-samples", "15", "--batch-size", "2",
+                "--sampler", "ddim", "--steps", "25", "--device", "cpu", "--no-progress", "--out", str(out), *extra]
+
+    killed = tmp_path / "killed"
+    start_killed_after("sample", flags(killed), lambda: any((killed / ".batches").glob("batch-*.npz")))
+    kept = len(list((killed / ".batches").glob("batch-*.npz")))
+    assert not (killed / "samples.npz").exists() and 1 <= kept < 8, kept
+
+    for flag, value in (("--seed", "1"), ("--steps", "24"), ("--num-samples", "16")):
+        with pytest.raises(ValueError, match=rf"part-done sampling run started with other flags: {flag} {value} "):
+            recipe.main(flags(killed, flag, value))
+
+    drawn = []
+    real = recipe.sample
+    monkeypatch.setattr(recipe, "sample", lambda *a, **k: drawn.append(1) or real(*a, **k))
+    recipe.main(flags(killed))
+    assert len(drawn) == 8 - kept  # only the batches the killed run had not finished
+    monkeypatch.undo()
+
+    fresh = recipe.main(flags(tmp_path / "fresh"))
+    with np.load(killed / "samples.npz", allow_pickle=False) as a, np.load(fresh / "samples.npz", allow_pickle=False) as b:
+        assert a["arr_0"].shape == (15, 16, 16, 3)
+        assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
+    assert (killed / "grid.png").read_bytes() == (fresh / "grid.png").read_bytes()
+    assert not (killed / ".batches").exists()
 
 
 @pytest.mark.slow

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -48,11 +52,11 @@ def with_flag(flags: list[str], name: str, value: str) -> list[str]:
     return flags
 
 
-def save_tiny_vae(path: Path) -> Path:
+def save_tiny_vae(path: Path, seed: int = 0) -> Path:
     """Save a tiny random-initialised diffusers AutoencoderKL (downsampling 2, 4 latent channels, scale 0.5)."""
     from diffusers import AutoencoderKL
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
@@ -69,3 +73,23 @@ def run_tiny(out: Path, steps: int, *extra: str) -> None:
     load_recipe("mdtv2_imagenet256").main(
         TINY + ["--out", str(out), "--steps", str(steps), "--ckpt-every", "3", "--num-samples", "0", *extra]
     )
+
+
+def start_killed_after(name: str, argv: Sequence[str], ready: Callable[[], bool], timeout: float = 120.0) -> None:
+    """Run ``recipes/<name>.py argv`` in a subprocess and SIGKILL it as soon as ``ready()`` holds (polled)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(RECIPES / f"{name}.py"), *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                raise AssertionError(f"{name}.py ended (exit {proc.returncode}) before the kill: {proc.stderr.read()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name}.py did not get ready within {timeout}s")
+            time.sleep(0.005)
+    finally:
+        proc.kill()  # SIGKILL: nothing of the recipe runs after it
+        proc.wait()
+        proc.stderr.close()
+

@@ -1,12 +1,13 @@
 """Datasets (image folders, built-in digits, latent caches), autoencoders, a resumable sampler, image grids."""
 
-from .autoencoder import DEFAULT_VAE, Autoencoder, KLAutoencoder, PixelSpace, load_autoencoder
+from .autoencoder import DEFAULT_VAE, Autoencoder, KLAutoencoder, PixelSpace, autoencoder_fingerprint, load_autoencoder
 from .digits import DigitsDataset
 from .in_memory import InMemoryImages
 from .grid import save_image_grid
 from .image_folder import IMAGE_EXTENSIONS, ImageFolderDataset, list_image_folder
 from .mnist import MNIST5K_SPLITS, MNIST5kDataset, find_mnist5k
-from .latents import LATENT_FORMAT, LatentDataset, LatentWriter, encode_dataset, merge_parts, write_meta
+from .latents import LATENT_FORMAT, LatentDataset, LatentWriter, shard_is_complete, write_meta
+from .extract import batch_generator, encode_dataset, merge_parts
 from .sampler import ResumableSampler
 from .transforms import center_crop, pil_to_tensor, to_uint8
 
@@ -16,6 +17,7 @@ __all__ = [
     "KLAutoencoder",
     "PixelSpace",
     "load_autoencoder",
+    "autoencoder_fingerprint",
     "DigitsDataset",
     "InMemoryImages",
     "MNIST5kDataset",
@@ -29,6 +31,8 @@ __all__ = [
     "LatentDataset",
     "LatentWriter",
     "encode_dataset",
+    "batch_generator",
+    "shard_is_complete",
     "merge_parts",
     "write_meta",
     "ResumableSampler",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -10,7 +12,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_VAE", "Autoencoder", "PixelSpace", "KLAutoencoder", "load_autoencoder"]
+__all__ = ["DEFAULT_VAE", "Autoencoder", "PixelSpace", "KLAutoencoder", "load_autoencoder", "autoencoder_fingerprint"]
 
 DEFAULT_VAE = "stabilityai/sd-vae-ft-ema"
 """The VAE that MDT, MDTv2 and DiT were trained with (Stable Diffusion's, EMA-finetuned decoder)."""
@@ -190,3 +192,20 @@ def load_autoencoder(
             "with '--latents DIR'"
         ) from err
     return KLAutoencoder(vae, name=name)
+
+
+def autoencoder_fingerprint(autoencoder: Autoencoder) -> str | None:
+    """A hash of a VAE's weights and scaling (``None`` in pixel space), recorded in latent caches.
+
+    Two names for one VAE (the hub name and a local ``save_pretrained`` copy of it) get the
+    same fingerprint, so a cache can be checked against the VAE a run asks for by content.
+    """
+    vae = getattr(autoencoder, "vae", None)
+    if not isinstance(vae, nn.Module):
+        return None
+    digest = hashlib.sha256(repr((float(autoencoder.scale), float(getattr(autoencoder, "shift", 0.0)))).encode())
+    for key, tensor in sorted(vae.state_dict().items()):
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+

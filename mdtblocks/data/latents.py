@@ -11,7 +11,7 @@ Layout of a cache folder (what ``recipes/extract_latents.py`` writes)::
 parts under torchrun). Plain ``.npy`` files are memory-mapped
 (``allow_pickle=False``), so an ImageNet-size cache needs no RAM and loading never
 runs pickled code. ``meta.json`` is written last: a folder without it is an
-unfinished extraction.
+unfinished extraction (see :mod:`~mdtblocks.data.extract` for how it resumes).
 """
 
 from __future__ import annotations
@@ -26,12 +26,11 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..io import atomic_write, read_json, write_json
-from .autoencoder import Autoencoder
 
-__all__ = ["LATENT_FORMAT", "LatentDataset", "LatentWriter", "write_meta", "encode_dataset", "merge_parts"]
+__all__ = ["LATENT_FORMAT", "LatentDataset", "LatentWriter", "write_meta", "shard_is_complete"]
 
 LATENT_FORMAT = "mdtblocks-latents-v1"
 """Value of ``meta.json["format"]`` for caches this module reads and writes."""
@@ -61,6 +60,7 @@ class LatentWriter:
     _buffer: list[np.ndarray] = field(default_factory=list, repr=False)
     _labels: list[np.ndarray] = field(default_factory=list, repr=False)
     _buffered: int = 0
+    _batch: tuple[int, int] = (0, 0)
     shards: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -76,30 +76,46 @@ class LatentWriter:
         latents: Float[Tensor, "b c hh ww"],
         mirrored: Float[Tensor, "b c hh ww"],
         labels: Int[Tensor, "b"],
-    ) -> None:
+        batch: int = 0,
+    ) -> list[dict[str, Any]]:
         """Append a batch: the latents of the images, of their mirrors, and the labels.
 
         Args:
             latents: scaled latents of the images.
             mirrored: scaled latents of the horizontally flipped images.
             labels: integer class labels.
+            batch: the batch's index, for the resume point recorded with each shard.
+
+        Returns:
+            The entries of the shards this batch completed (their files are written).
         """
         pair = torch.stack([latents, mirrored], dim=1).float().cpu().numpy()  # (b, 2, c, h, w)
         self._buffer.append(pair)
         self._labels.append(labels.cpu().numpy().astype(np.int64))
         self._buffered += len(pair)
+        self._batch = (batch, len(pair))
+        written = []
         while self._buffered >= self.shard_size:
-            self._flush(self.shard_size)
+            written.append(self._flush(self.shard_size))
+        return written
 
-    def _flush(self, count: int) -> None:
+    def _flush(self, count: int) -> dict[str, Any]:
         data, labels = np.concatenate(self._buffer), np.concatenate(self._labels)
         stem = f"{self.prefix}{len(self.shards):05d}"
         _save_npy(self.root / f"{stem}.npy", np.ascontiguousarray(data[:count]))
         _save_npy(self.root / f"{stem}-labels.npy", np.ascontiguousarray(labels[:count]))
-        self.shards.append({"file": f"{stem}.npy", "labels": f"{stem}-labels.npy", "count": int(count)})
-        self._buffer = [data[count:]] if len(data) > count else []
-        self._labels = [labels[count:]] if len(labels) > count else []
-        self._buffered = len(data) - count
+        # Where the data after this shard starts: every leftover latent comes from the newest batch
+        # (the buffer held fewer than shard_size before it), so re-encoding that batch and dropping
+        # its first `skip` latents rebuilds the buffer exactly.
+        batch, size = self._batch
+        left = len(data) - count
+        resume = {"batch": batch, "skip": size - left} if left else {"batch": batch + 1, "skip": 0}
+        entry = {"file": f"{stem}.npy", "labels": f"{stem}-labels.npy", "count": int(count), "resume": resume}
+        self.shards.append(entry)
+        self._buffer = [data[count:]] if left else []
+        self._labels = [labels[count:]] if left else []
+        self._buffered = left
+        return entry
 
     def close(self) -> list[dict[str, Any]]:
         """Write the last, partial shard.
@@ -109,7 +125,20 @@ class LatentWriter:
         """
         if self._buffered:
             self._flush(self._buffered)
-        return self.shards
+        return [{k: s[k] for k in ("file", "labels", "count")} for s in self.shards]
+
+
+def shard_is_complete(root: str | os.PathLike, entry: dict[str, Any], latent_shape: tuple[int, ...] | None = None) -> bool:
+    """Whether a shard's two files are there and hold ``entry["count"]`` items (headers only are read)."""
+    root = Path(root)
+    try:
+        data = np.load(root / entry["file"], mmap_mode="r", allow_pickle=False)
+        labels = np.load(root / entry["labels"], mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return False
+    count = int(entry["count"])
+    shape_ok = latent_shape is None or tuple(data.shape[2:]) == tuple(latent_shape)
+    return data.ndim == 5 and data.shape[:2] == (count, 2) and shape_ok and labels.shape == (count,)
 
 
 def write_meta(root: str | os.PathLike, shards: list[dict[str, Any]], **meta: Any) -> dict[str, Any]:
@@ -215,118 +244,3 @@ class LatentDataset(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_maps": {}}  # memory maps are not sent to worker processes
-
-
-class _ReadableImages(Dataset):
-    """Chosen files of an image dataset (no flip), with a flag instead of a substitute when unreadable."""
-
-    def __init__(self, dataset: Dataset, indices: range) -> None:
-        self.dataset = dataset
-        self.indices = indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, position: int) -> tuple[Tensor, int, bool]:
-        index = self.indices[position]
-        load = getattr(self.dataset, "load", None)
-        if load is None:
-            x, y = self.dataset[index]
-            return x, y, True
-        x = load(index)
-        if x is None:
-            size = self.dataset.image_size
-            return torch.zeros(3, size, size), -1, False
-        return x, self.dataset.label(index), True
-
-
-def _part_path(root: Path, rank: int) -> Path:
-    return root / f"part-r{rank:05d}.json"
-
-
-def encode_dataset(
-    dataset: Dataset,
-    autoencoder: Autoencoder,
-    out: str | os.PathLike,
-    *,
-    batch_size: int = 64,
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-    num_workers: int = 0,
-    shard_size: int = 4096,
-    rank: int = 0,
-    world_size: int = 1,
-    extra_meta: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Encode every readable image of ``dataset`` and its mirror into a latent cache at ``out``.
-
-    As fast-DiT does, each image is encoded once in both orientations, drawing
-    one posterior sample each, so training needs no VAE at all. Unreadable files
-    are left out (``meta["num_skipped"]`` counts them).
-
-    With ``world_size > 1`` rank ``r`` encodes the contiguous ``r``-th part of the
-    files and records its shards in ``part-rNNNNN.json``; once every rank is done
-    (a barrier), rank 0 calls :func:`merge_parts` to write ``meta.json``.
-
-    Args:
-        dataset: an :class:`ImageFolderDataset` or :class:`DigitsDataset` (its
-            ``flip`` setting is ignored: both orientations are always stored).
-        autoencoder: from :func:`load_autoencoder`, already on ``device``.
-        out: new cache folder.
-        batch_size: images per encoder call (each call also encodes the mirrors).
-        generator: posterior noise source on ``device``; one stream for this rank.
-        device: where the images are encoded.
-        num_workers: DataLoader worker processes for decoding the images.
-        shard_size: images per shard file.
-        rank: this process's rank.
-        world_size: number of processes encoding parts of the dataset.
-        extra_meta: more fields to record in ``meta.json`` (e.g. the image size).
-
-    Returns:
-        The metadata written to ``meta.json`` (one process), or this rank's part record.
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-    root = Path(out)
-    n = dataset.num_images
-    part = range(rank * n // world_size, (rank + 1) * n // world_size)  # contiguous: the cache keeps file order
-    writer = LatentWriter(root, shard_size=shard_size, prefix=f"shard-r{rank:05d}-")
-    loader = DataLoader(_ReadableImages(dataset, part), batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    for x, y, ok in loader:
-        if not ok.any():
-            continue
-        x = x[ok].to(device)
-        z = autoencoder.encode(torch.cat([x, x.flip(-1)]), generator=generator)
-        writer.add(z[: len(x)], z[len(x) :], y[ok])
-    meta = {
-        **(extra_meta or {}),
-        "scale_factor": float(autoencoder.scale),
-        "vae": getattr(autoencoder, "name", None),
-        "num_classes": int(dataset.num_classes),
-        "classes": list(dataset.classes),
-    }
-    record = {"rank": rank, "shards": writer.close(), "num_skipped": int(getattr(dataset, "num_skipped", 0)), "meta": meta}
-    if world_size == 1:
-        return write_meta(root, record["shards"], **meta, num_skipped=record["num_skipped"])
-    write_json(_part_path(root, rank), record)
-    return record
-
-
-def merge_parts(out: str | os.PathLike, world_size: int) -> dict[str, Any]:
-    """Write ``meta.json`` of a cache encoded by ``world_size`` processes (rank 0, after a barrier).
-
-    Args:
-        out: the cache folder.
-        world_size: number of processes that wrote ``part-rNNNNN.json`` records.
-
-    Returns:
-        The metadata written.
-    """
-    root = Path(out)
-    records = [read_json(_part_path(root, r)) for r in range(world_size)]
-    shards = [s for rec in records for s in rec["shards"]]
-    skipped = sum(int(rec["num_skipped"]) for rec in records)
-    meta = write_meta(root, shards, **records[0]["meta"], num_skipped=skipped)
-    for r in range(world_size):
-        _part_path(root, r).unlink()
-    return meta

@@ -182,14 +182,14 @@ def choose_config(
 
 
 def exit_on_bad_input(main: Callable[[], Any]) -> int:
-    """Run a script's ``main``; bad input (``ValueError``, ``TypeError``, a missing file) becomes one line and exit 2.
+    """Run a script's ``main``; bad input (``ValueError``, ``TypeError``, a missing or existing file) becomes one line and exit 2.
 
     ``main`` raises for callers that import it (tests, notebooks); a person at a shell gets
     ``error: <message>`` on stderr instead of a traceback from deep inside the library.
     """
     try:
         main()
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

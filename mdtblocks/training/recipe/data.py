@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -9,8 +10,9 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ...data import DEFAULT_VAE, Autoencoder, DigitsDataset, ImageFolderDataset, LatentDataset, load_autoencoder
+from ...data import Autoencoder, DigitsDataset, ImageFolderDataset, LatentDataset, load_autoencoder
 from .cli import RecipeConfig
+from .latent_cache import cache_autoencoder, check_cache_image_size, flags_given
 
 __all__ = ["CachedLatents", "RunData", "load_run_data"]
 
@@ -74,19 +76,28 @@ class RunData:
     image_size: int
 
 
-def load_run_data(cfg: RecipeConfig, builtin_channels: int = 1) -> RunData:
-    """Dataset and autoencoder for ``--latents``, ``--data`` or (neither) the built-in digits in pixel space."""
+def load_run_data(cfg: RecipeConfig, builtin_channels: int = 1, given: Collection[str] | None = None) -> RunData:
+    """Dataset and autoencoder for ``--latents``, ``--data`` or (neither) the built-in digits in pixel space.
+
+    Args:
+        cfg: the run's config.
+        builtin_channels: channels of the built-in digits.
+        given: the flags on the command line; with a latent cache, a given ``--vae`` or
+            ``--image-size`` must agree with its ``meta.json``. ``None``: those that differ
+            from the :class:`RecipeConfig` defaults count as given.
+    """
     if cfg.latents is not None:
         dataset = LatentDataset(cfg.latents)
-        # The VAE that made the cache decodes the samples, unless --vae names another one.
-        vae_name = cfg.vae if cfg.vae not in (None, DEFAULT_VAE) else (dataset.vae or cfg.vae)
         c, h, w = dataset.latent_shape
         if h != w:
             raise ValueError(f"latents in {cfg.latents} are {h}x{w}; the models take square inputs")
-        ae = CachedLatents(load_autoencoder(vae_name))
+        explicit = flags_given(given, cfg, RecipeConfig())
+        # The VAE that made the cache decodes the samples; a --vae that names another one is refused.
+        vae, vae_name = cache_autoencoder(dataset, cfg.vae, "vae" in explicit)
+        ae = CachedLatents(vae)
         if ae.latent_channels != c:
             raise ValueError(f"latents in {cfg.latents} have {c} channels but the VAE {vae_name!r} makes {ae.latent_channels}")
-        image_size = int(dataset.meta.get("image_size") or h * ae.downsample)
+        image_size = check_cache_image_size(dataset, ae.downsample, cfg.image_size, "image_size" in explicit)
         return RunData(dataset, ae, dataset.num_classes, (c, h), vae_name, image_size)
     if cfg.data is not None:
         dataset = ImageFolderDataset(cfg.data, cfg.image_size)

@@ -148,8 +148,9 @@ class TrainRecipe:
             announce_builtin(self.script, self.real_run)
 
         parser = build_parser(RecipeConfig, self.description, self.defaults)
+        given = parse_flags(RecipeConfig, argv, self.description, self.defaults)
         try:
-            data = load_run_data(cfg)
+            data = load_run_data(cfg, given=given)
         except (ValueError, FileNotFoundError) as err:  # an empty or damaged dataset: refused before training
             parser.error(str(err))
         size = len(data.dataset)  # type: ignore[arg-type]
