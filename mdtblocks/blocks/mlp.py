@@ -32,6 +32,13 @@ def gelu_tanh_as_sigmoid(x: Tensor) -> Tensor:
 _TWO_SQRT_2_OVER_PI = 2 * math.sqrt(2 / math.pi)
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type without autocast (meta): nothing is autocast there
+        return False
+
+
 class _GeluMlp(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
@@ -79,7 +86,7 @@ class Mlp(nn.Module):
         if (
             self.recompute_activation
             and torch.is_grad_enabled()
-            and not torch.is_autocast_enabled(x.device.type)
+            and not _autocast_enabled(x.device.type)
             and not torch.compiler.is_compiling()  # the compiler plans its own recomputation
         ):
             return _GeluMlp.apply(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
