@@ -18,30 +18,21 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..data import Autoencoder, PixelSpace, save_image_grid
+from ..data import Autoencoder
 from ..diffusion import GaussianDiffusion, MaskedDiffusionObjective
 from ..masking import mark_kept_dynamic
-from ..sampling import classifier_free_guidance
 from .batches import BatchStream
-from .checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    TrainState,
-    complete_checkpoints,
-    latest_checkpoint,
-    model_config_json,
-    prune_checkpoints,
-    read_checkpoint,
-    write_checkpoint,
-)
+from .checkpoint import latest_checkpoint, model_config_json
 from .config import TrainConfig
 from .distributed import Distributed
 from .ema import make_ema, update_ema
 from .guard import NonFiniteGuard, step_is_finite
-from .parallel import enable_activation_checkpointing, full_state, load_full_state, wrap_model
+from .parallel import enable_activation_checkpointing, wrap_model
 from .precision import AutocastForward
 from .progress import Meter, MetricsWriter, progress_bar
 from .randomness import StepRandomness, draw_step_randomness, step_generator
+from .samples import save_samples
+from .saving import resume, save
 from .signals import StopRequest
 
 __all__ = ["train", "TrainResult", "OptimizerFactory", "optimizer_step"]
@@ -386,126 +377,3 @@ def log_start(
         name, params / 1e6, dist.world_size, dist.device.type, cfg.precision, cfg.strategy,
         cfg.global_batch_size, dist.world_size, micro, accum, start, cfg.steps, out,
     )
-
-
-def save(
-    out: Path,
-    step: int,
-    model: nn.Module,
-    model_config: dict[str, Any],
-    ema: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: BatchStream,
-    cfg: TrainConfig,
-    dist: Distributed,
-) -> Path:
-    """Gather full state (a collective under FSDP) and write ``OUT/checkpoints/<step>`` on rank 0."""
-    model_sd, opt_sd = full_state(model, optimizer, cfg.strategy, dist)
-    ema_sd, _ = full_state(ema, None, cfg.strategy, dist)
-    data = gather_objects(batches.state_dict(), dist)
-    if dist.is_main:
-        state = TrainState(
-            step=step, seed=cfg.seed, data=data, torch_rng=torch.get_rng_state().numpy().tobytes().hex(), world_size=dist.world_size
-        )
-        path = write_checkpoint(out, Checkpoint(model_sd, ema_sd, opt_sd or {}, state, model_config))
-        log.info("saved checkpoint %s", path)
-        if cfg.keep_checkpoints is not None:
-            for old in prune_checkpoints(out, cfg.keep_checkpoints):
-                log.info("removed old checkpoint %s (--keep-checkpoints %d)", old, cfg.keep_checkpoints)
-    dist.barrier()
-    return out / "checkpoints" / f"{step:07d}"
-
-
-def gather_objects(obj: Any, dist: Distributed) -> list[Any]:
-    """``[obj of rank 0, obj of rank 1, ...]`` on every rank."""
-    if not dist.enabled:
-        return [obj]
-    gathered: list[Any] = [None] * dist.world_size
-    torch.distributed.all_gather_object(gathered, obj)
-    return gathered
-
-
-def resume(
-    out: Path,
-    model: nn.Module,
-    ema: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: BatchStream,
-    cfg: TrainConfig,
-    dist: Distributed,
-) -> int:
-    """Load the newest complete checkpoint in ``out`` if any; returns the step to start from.
-
-    Restores model, EMA, optimizer, data position and the global torch RNG; all the
-    loop's own randomness derives from ``(seed, step)``, so nothing else is needed.
-    """
-    found = read_newest_checkpoint(out, dist)
-    if found is None:
-        return 0
-    path, ckpt = found
-    if ckpt.state.seed != cfg.seed:
-        raise ValueError(f"{path} was trained with seed {ckpt.state.seed}, this run has --seed {cfg.seed}")
-    if ckpt.state.world_size != dist.world_size:
-        raise ValueError(
-            f"{path} was written by {ckpt.state.world_size} ranks; resuming on {dist.world_size} would change the "
-            "data order (resume with the same number of processes)"
-        )
-    load_full_state(model, ckpt.model, optimizer, ckpt.optimizer, cfg.strategy, dist)
-    load_full_state(ema, ckpt.ema, None, None, cfg.strategy, dist)
-    batches.load_state_dict(ckpt.state.data[dist.rank])
-    if ckpt.state.torch_rng:
-        torch.set_rng_state(torch.frombuffer(bytearray.fromhex(ckpt.state.torch_rng), dtype=torch.uint8))
-    if dist.is_main:
-        log.info("resumed from %s (step %d)", path, ckpt.state.step)
-    return ckpt.state.step
-
-
-def read_newest_checkpoint(out: Path, dist: Distributed) -> tuple[Path, Checkpoint] | None:
-    """The newest checkpoint under ``out`` that reads back; corrupt ones are reported by path and passed over."""
-    for path in complete_checkpoints(out):
-        try:
-            return path, read_checkpoint(path)
-        except CheckpointError as err:
-            if dist.is_main:
-                log.warning("%s; resuming from the previous checkpoint instead", err)
-    return None
-
-
-@torch.no_grad()
-def save_samples(
-    path: Path,
-    ema: nn.Module,
-    diffusion: GaussianDiffusion,
-    autoencoder: Autoencoder,
-    cfg: TrainConfig,
-    dist: Distributed,
-) -> None:
-    """A grid of EMA samples with classes ``0, 1, 2, ...`` and fixed noise, so grids compare across checkpoints.
-
-    With ``cfg.sample_cfg_scale != 1`` the samples use classifier-free guidance (a
-    constant scale). Every rank samples (the EMA may be sharded); rank 0 writes the PNG.
-    """
-    conf = ema.config
-    device = dist.device
-    n = cfg.num_samples
-    labels = torch.arange(n, device=device) % conf.num_classes
-    generator = step_generator(cfg.seed, "samples", 0)
-    noise = torch.randn(n, conf.in_channels, conf.input_size, conf.input_size, generator=generator).to(device)
-    model: Any = ema
-    if cfg.sample_cfg_scale != 1.0 and getattr(ema.y_embedder, "has_null", False):
-        model = classifier_free_guidance(ema, cfg.sample_cfg_scale)
-        labels = torch.cat([labels, torch.full_like(labels, conf.num_classes)])  # [cond; uncond]
-        noise = torch.cat([noise, noise])
-    latents = diffusion.ddim_sample_loop(
-        model, tuple(noise.shape), noise=noise, clip_denoised=isinstance(autoencoder, PixelSpace),
-        model_kwargs={"y": labels}, generator=generator, device=device,
-    )[:n]
-    images = autoencoder.decode(latents)
-    for module in ema.modules():  # FSDP keeps the root's parameters gathered after a forward without backward
-        if hasattr(module, "reshard"):
-            module.reshard()
-    if dist.is_main:
-        # One column per class when the grid holds whole rows of classes (the digits demo: 4 x 10).
-        nrow = conf.num_classes if n % conf.num_classes == 0 else None
-        # Small images are enlarged (nearest-neighbour) to tiles of at least 64 pixels, so a person can see them.
-        save_image_grid(images.float().cpu(), path, nrow=nrow, scale=max(1, 64 // images.shape[-1]))

@@ -1,0 +1,58 @@
+"""Sample grids during training: EMA samples of fixed classes and noise, so grids compare across checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import Autoencoder, PixelSpace, save_image_grid
+from ..diffusion import GaussianDiffusion
+from ..sampling import classifier_free_guidance
+from .config import TrainConfig
+from .distributed import Distributed
+from .randomness import step_generator
+
+__all__ = ["save_samples"]
+
+
+@torch.no_grad()
+def save_samples(
+    path: Path,
+    ema: nn.Module,
+    diffusion: GaussianDiffusion,
+    autoencoder: Autoencoder,
+    cfg: TrainConfig,
+    dist: Distributed,
+) -> None:
+    """A grid of EMA samples with classes ``0, 1, 2, ...`` and fixed noise, so grids compare across checkpoints.
+
+    With ``cfg.sample_cfg_scale != 1`` the samples use classifier-free guidance (a
+    constant scale). Every rank samples (the EMA may be sharded); rank 0 writes the PNG.
+    """
+    conf = ema.config
+    device = dist.device
+    n = cfg.num_samples
+    labels = torch.arange(n, device=device) % conf.num_classes
+    generator = step_generator(cfg.seed, "samples", 0)
+    noise = torch.randn(n, conf.in_channels, conf.input_size, conf.input_size, generator=generator).to(device)
+    model: Any = ema
+    if cfg.sample_cfg_scale != 1.0 and getattr(ema.y_embedder, "has_null", False):
+        model = classifier_free_guidance(ema, cfg.sample_cfg_scale)
+        labels = torch.cat([labels, torch.full_like(labels, conf.num_classes)])  # [cond; uncond]
+        noise = torch.cat([noise, noise])
+    latents = diffusion.ddim_sample_loop(
+        model, tuple(noise.shape), noise=noise, clip_denoised=isinstance(autoencoder, PixelSpace),
+        model_kwargs={"y": labels}, generator=generator, device=device,
+    )[:n]
+    images = autoencoder.decode(latents)
+    for module in ema.modules():  # FSDP keeps the root's parameters gathered after a forward without backward
+        if hasattr(module, "reshard"):
+            module.reshard()
+    if dist.is_main:
+        # One column per class when the grid holds whole rows of classes (the digits demo: 4 x 10).
+        nrow = conf.num_classes if n % conf.num_classes == 0 else None
+        # Small images are enlarged (nearest-neighbour) to tiles of at least 64 pixels, so a person can see them.
+        save_image_grid(images.float().cpu(), path, nrow=nrow, scale=max(1, 64 // images.shape[-1]))
