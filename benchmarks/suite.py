@@ -42,12 +42,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from official_model import load_official_mdtv2  # noqa: E402
+from official_model import load_official_mdtv2
 
-from mdtblocks import MaskedDiffusionTransformer, forward_flops  # noqa: E402
-from mdtblocks.masking import mark_kept_dynamic  # noqa: E402
-from mdtblocks.models import PRESETS, DiT  # noqa: E402
-from mdtblocks.sampling import classifier_free_guidance  # noqa: E402
+from mdtblocks import MaskedDiffusionTransformer, forward_flops
+from mdtblocks.blocks.transformer_block import AdaLNBlock
+from mdtblocks.masking import mark_kept_dynamic
+from mdtblocks.models import PRESETS, DiT
+from mdtblocks.sampling import classifier_free_guidance
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Config:
     batch: int
     precision: str
     backend: str
-    compile: bool
+    compile: str  # "off", "on" (the whole model) or "blocks" (each transformer block)
     input_size: int
     device: str
     official: str | None = None  # a checkout path: this row runs the official model
@@ -67,7 +68,7 @@ class Config:
     def name(self) -> str:
         if self.official:
             return f"official {self.model} b{self.batch} fp32 eager"
-        return f"{self.model} b{self.batch} {self.precision} {self.backend}{' compile' if self.compile else ''}"
+        return f"{self.model} b{self.batch} {self.precision} {self.backend}{'' if self.compile == 'off' else ' compile' if self.compile == 'on' else ' compile-blocks'}"
 
 
 def build(cfg: Config, seed: int = 0) -> torch.nn.Module:
@@ -95,7 +96,11 @@ class Runner:
         self.x = torch.randn(cfg.batch, c, cfg.input_size, cfg.input_size, generator=g).to(self.device)
         self.t = torch.randint(0, 1000, (cfg.batch,), generator=g).to(self.device)
         self.y = torch.randint(0, 1000, (cfg.batch,), generator=g).to(self.device)
-        self.net = torch.compile(self.model) if cfg.compile else self.model
+        self.net = torch.compile(self.model) if cfg.compile == "on" else self.model
+        if cfg.compile == "blocks":  # regional compilation: identical blocks share one compiled graph
+            for module in self.model.modules():
+                if isinstance(module, AdaLNBlock):
+                    module.compile()
         self.masked = cfg.official is not None or getattr(self.model, "mask_sampler", None) is not None
         self.kept: list[int] = []
 
@@ -153,8 +158,13 @@ def timed(fn, runner: Runner) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def matmul_ceiling(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """Best achieved FLOP/s of a square matrix multiply at ``dtype``: the hardware's practical ceiling."""
+def matmul_ceiling(device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 5) -> float:
+    """Best achieved FLOP/s of a square matrix multiply at ``dtype``: the hardware's practical ceiling.
+
+    The default size is 2048 on a CPU and 8192 on a GPU, where a smaller product is too short
+    to outweigh the launch and would understate the ceiling.
+    """
+    size = size or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     a @ b
@@ -170,8 +180,15 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, size: int = 2048, r
     return 2 * size**3 / best
 
 
-def peak_memory_mib(cfg: Config, threads: int) -> float:
-    """Peak memory of two training steps, measured in a fresh process."""
+def peak_memory_mib(cfg: Config, threads: int, runner: Runner | None = None) -> float:
+    """Peak memory of two training steps beyond the model, optimizer and inputs.
+
+    On CUDA it is read in this process from the allocator's statistics (reset around the two
+    steps of ``runner``), so a compiled configuration is not compiled a second time; on a CPU,
+    where the resident set cannot be attributed to one configuration, in a fresh process.
+    """
+    if runner is not None and runner.device.type == "cuda":
+        return _cuda_step_peak_mib(runner)
     cmd = [sys.executable, __file__, "--child-memory", json.dumps(asdict(cfg)), "--threads", str(threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -195,15 +212,21 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cuda_step_peak_mib(runner: Runner) -> float:
+    runner.train_step()  # optimizer state exists from here on
+    runner.sync()
+    torch.cuda.reset_peak_memory_stats(runner.device)
+    base = torch.cuda.memory_allocated(runner.device)
+    for _ in range(2):
+        runner.train_step()
+    runner.sync()
+    return (torch.cuda.max_memory_allocated(runner.device) - base) / 2**20
+
+
 def child_memory(cfg: Config) -> None:
     runner = Runner(cfg)
     if runner.device.type == "cuda":
-        runner.train_step()
-        torch.cuda.reset_peak_memory_stats(runner.device)
-        base = torch.cuda.memory_allocated(runner.device)
-        for _ in range(2):
-            runner.train_step()
-        print((torch.cuda.max_memory_allocated(runner.device) - base) / 2**20)
+        print(_cuda_step_peak_mib(runner))
         return
     if not _reset_peak_rss():
         raise RuntimeError("cannot reset the peak RSS (/proc/self/clear_refs): memory probes need Linux")
@@ -219,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", nargs="+", type=int, default=[8])
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--backend", nargs="+", default=["sdpa"], choices=["sdpa", "math", "xformers"])
-    p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
+    p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on", "blocks"],
+                   help="off, on (torch.compile of the model) or blocks (of each transformer block: much shorter compile)")
     p.add_argument("--input-size", type=int, default=32, help="latent side (32 = 256 px through the SD VAE)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (each configuration once per round)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (compile happens here)")
@@ -239,15 +263,15 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--rounds {args.rounds}, --warmup {args.warmup} and --batch {args.batch} must be positive")
 
     configs = [
-        Config(m, b, prec, backend, comp == "on", args.input_size, args.device)
+        Config(m, b, prec, backend, comp, args.input_size, args.device)
         for m, b, prec, backend, comp in itertools.product(args.models, args.batch, args.precision, args.backend, args.compile)
     ]
-    references = {c.model + str(c.batch): Config(c.model, c.batch, "fp32", "math", False, args.input_size, args.device) for c in configs}
+    references = {c.model + str(c.batch): Config(c.model, c.batch, "fp32", "math", "off", args.input_size, args.device) for c in configs}
     officials = {}
     if args.official:
         for c in configs:
             if c.model.startswith("MDTv2"):
-                officials[c.model + str(c.batch)] = Config(c.model, c.batch, "fp32", "math", False, args.input_size, args.device, args.official)
+                officials[c.model + str(c.batch)] = Config(c.model, c.batch, "fp32", "math", "off", args.input_size, args.device, args.official)
     everything = list(dict.fromkeys([*configs, *references.values(), *officials.values()]))
     device = torch.device(args.device)
     runners = {c: Runner(c) for c in everything}
@@ -281,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
             row["speedup_vs_official"] = statistics.median(results[off]["train_ms"]) / train_ms
             row["sample_speedup_vs_official"] = statistics.median(results[off]["sample_ms"]) / sample_ms
         if not args.no_memory:
-            row["peak_mib"] = peak_memory_mib(c, args.threads)
+            row["peak_mib"] = peak_memory_mib(c, args.threads, runner)
         rows.append(row)
     if not args.no_memory:
         for row in rows:

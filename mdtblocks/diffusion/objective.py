@@ -42,8 +42,12 @@ class StepRandomness:
     masked_noise: Image | None = None
     masked_drop_label: Bool[Tensor, "b"] | None = None
 
-    def rows(self, index: Int[Tensor, "r"]) -> StepRandomness:
-        """The draws of the samples at batch positions ``index``."""
+    def rows(self, index: slice | Int[Tensor, "r"]) -> StepRandomness:
+        """The draws of the samples at batch positions ``index``.
+
+        A slice selects views and costs nothing; an index tensor gathers, and one on the host
+        is first copied to the draws' device (on a GPU, a host-device sync).
+        """
         mask = self.mask
         if mask is not None:
             mask = MaskPlan(ids_keep=mask.ids_keep[index], ids_restore=mask.ids_restore[index], mask=mask.mask[index])

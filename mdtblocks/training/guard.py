@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-__all__ = ["NonFiniteGuard", "NonFiniteSteps", "step_is_finite"]
+__all__ = ["NonFiniteGuard", "NonFiniteSteps", "same_device", "step_is_finite"]
 
 log = logging.getLogger("mdtblocks.training")
 
@@ -155,7 +155,16 @@ def _device_state(modules: Iterable[nn.Module], optimizer: torch.optim.Optimizer
             if not state:
                 return None
             for value in state.values():
-                if not isinstance(value, Tensor) or value.device != device:
+                if not isinstance(value, Tensor) or not same_device(value.device, device):
                     return None
                 tensors.append(value)
     return [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+
+
+def same_device(actual: torch.device, wanted: torch.device) -> bool:
+    """Whether a tensor on ``actual`` lives on ``wanted``; ``cuda`` without an index means any one (the current one).
+
+    A tensor always reports its index (``cuda:0``), while a single-GPU trainer is usually
+    given plain ``cuda``: comparing the two with ``==`` would find every tensor elsewhere.
+    """
+    return actual.type == wanted.type and (wanted.index is None or actual.index is None or actual.index == wanted.index)

@@ -160,7 +160,7 @@ def run_steps(
     out: Path,
     model_config: dict[str, Any],
     sample_shape: tuple[int, int, int],
-    rows: Tensor,
+    rows: slice,
     micro: int,
     accum: int,
     meter: Meter,
@@ -242,9 +242,13 @@ def report_skipped(dataset: Dataset, before: int | None, dist: Distributed) -> i
     return int(count)
 
 
-def local_rows(dist: Distributed, per_rank: int) -> Tensor:
-    """Global batch positions of this rank's samples: ``rank + world_size * j`` (see :class:`BatchStream`)."""
-    return torch.arange(per_rank) * dist.world_size + dist.rank
+def local_rows(dist: Distributed, per_rank: int) -> slice:
+    """Global batch positions of this rank's samples: ``rank + world_size * j`` (see :class:`BatchStream`).
+
+    A slice, so that selecting them is a view of the step's draws: an index tensor made on
+    the host would be copied to the GPU at every step, a host-device sync.
+    """
+    return slice(dist.rank, dist.rank + per_rank * dist.world_size, dist.world_size)
 
 
 @torch.no_grad()
@@ -272,9 +276,8 @@ def accumulate_gradients(
     totals: dict[str, Tensor] = {}
     for i in range(accum):
         part = slice(i * micro, (i + 1) * micro)
-        index = torch.arange(part.start, part.stop)
         sync = i == accum - 1
-        rows = randomness.rows(index)
+        rows = randomness.rows(part)  # views: no index tensor to copy to the device
         if rows.mask is not None:
             mark_kept_dynamic(rows.mask)  # one compiled graph for every kept-token count
         with contextlib.nullcontext() if sync else denoiser.no_sync():
