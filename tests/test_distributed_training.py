@@ -9,14 +9,11 @@ far from the initial ones in 3 steps and a wrong EMA shows in the comparison.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from training_utils import RECIPES, TINY, load_recipe, max_abs_diff, weights
+from training_utils import torchrun as run_torchrun
 
 FLAGS = TINY + ["--steps", "3", "--ckpt-every", "3", "--num-samples", "2", "--ema-decay", "0.5"]
 FINAL = "checkpoints/0000003"
@@ -50,10 +47,7 @@ def test_ema_moves_in_these_runs(one_process: Path) -> None:
 
 
 def torchrun(out: Path, *extra: str) -> None:
-    torchrun_bin = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun_bin, "--standalone", "--nproc-per-node", "2", str(RECIPES / "mdtv2_imagenet256.py"), *FLAGS, "--out", str(out), *extra]
-    result = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
+    result = run_torchrun(RECIPES / "mdtv2_imagenet256.py", [*FLAGS, "--out", str(out), *extra])
     assert result.returncode == 0, result.stderr[-4000:]
 
 
@@ -83,14 +77,66 @@ def test_ranks_with_different_flags_are_refused_at_start(tmp_path: Path) -> None
         "module = importlib.util.module_from_spec(spec); sys.modules['recipe'] = module; spec.loader.exec_module(module)\n"
         "module.main(sys.argv[1:] + ['--seed', os.environ['RANK']])\n"
     )
-    torchrun_bin = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    cmd = [torchrun_bin, "--standalone", "--nproc-per-node", "2", str(script), *FLAGS, "--out", str(tmp_path / "run")]
-    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300, check=False)
+    result = run_torchrun(script, [*FLAGS, "--out", str(tmp_path / "run")])
     assert result.returncode != 0
     assert "error: rank 1 was started with other flags than rank 0: --seed 1 (rank 0: 0)" in result.stderr
     # One line from the ranks (what follows it is torchrun's own summary of the failed workers).
     assert "Traceback" not in result.stderr.split("error: rank 1")[0]
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any work
+
+
+def test_a_rank_that_raises_stops_every_rank_within_seconds(tmp_path: Path) -> None:
+    # Rank 1 raises inside step 3 (after the step-2 checkpoint); rank 0 is then waiting in that step's all-reduce.
+    script = tmp_path / "rank1_raises.py"
+    script.write_text(
+        "import importlib.util, os, sys\n"
+        "import mdtblocks.training.loop as loop\n"
+        "real = loop.optimizer_step\n"
+        "def failing(*args, step, **kwargs):\n"
+        "    if os.environ['RANK'] == '1' and step == 3:\n"
+        "        raise RuntimeError('injected failure on rank 1 at step 3')\n"
+        "    return real(*args, step=step, **kwargs)\n"
+        "loop.optimizer_step = failing\n"
+        f"spec = importlib.util.spec_from_file_location('recipe', {str(RECIPES / 'mdtv2_imagenet256.py')!r})\n"
+        "module = importlib.util.module_from_spec(spec); sys.modules['recipe'] = module; spec.loader.exec_module(module)\n"
+        "module.main(sys.argv[1:])\n"
+    )
+    out = tmp_path / "run"
+    # A hang shows as the timeout (the whole job takes about 15 s); rank 0's collective fails as soon as rank 1 exits.
+    result = run_torchrun(script, [*FLAGS, "--ckpt-every", "2", "--out", str(out)], timeout=120)
+    assert result.returncode != 0
+    assert "injected failure on rank 1 at step 3" in result.stderr
+    # Every rank stopped at once: no rank timed out in a collective, and nothing was written after step 2.
+    assert "Timed out" not in result.stderr and "timeout" not in result.stderr.lower()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["0000002"]
+    # The checkpoint the job left is complete: the same command minus the failure resumes from it and finishes.
+    torchrun(out)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1] == "0000003"
+
+
+def test_a_stuck_rank_makes_every_rank_fail_at_the_process_group_timeout(tmp_path: Path) -> None:
+    # Rank 1 hangs inside step 3 without exiting; the job's timeout is cut from 10 minutes to 3 s.
+    script = tmp_path / "rank1_hangs.py"
+    script.write_text(
+        "import datetime, functools, importlib.util, os, sys, time\n"
+        "import mdtblocks.training.loop as loop\n"
+        "import mdtblocks.training.recipe.train as train\n"
+        "train.setup_distributed = functools.partial(train.setup_distributed, timeout=datetime.timedelta(seconds=3))\n"
+        "real = loop.optimizer_step\n"
+        "def hanging(*args, step, **kwargs):\n"
+        "    if os.environ['RANK'] == '1' and step == 3:\n"
+        "        time.sleep(3600)\n"
+        "    return real(*args, step=step, **kwargs)\n"
+        "loop.optimizer_step = hanging\n"
+        f"spec = importlib.util.spec_from_file_location('recipe', {str(RECIPES / 'mdtv2_imagenet256.py')!r})\n"
+        "module = importlib.util.module_from_spec(spec); sys.modules['recipe'] = module; spec.loader.exec_module(module)\n"
+        "module.main(sys.argv[1:])\n"
+    )
+    out = tmp_path / "run"
+    result = run_torchrun(script, [*FLAGS, "--ckpt-every", "2", "--out", str(out)], timeout=120)
+    assert result.returncode != 0
+    assert "Timed out" in result.stderr  # rank 0's collective gave up on rank 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["0000002"]
 
 
 def test_fsdp_resume_matches_one_process(one_process: Path, tmp_path: Path) -> None:

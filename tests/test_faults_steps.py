@@ -146,3 +146,25 @@ def test_guard_restores_every_tensor_without_reading_the_flag(read_every_step: b
     with pytest.raises(NonFiniteSteps, match="2 non-finite steps in a row"):
         guarded_step(guard, model, ema, opt, 5, grad_value=float("inf"))
         guard.check(5)
+
+
+def test_a_run_of_bad_steps_continues_across_a_resume(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    """Two bad steps before a checkpoint and one after resuming are three in a row: --max-bad-steps 3 stops."""
+    poison_batches(monkeypatch, bad_calls={2, 3})
+    run(tmp_path, 3, "--max-bad-steps", "3")
+    assert json.loads((tmp_path / "checkpoints/0000003/state.json").read_text())["bad_steps_in_a_row"] == 2
+    poison_batches(monkeypatch, bad_calls={1})  # the resumed process's first step (step 4)
+    with pytest.raises(SystemExit) as stop:
+        run(tmp_path, 6, "--max-bad-steps", "3")
+    assert stop.value.code == 1
+    assert "error: 3 non-finite steps in a row (newest at step 4; --max-bad-steps 3)" in capsys.readouterr().err
+    assert latest_checkpoint(tmp_path).name == "0000003"
+
+
+def test_a_good_step_after_resume_ends_the_run_of_bad_steps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    poison_batches(monkeypatch, bad_calls={2, 3})
+    run(tmp_path, 3, "--max-bad-steps", "3")
+    poison_batches(monkeypatch, bad_calls={2})  # step 4 good, step 5 bad: 1 in a row
+    run(tmp_path, 5, "--max-bad-steps", "3")
+    assert json.loads((tmp_path / "checkpoints/0000004/state.json").read_text())["bad_steps_in_a_row"] == 0
+    assert json.loads((tmp_path / "checkpoints/0000005/state.json").read_text())["bad_steps_in_a_row"] == 1

@@ -93,3 +93,25 @@ def start_killed_after(name: str, argv: Sequence[str], ready: Callable[[], bool]
         proc.wait()
         proc.stderr.close()
 
+
+
+def torchrun(script: Path, argv: Sequence[str], timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc-per-node 2 script argv``, one thread per rank.
+
+    The launcher and its ranks run in a session of their own, so that on a timeout (a hang)
+    every process of the job is killed, not only the launcher.
+    """
+    import shutil
+    import signal
+
+    launcher = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    cmd = [launcher, "--standalone", "--nproc-per-node", "2", str(script), *argv]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"torchrun did not finish within {timeout}s (a hang?): {stderr[-3000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)

@@ -74,6 +74,8 @@ class TrainState:
         torch_rng: ``torch.get_rng_state()`` of rank 0 as a hex string, restored for
             code outside the loop that still uses the global generator.
         world_size: processes that wrote the checkpoint.
+        bad_steps_in_a_row: non-finite (skipped) steps ending at ``step``, so that
+            ``--max-bad-steps`` counts a run of bad steps across a resume.
     """
 
     step: int
@@ -81,6 +83,7 @@ class TrainState:
     data: list[Any] = field(default_factory=list)
     torch_rng: str = ""
     world_size: int = 1
+    bad_steps_in_a_row: int = 0
 
 
 def checkpoint_dir(out: str | os.PathLike, step: int) -> Path:

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as torch_dist
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["Distributed", "setup_distributed", "resolve_device"]
+__all__ = ["Distributed", "PROCESS_GROUP_TIMEOUT", "setup_distributed", "resolve_device"]
 
 DEVICES = ("auto", "cpu", "cuda")
+
+# How long a collective waits for a rank that neither answers nor exits (a hung data
+# loader, a stuck node) before it fails on every rank. NCCL's default; Gloo's would be
+# 30 minutes. A rank that raises or dies closes its connections and the others fail at once.
+PROCESS_GROUP_TIMEOUT = timedelta(minutes=10)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,12 +85,16 @@ class Distributed:
             torch_dist.destroy_process_group()
 
 
-def setup_distributed(device: str = "auto") -> Distributed:
+def setup_distributed(device: str = "auto", timeout: timedelta = PROCESS_GROUP_TIMEOUT) -> Distributed:
     """Join the torchrun job if there is one, else describe a single process.
 
     torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; multi-node jobs come from
     torchrun's own flags (``--nnodes``, ``--rdzv-endpoint``), nothing here changes.
     The backend follows the device: NCCL on CUDA, Gloo on CPU.
+
+    Args:
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (see :func:`resolve_device`).
+        timeout: how long a collective waits for an unresponsive rank before failing.
     """
     dev = resolve_device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -98,5 +108,5 @@ def setup_distributed(device: str = "auto") -> Distributed:
     if world_size > 1 and not torch_dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
-        torch_dist.init_process_group(backend=backend, **kwargs)
+        torch_dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
     return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)

@@ -132,6 +132,17 @@ class NonFiniteGuard:
             raise NonFiniteSteps(self._message(worst, last))
         return interval
 
+    def restore_in_a_row(self, count: int) -> None:
+        """Continue a run of ``count`` non-finite steps that a resumed checkpoint ended on."""
+        if count < 0:
+            raise ValueError(f"a run of bad steps cannot be negative, got {count}")
+        self.in_a_row.fill_(count)
+        self.worst_run.fill_(count)
+
+    def in_a_row_now(self) -> int:
+        """The run of non-finite steps ending at the current step (a host read; for checkpoints)."""
+        return int(self.in_a_row)
+
     def _message(self, in_a_row: int, last: int) -> str:
         return (
             f"{in_a_row} non-finite steps in a row (newest at step {last}; --max-bad-steps {self.max_bad_steps}): "

@@ -115,7 +115,8 @@ def train(
         dataset, per_rank, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
         num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
     )
-    start = resume(out, model, ema, optimizer, batches, cfg, dist)
+    guard = NonFiniteGuard(device, cfg.max_bad_steps)
+    start = resume(out, model, ema, optimizer, batches, cfg, dist, guard)
     if cfg.compile:
         denoiser = torch.compile(denoiser)  # type: ignore[assignment]
     denoiser = AutocastForward(denoiser, device, cfg.precision)
@@ -127,7 +128,6 @@ def train(
     bar = progress_bar(cfg.steps, start, dist.is_main)
     log_start(cfg, dist, model_config["class"], model, per_rank, micro, accum, start, out)
     step, ckpt_dir = start, latest_checkpoint(out)
-    guard = NonFiniteGuard(device, cfg.max_bad_steps)
     with StopRequest() as stop:
         step, ckpt_dir, stopped_by = run_steps(
             cfg, step, ckpt_dir, stop, guard, model=model, denoiser=denoiser, ema=ema, objective=objective,
@@ -202,7 +202,7 @@ def run_steps(
         if step % cfg.ckpt_every == 0 or step == cfg.steps or stopped_by is not None:
             if not logging_step:
                 guard.check(step, reset=False)  # never checkpoint past a run of bad steps that should have stopped
-            ckpt_dir = save(out, step, model, model_config, ema, optimizer, batches, cfg, dist)
+            ckpt_dir = save(out, step, model, model_config, ema, optimizer, batches, cfg, dist, guard.in_a_row_now())
             if sample_diffusion is not None and cfg.num_samples > 0 and stopped_by is None:
                 save_samples(out / "samples" / f"{step:07d}.png", ema, sample_diffusion, autoencoder, cfg, dist)
         if stopped_by is not None:

@@ -21,6 +21,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .distributed import Distributed
+from .guard import NonFiniteGuard
 from .parallel import full_state, load_full_state
 
 __all__ = ["save", "resume", "gather_objects", "read_newest_checkpoint"]
@@ -38,6 +39,7 @@ def save(
     batches: BatchStream,
     cfg: TrainConfig,
     dist: Distributed,
+    bad_steps_in_a_row: int = 0,
 ) -> Path:
     """Gather full state (a collective under FSDP) and write ``OUT/checkpoints/<step>`` on rank 0."""
     model_sd, opt_sd = full_state(model, optimizer, cfg.strategy, dist)
@@ -45,7 +47,8 @@ def save(
     data = gather_objects(batches.state_dict(), dist)
     if dist.is_main:
         state = TrainState(
-            step=step, seed=cfg.seed, data=data, torch_rng=torch.get_rng_state().numpy().tobytes().hex(), world_size=dist.world_size
+            step=step, seed=cfg.seed, data=data, torch_rng=torch.get_rng_state().numpy().tobytes().hex(), world_size=dist.world_size,
+            bad_steps_in_a_row=bad_steps_in_a_row,
         )
         path = write_checkpoint(out, Checkpoint(model_sd, ema_sd, opt_sd or {}, state, model_config))
         log.info("saved checkpoint %s", path)
@@ -73,11 +76,13 @@ def resume(
     batches: BatchStream,
     cfg: TrainConfig,
     dist: Distributed,
+    guard: NonFiniteGuard | None = None,
 ) -> int:
     """Load the newest complete checkpoint in ``out`` if any; returns the step to start from.
 
     Restores model, EMA, optimizer, data position and the global torch RNG; all the
     loop's own randomness derives from ``(seed, step)``, so nothing else is needed.
+    ``guard`` gets back the run of non-finite steps the checkpoint ended on.
     """
     found = read_newest_checkpoint(out, dist)
     if found is None:
@@ -95,6 +100,8 @@ def resume(
     batches.load_state_dict(ckpt.state.data[dist.rank])
     if ckpt.state.torch_rng:
         torch.set_rng_state(torch.frombuffer(bytearray.fromhex(ckpt.state.torch_rng), dtype=torch.uint8))
+    if guard is not None:
+        guard.restore_in_a_row(ckpt.state.bad_steps_in_a_row)
     if dist.is_main:
         log.info("resumed from %s (step %d)", path, ckpt.state.step)
     return ckpt.state.step
