@@ -112,15 +112,19 @@ def _pass_and_grads(device: torch.device, backend: str, precision: str) -> tuple
     return y_out.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def no_syncs_in_a_step(device: torch.device) -> str:
+def training_parts(device: torch.device) -> tuple:
+    """An MDTv2-S/2 in training mode on ``device``, its EMA, the MDTv2 objective, a bf16 denoiser and a batch of 8."""
     torch.manual_seed(0)
     model = MaskedDiffusionTransformer.from_preset("MDTv2-S/2", input_size=32, num_classes=1000).to(device).train()
     model.check_values = False
-    ema = make_ema(model)
     objective = MaskedDiffusionObjective(create_diffusion(snr_gamma=5.0))
-    optimizer = Adan(model.parameters(), lr=1e-4)
-    denoiser = AutocastForward(model, device, "bf16")
     x, y = torch.randn(8, 4, 32, 32, device=device), torch.randint(0, 1000, (8,), device=device)
+    return model, make_ema(model), objective, AutocastForward(model, device, "bf16"), x, y
+
+
+def no_syncs_in_a_step(device: torch.device) -> dict | str:
+    model, ema, objective, denoiser, x, y = training_parts(device)
+    optimizer = Adan(model.parameters(), lr=1e-4)
     sites: list[str] = []
     for step in range(4):
         randomness = draw_step_randomness(
@@ -172,15 +176,9 @@ class sync_errors:
 
 def nonfinite_skip_on_device(device: torch.device) -> dict:
     """A NaN batch on the device: the update is undone with ``torch.where``, without a host sync."""
-    torch.manual_seed(0)
-    model = MaskedDiffusionTransformer.from_preset("MDTv2-S/2", input_size=32, num_classes=1000).to(device).train()
-    model.check_values = False
-    ema = make_ema(model)
-    objective = MaskedDiffusionObjective(create_diffusion(snr_gamma=5.0))
+    model, ema, objective, denoiser, x, y = training_parts(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     guard = NonFiniteGuard(device, max_bad_steps=3)
-    denoiser = AutocastForward(model, device, "bf16")
-    x, y = torch.randn(8, 4, 32, 32, device=device), torch.randint(0, 1000, (8,), device=device)
 
     def step(number: int, batch: torch.Tensor) -> None:
         randomness = draw_step_randomness(

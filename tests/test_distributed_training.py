@@ -85,22 +85,28 @@ def test_ranks_with_different_flags_are_refused_at_start(tmp_path: Path) -> None
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any work
 
 
-def test_a_rank_that_raises_stops_every_rank_within_seconds(tmp_path: Path) -> None:
-    # Rank 1 raises inside step 3 (after the step-2 checkpoint); rank 0 is then waiting in that step's all-reduce.
-    script = tmp_path / "rank1_raises.py"
-    script.write_text(
-        "import importlib.util, os, sys\n"
+def rank1_fails_at_step_3(path: Path, action: str, setup: str = "") -> Path:
+    """A script that runs the MDTv2 recipe with ``action`` (one statement) done by rank 1 inside step 3."""
+    path.write_text(
+        "import datetime, functools, importlib.util, os, sys, time\n"
         "import mdtblocks.training.loop as loop\n"
+        f"{setup}"
         "real = loop.optimizer_step\n"
         "def failing(*args, step, **kwargs):\n"
         "    if os.environ['RANK'] == '1' and step == 3:\n"
-        "        raise RuntimeError('injected failure on rank 1 at step 3')\n"
+        f"        {action}\n"
         "    return real(*args, step=step, **kwargs)\n"
         "loop.optimizer_step = failing\n"
         f"spec = importlib.util.spec_from_file_location('recipe', {str(RECIPES / 'mdtv2_imagenet256.py')!r})\n"
         "module = importlib.util.module_from_spec(spec); sys.modules['recipe'] = module; spec.loader.exec_module(module)\n"
         "module.main(sys.argv[1:])\n"
     )
+    return path
+
+
+def test_a_rank_that_raises_stops_every_rank_within_seconds(tmp_path: Path) -> None:
+    # Rank 1 raises inside step 3 (after the step-2 checkpoint); rank 0 is then waiting in that step's all-reduce.
+    script = rank1_fails_at_step_3(tmp_path / "rank1_raises.py", "raise RuntimeError('injected failure on rank 1 at step 3')")
     out = tmp_path / "run"
     # A hang shows as the timeout (the whole job takes about 15 s); rank 0's collective fails as soon as rank 1 exits.
     result = run_torchrun(script, [*FLAGS, "--ckpt-every", "2", "--out", str(out)], timeout=120)
@@ -116,22 +122,11 @@ def test_a_rank_that_raises_stops_every_rank_within_seconds(tmp_path: Path) -> N
 
 def test_a_stuck_rank_makes_every_rank_fail_at_the_process_group_timeout(tmp_path: Path) -> None:
     # Rank 1 hangs inside step 3 without exiting; the job's timeout is cut from 10 minutes to 3 s.
-    script = tmp_path / "rank1_hangs.py"
-    script.write_text(
-        "import datetime, functools, importlib.util, os, sys, time\n"
-        "import mdtblocks.training.loop as loop\n"
+    shorter_timeout = (
         "import mdtblocks.training.recipe.train as train\n"
         "train.setup_distributed = functools.partial(train.setup_distributed, timeout=datetime.timedelta(seconds=3))\n"
-        "real = loop.optimizer_step\n"
-        "def hanging(*args, step, **kwargs):\n"
-        "    if os.environ['RANK'] == '1' and step == 3:\n"
-        "        time.sleep(3600)\n"
-        "    return real(*args, step=step, **kwargs)\n"
-        "loop.optimizer_step = hanging\n"
-        f"spec = importlib.util.spec_from_file_location('recipe', {str(RECIPES / 'mdtv2_imagenet256.py')!r})\n"
-        "module = importlib.util.module_from_spec(spec); sys.modules['recipe'] = module; spec.loader.exec_module(module)\n"
-        "module.main(sys.argv[1:])\n"
     )
+    script = rank1_fails_at_step_3(tmp_path / "rank1_hangs.py", "time.sleep(3600)", shorter_timeout)
     out = tmp_path / "run"
     result = run_torchrun(script, [*FLAGS, "--ckpt-every", "2", "--out", str(out)], timeout=120)
     assert result.returncode != 0

@@ -15,10 +15,10 @@ __all__ = ["Distributed", "PROCESS_GROUP_TIMEOUT", "setup_distributed", "resolve
 
 DEVICES = ("auto", "cpu", "cuda")
 
-# How long a collective waits for a rank that neither answers nor exits (a hung data
-# loader, a stuck node) before it fails on every rank. NCCL's default; Gloo's would be
-# 30 minutes. A rank that raises or dies closes its connections and the others fail at once.
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=10)
+"""How long a collective waits for a rank that neither answers nor exits (a hung data loader,
+a stuck node) before it fails on every rank: NCCL's default (Gloo's would be 30 minutes).
+A rank that raises or dies closes its connections, and the others fail at once."""
 
 
 def resolve_device(name: str) -> torch.device:
