@@ -28,8 +28,13 @@ from mdtblocks.training.recipe import build_optimizer, train_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trajectory"
 RECIPES = {"mdtv2": "mdtv2_imagenet256", "mdtv1": "mdt_imagenet256", "dit": "dit_imagenet256"}
-# Worst errors measured on this CPU (fp32): see the README of the fixtures. The bounds leave ~10x room.
-LOSS_TOL, GRAD_NORM_TOL, WEIGHT_TOL, DELTA_TOL, KEY_BIAS_GAP = 1e-6, 1e-6, 1e-6, 2e-5, 1e-5
+# Worst errors measured (fp32): see the README of the fixtures. Losses and gradient norms agree to ~1e-7 on
+# every CPU tried. Weights depend on the CPU's matmul kernels: where a gradient element is near zero, its
+# fp32 rounding decides the sign of Adam's normalised step, so the same code gives final weights within
+# 1.9e-7 of the fixtures on the Intel machine that recorded them and 2.6e-6 on an AMD EPYC (change over
+# 8 steps: 3.3e-6 and 2.5e-5). The bounds leave ~4x room over the worst machine; a 0.1% error in the
+# learning rate, a dropped clip or a wrong EMA decay is still 10-1000x larger.
+LOSS_TOL, GRAD_NORM_TOL, WEIGHT_TOL, DELTA_TOL, KEY_BIAS_GAP = 1e-6, 1e-6, 1e-5, 1e-4, 1e-5
 
 
 def read_fixture(family: str) -> tuple[dict[str, torch.Tensor], dict]:
