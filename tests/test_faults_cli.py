@@ -30,6 +30,7 @@ BAD_VALUES = [
     (["--sample-cfg-scale", "0.5"], "--sample-cfg-scale 0.5 is outside the allowed range: at least 1"),
     (["--keep-checkpoints", "0"], "--keep-checkpoints 0 is outside the allowed range: a positive integer or none"),
     (["--max-bad-steps", "0"], "--max-bad-steps 0 is outside the allowed range: a positive integer"),
+    (["--compile", "--compile-blocks"], "--compile (the whole model) and --compile-blocks (each block) exclude each other"),
     (["--ckpt-every", "0"], "--ckpt-every 0 is outside the allowed range: a positive integer"),
     (["--log-every", "-1"], "--log-every -1 is outside the allowed range: a positive integer"),
     (["--grad-clip", "0"], "--grad-clip 0.0 is outside the allowed range: a positive number or none"),

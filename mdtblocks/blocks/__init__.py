@@ -2,6 +2,7 @@
 
 from .attention import BACKENDS, AttentionBackend, SelfAttention, attention
 from .biased_attention import biased_attention
+from .compile import compile_blocks
 from .embeddings import LabelEmbedder, TimestepEmbedder, timestep_frequencies
 from .final_layer import FinalLayer
 from .patch_embed import PatchEmbed, patchify, unpatchify
@@ -15,5 +16,5 @@ __all__ = [
     "LabelEmbedder", "TimestepEmbedder", "timestep_frequencies",
     "FinalLayer", "PatchEmbed", "patchify", "unpatchify", "sincos_1d", "sincos_2d",
     "RelativePositionBias", "gather_relative_index", "relative_position_index", "biased_attention",
-    "AdaLNBlock", "Mlp", "modulate",
+    "AdaLNBlock", "Mlp", "modulate", "compile_blocks",
 ]

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ..blocks import compile_blocks
 from ..data import Autoencoder
 from ..diffusion import GaussianDiffusion, MaskedDiffusionObjective
 from ..masking import mark_kept_dynamic
@@ -119,6 +120,8 @@ def train(
     start = resume(out, model, ema, optimizer, batches, cfg, dist, guard)
     if cfg.compile:
         denoiser = torch.compile(denoiser)  # type: ignore[assignment]
+    if cfg.compile_blocks:  # after make_ema: the EMA copy that draws the sample grids stays eager
+        compile_blocks(model)
     denoiser = AutocastForward(denoiser, device, cfg.precision)
     sample_shape = (model.config.in_channels, model.config.input_size, model.config.input_size)
     rows = local_rows(dist, per_rank)

@@ -103,6 +103,8 @@ def config_problems(cfg: RecipeConfig, world_size: int | None = None) -> list[st
             f"--mask-ratio {cfg.mask_ratio} + --mask-ratio-range {cfg.mask_ratio_range} reaches 1 (every token masked); "
             "their sum must stay below 1"
         )
+    if cfg.compile and cfg.compile_blocks:
+        problems.append("--compile (the whole model) and --compile-blocks (each block) exclude each other; give one")
     if not problems and cfg.global_batch_size % world_size:
         problems.append(
             f"--global-batch-size {cfg.global_batch_size} does not divide over {world_size} processes; "

@@ -43,6 +43,7 @@ def train_config(cfg: RecipeConfig) -> TrainConfig:
         precision=cfg.precision,
         strategy="fsdp" if cfg.fsdp else "ddp",
         compile=cfg.compile,
+        compile_blocks=cfg.compile_blocks,
         activation_checkpointing=cfg.activation_checkpointing,
         num_workers=cfg.num_workers,
         num_samples=cfg.num_samples,
