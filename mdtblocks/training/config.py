@@ -30,8 +30,8 @@ class TrainConfig:
         strategy: ``"ddp"`` or ``"fsdp"`` (``fully_shard``, for XL models) when several ranks run.
         compile: ``torch.compile`` the model.
         compile_blocks: ``torch.compile`` each transformer block instead
-            (:func:`~mdtblocks.blocks.compile_blocks`): far less compile time for the same
-            fused blocks; exclusive with ``compile``.
+            (:func:`~mdtblocks.blocks.compile_blocks`): less to compile for nearly the same
+            step time; exclusive with ``compile``.
         activation_checkpointing: recompute block activations in backward.
         num_workers: DataLoader worker processes.
         num_samples: images in each checkpoint's sample grid (0 for none).

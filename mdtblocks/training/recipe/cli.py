@@ -87,7 +87,7 @@ class RecipeConfig:
     fsdp: bool = flag(False, "shard parameters with FSDP (fully_shard) instead of DDP, for XL models")
     compile: bool = flag(False, "torch.compile the model")
     compile_blocks: bool = flag(
-        False, "torch.compile each transformer block instead of the whole model (much shorter compile); not with --compile"
+        False, "torch.compile each transformer block instead of the whole model (less to compile); not with --compile"
     )
     activation_checkpointing: bool = flag(False, "recompute block activations in backward to save memory")
     num_workers: int = flag(4, "DataLoader workers per process")
