@@ -19,9 +19,13 @@ from mdtblocks.training import loop as loop_module
 def no_shape_checks():
     """The suite's jaxtyping hook wraps every call; users compile without it (checks stay out of compiled paths)."""
     jaxtyping.config.update("jaxtyping_disable", True)
+    limit = torch._dynamo.config.recompile_limit
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     yield
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # graph counts are process-wide: leave none to other tests
+    torch._dynamo.config.recompile_limit = limit
     jaxtyping.config.update("jaxtyping_disable", False)
 
 
