@@ -131,7 +131,7 @@ def no_syncs_in_a_step(device: torch.device) -> dict | str:
             model, seed=0, step=step, global_batch=8, sample_shape=(4, 32, 32), num_timesteps=1000, device=device,
             independent_masked_pass=True,
         )
-        with sync_errors(device, enabled=step > 0) as syncs:  # the first step warms up the allocator and cuBLAS
+        with sync_recorder(device, enabled=step > 0) as syncs:  # the first step warms up the allocator and cuBLAS
             optimizer_step(denoiser, model, ema, objective, optimizer, x, y, randomness,
                            micro=8, accum=1, grad_clip=1.0, ema_decay=0.9999)
         sites += syncs.sites
@@ -140,7 +140,7 @@ def no_syncs_in_a_step(device: torch.device) -> dict | str:
     return {"syncs_in_steps_2_to_4": len(sites), "sites": sorted(set(sites))}
 
 
-class sync_errors:
+class sync_recorder:
     """Record every host-device sync inside the block (``set_sync_debug_mode("warn")``), with where it came from.
 
     After the block, ``sites`` lists one ``file:line in function`` stack per sync (innermost
@@ -152,7 +152,7 @@ class sync_errors:
         self.device = device
         self.sites: list[str] = []
 
-    def __enter__(self) -> sync_errors:  # noqa: PYI034
+    def __enter__(self) -> sync_recorder:  # noqa: PYI034
         if self.on:
             torch.cuda.synchronize(self.device)
             self._caught = warnings.catch_warnings()
@@ -194,7 +194,7 @@ def nonfinite_skip_on_device(device: torch.device) -> dict:
     snapshot += [v.clone() for s in optimizer.state.values() for v in s.values()]
     bad = x.clone()
     bad[0, 0, 0, 0] = float("nan")
-    with sync_errors(device) as syncs:
+    with sync_recorder(device) as syncs:
         step(2, bad)
     after = [t.detach() for t in [*model.parameters(), *ema.parameters()]]
     after += [v for s in optimizer.state.values() for v in s.values()]
