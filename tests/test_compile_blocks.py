@@ -55,8 +55,9 @@ def test_compiled_blocks_compute_the_eager_function_with_a_bounded_graph_count(n
         for (name, p), q in zip(model.named_parameters(), reference.parameters()):
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
         with torch.no_grad():
+            # outputs are O(1): 1e-6 is float32 rounding, a wrong bias or a dropped token moves them by ~1e-1
             torch.testing.assert_close(model(x, t, y, ids_keep=plan.ids_keep), reference(x, t, y, ids_keep=plan.ids_keep),
-                                       rtol=1e-5, atol=1e-7)
+                                       rtol=1e-5, atol=1e-6)
         counts.append(graphs())
     assert len(set(kept)) >= 3, kept  # the kept count did change
     assert counts[0] > 0, "no block was compiled"

@@ -117,9 +117,9 @@ class SelfAttention(nn.Module):
         bias = None
         if self.rel_pos_bias is not None:
             bias = self.rel_pos_bias(rel_index)
-            if self.backend == "sdpa" and x.device.type == "cpu" and not torch.compiler.is_compiling():
+            if self.backend == "sdpa" and x.device.type == "cpu":
                 # PyTorch's CPU SDPA has no fused kernel with a bias gradient (it falls back to
-                # its math path with extra passes over the scores); see biased_attention.
+                # its math path with extra passes over the scores, compiled or not); see biased_attention.
                 return self.proj(biased_attention(qkv, bias.to(qkv.dtype), self.num_heads))
         q, k, v = rearrange(qkv, "b n (three h e) -> three b h n e", three=3, h=self.num_heads)
         out = attention(q, k, v, bias, self.backend)
