@@ -17,7 +17,9 @@ For each combination of ``--models``, ``--batch``, ``--precision``, ``--backend`
   MDTv2 model run the same way in the same process.
 
 Configurations take turns step by step (``--rounds`` rounds, the median is reported), so
-load from other work on the machine falls on all of them alike. It prints a table and
+load from other work on the machine falls on all of them alike, and every configuration
+(the official model included) keeps the same number of tokens in the masked pass of the
+same round. It prints a table and
 writes every number to ``--json``.
 
     python benchmarks/suite.py                                   # MDTv2-S/2, 32x32 latents, batch 8, CPU
@@ -46,7 +48,7 @@ from official_model import load_official_mdtv2
 
 from mdtblocks import MaskedDiffusionTransformer, forward_flops
 from mdtblocks.blocks import compile_blocks
-from mdtblocks.masking import mark_kept_dynamic
+from mdtblocks.masking import MaskSampler, mark_kept_dynamic
 from mdtblocks.models import PRESETS, DiT
 from mdtblocks.sampling import classifier_free_guidance
 
@@ -103,12 +105,29 @@ class Runner:
             compile_blocks(self.model)
         self.masked = cfg.official is not None or getattr(self.model, "mask_sampler", None) is not None
         self.kept: list[int] = []
+        if cfg.official:
+            # The official forward draws its own mask ratio; pair it with ours instead, so that in
+            # every round both implementations keep the same number of tokens (the masked pass's
+            # cost grows with it: 50-70% kept for MDTv2).
+            fields = PRESETS[cfg.model][1]
+            self.mask_sampler = MaskSampler(fields["mask_ratio"], fields["mask_ratio_range"])
+            self._official_random_masking = self.model.random_masking
+            self.model.random_masking = self._paired_random_masking
+            self._paired_ratio = 0.0
+
+    def _paired_random_masking(self, x: torch.Tensor, _ratio: torch.Tensor):
+        out = self._official_random_masking(x, self._paired_ratio)
+        self.kept.append(out[0].shape[1])  # what the official model actually kept
+        return out
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
 
     def masked_forward(self) -> torch.Tensor:
         if self.cfg.official:
+            n = self.model.x_embedder.num_patches
+            kept = self.mask_sampler(self.cfg.batch, n, generator=self.generator).num_kept
+            self._paired_ratio = 1 - (kept + 0.5) / n  # the official keeps int(n * (1 - ratio)) = kept
             return self.net(self.x, self.t, self.y, enable_mask=True)
         model = self.model
         plan = mark_kept_dynamic(model.mask_sampler(self.cfg.batch, model.num_tokens, generator=self.generator, device=self.device))
@@ -290,11 +309,12 @@ def main(argv: list[str] | None = None) -> None:
     for c in everything:
         runner, res = runners[c], results[c]
         train_ms, sample_ms = statistics.median(res["train_ms"]), statistics.median(res["sample_ms"])
-        kept = statistics.median(runner.kept) if runner.kept else (int(0.6 * runner.model.x_embedder.num_patches) if c.official else None)
+        kept = statistics.median(runner.kept) if runner.kept else None
         flops = runner.train_flops(int(kept) if kept else None)
         row = {
             **asdict(c), "name": c.name, "train_ms": train_ms, "sample_ms": sample_ms,
             "train_ms_all": res["train_ms"], "sample_ms_all": res["sample_ms"], "first_round_ms": res["first_ms"],
+            "kept_all": runner.kept,
             "images_per_s": c.batch / train_ms * 1e3, "train_tflops": flops / train_ms / 1e9,
             "ceiling_tflops": ceilings[c.precision] / 1e12,
         }
