@@ -9,6 +9,7 @@ from .patch_embed import PatchEmbed, patchify, unpatchify
 from .positions import sincos_1d, sincos_2d
 from .relative_bias import RelativePositionBias, gather_relative_index, relative_position_index
 from .mlp import Mlp
+from .modulated_norm import modulated_layer_norm
 from .transformer_block import AdaLNBlock, modulate
 
 __all__ = [
@@ -16,5 +17,5 @@ __all__ = [
     "LabelEmbedder", "TimestepEmbedder", "timestep_frequencies",
     "FinalLayer", "PatchEmbed", "patchify", "unpatchify", "sincos_1d", "sincos_2d",
     "RelativePositionBias", "gather_relative_index", "relative_position_index", "biased_attention",
-    "AdaLNBlock", "Mlp", "modulate", "compile_blocks",
+    "AdaLNBlock", "Mlp", "modulate", "modulated_layer_norm", "compile_blocks",
 ]

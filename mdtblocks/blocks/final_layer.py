@@ -5,7 +5,7 @@ from __future__ import annotations
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from .transformer_block import modulate
+from .modulated_norm import modulated_layer_norm
 
 __all__ = ["FinalLayer"]
 
@@ -25,7 +25,7 @@ class FinalLayer(nn.Module):
     def forward(self, x: Float[Tensor, "b n d"], c: Float[Tensor, "b d"]) -> Float[Tensor, "b n pixels"]:
         """Project each token to its patch values (order: patch row, patch column, channel)."""
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        return self.linear(modulated_layer_norm(x, shift, scale, self.norm_final.eps))
 
     def reset_parameters(self) -> None:
         """Zero everything that produces the output (adaLN-Zero)."""

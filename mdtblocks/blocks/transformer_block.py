@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from .attention import AttentionBackend, SelfAttention
 from .mlp import Mlp
+from .modulated_norm import modulated_layer_norm
 
 __all__ = ["modulate", "AdaLNBlock"]
 
@@ -70,8 +71,8 @@ class AdaLNBlock(nn.Module):
             raise ValueError("this block was built with fuses_skip=False but got a skip input")
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=1)
         # x + gate * f(x) as one addcmul: one pass over the tokens instead of two
-        x = torch.addcmul(x, gate_a.unsqueeze(1), self.attn(modulate(self.norm1(x), shift_a, scale_a), rel_index))
-        x = torch.addcmul(x, gate_m.unsqueeze(1), self.mlp(modulate(self.norm2(x), shift_m, scale_m)))
+        x = torch.addcmul(x, gate_a.unsqueeze(1), self.attn(modulated_layer_norm(x, shift_a, scale_a, self.norm1.eps), rel_index))
+        x = torch.addcmul(x, gate_m.unsqueeze(1), self.mlp(modulated_layer_norm(x, shift_m, scale_m, self.norm2.eps)))
         return x
 
     def reset_parameters(self) -> None:
