@@ -95,11 +95,28 @@ def start_killed_after(name: str, argv: Sequence[str], ready: Callable[[], bool]
 
 
 
+def _descendants(root: int) -> list[int]:
+    """Every process below ``root`` (Linux ``/proc``), whatever session or group it moved to."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def torchrun(script: Path, argv: Sequence[str], timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
     """``torchrun --standalone --nproc-per-node 2 script argv``, one thread per rank.
 
-    The launcher and its ranks run in a session of their own, so that on a timeout (a hang)
-    every process of the job is killed, not only the launcher.
+    On a timeout (a hang) every process of the job is killed, not only the launcher: torchrun
+    starts each rank in a session of its own, so the ranks are found by walking ``/proc``.
     """
     import shutil
     import signal
@@ -111,7 +128,11 @@ def torchrun(script: Path, argv: Sequence[str], timeout: float = 300.0) -> subpr
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        for pid in [proc.pid, *_descendants(proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         stdout, stderr = proc.communicate()
         raise AssertionError(f"torchrun did not finish within {timeout}s (a hang?): {stderr[-3000:]}") from None
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
