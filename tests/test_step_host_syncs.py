@@ -61,3 +61,16 @@ def test_same_device_matches_plain_cuda_to_an_indexed_one() -> None:
     assert same_device(cuda0, cuda) and same_device(cuda0, cuda0) and same_device(cpu, cpu)
     assert not same_device(cuda1, cuda0)
     assert not same_device(cpu, cuda) and not same_device(cuda0, cpu)
+
+
+def test_guard_finds_state_on_a_device_named_with_an_index() -> None:
+    """The guard's restorable-state scan asks ``same_device``: ``cpu:0`` must find state the tensors report as ``cpu``."""
+    from mdtblocks.training.guard import _device_state
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    assert torch.device("cpu", 0) != torch.device("cpu")  # a plain comparison would miss the state
+    state = _device_state([model], optimizer, torch.device("cpu", 0))
+    assert state is not None and len(state) == 2 + 2 * 3  # weights, then step, exp_avg, exp_avg_sq of each
