@@ -9,8 +9,8 @@ from .patch_embed import PatchEmbed, patchify, unpatchify
 from .positions import sincos_1d, sincos_2d
 from .relative_bias import RelativePositionBias, gather_relative_index, relative_position_index
 from .mlp import Mlp
-from .modulated_norm import modulated_layer_norm
-from .transformer_block import AdaLNBlock, modulate
+from .modulated_norm import modulate, modulated_layer_norm
+from .transformer_block import AdaLNBlock
 
 __all__ = [
     "BACKENDS", "AttentionBackend", "SelfAttention", "attention",

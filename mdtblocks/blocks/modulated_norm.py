@@ -19,14 +19,19 @@ from torch import Tensor
 
 from .mlp import _autocast_enabled
 
-__all__ = ["modulated_layer_norm"]
+__all__ = ["modulate", "modulated_layer_norm"]
+
+
+def modulate(x: Float[Tensor, "b n d"], shift: Float[Tensor, "b d"], scale: Float[Tensor, "b d"]) -> Float[Tensor, "b n d"]:
+    """Adaptive layer-norm modulation ``x * (1 + scale) + shift``, per sample."""
+    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))  # one pass instead of two
 
 
 class _ModulatedLayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> Tensor:
         normed, mean, rstd = torch.native_layer_norm(x, x.shape[-1:], None, None, eps)
-        out = torch.addcmul(shift.unsqueeze(1), normed, 1 + scale.unsqueeze(1))
+        out = modulate(normed, shift, scale)
         ctx.save_for_backward(x, mean, rstd, scale)
         return out
 
@@ -63,5 +68,4 @@ def modulated_layer_norm(
         and not torch.compiler.is_compiling()
     ):
         return _ModulatedLayerNorm.apply(x, shift, scale, eps)
-    normed = torch.nn.functional.layer_norm(x, x.shape[-1:], eps=eps)
-    return torch.addcmul(shift.unsqueeze(1), normed, 1 + scale.unsqueeze(1))
+    return modulate(torch.nn.functional.layer_norm(x, x.shape[-1:], eps=eps), shift, scale)

@@ -10,12 +10,7 @@ from .attention import AttentionBackend, SelfAttention
 from .mlp import Mlp
 from .modulated_norm import modulated_layer_norm
 
-__all__ = ["modulate", "AdaLNBlock"]
-
-
-def modulate(x: Float[Tensor, "b n d"], shift: Float[Tensor, "b d"], scale: Float[Tensor, "b d"]) -> Float[Tensor, "b n d"]:
-    """Adaptive layer-norm modulation ``x * (1 + scale) + shift``, per sample."""
-    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))  # one pass instead of two
+__all__ = ["AdaLNBlock"]
 
 
 class AdaLNBlock(nn.Module):
