@@ -81,6 +81,10 @@ def attention(
     raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
 
 
+def _needs_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention (fused qkv projection with bias, output projection).
 
@@ -117,9 +121,10 @@ class SelfAttention(nn.Module):
         bias = None
         if self.rel_pos_bias is not None:
             bias = self.rel_pos_bias(rel_index)
-            if self.backend == "sdpa" and x.device.type == "cpu":
+            if self.backend == "sdpa" and x.device.type == "cpu" and _needs_grad(qkv, bias):
                 # PyTorch's CPU SDPA has no fused kernel with a bias gradient (it falls back to
                 # its math path with extra passes over the scores, compiled or not); see biased_attention.
+                # Without gradients its fused flash kernel takes the bias as an additive mask.
                 return self.proj(biased_attention(qkv, bias.to(qkv.dtype), self.num_heads))
         q, k, v = rearrange(qkv, "b n (three h e) -> three b h n e", three=3, h=self.num_heads)
         out = attention(q, k, v, bias, self.backend)
