@@ -1,11 +1,14 @@
-"""Shared test fixtures: the conformance data (official outputs on random weights)."""
+"""Shared test fixtures: the conformance data (official outputs on random weights), compile without shape checks."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import jaxtyping
 import pytest
 import torch
+import torch._dynamo
+import torch._dynamo.utils
 from safetensors.torch import load_file
 
 CONFORMANCE = Path(__file__).parent / "fixtures" / "conformance"
@@ -59,3 +62,17 @@ def official_model():
         return cache[arch]
 
     return get
+
+
+@pytest.fixture
+def no_shape_checks():
+    """The suite's jaxtyping hook wraps every call; users compile without it (checks stay out of compiled paths)."""
+    jaxtyping.config.update("jaxtyping_disable", True)
+    limit = torch._dynamo.config.recompile_limit
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    yield
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # graph counts are process-wide: leave none to other tests
+    torch._dynamo.config.recompile_limit = limit
+    jaxtyping.config.update("jaxtyping_disable", False)

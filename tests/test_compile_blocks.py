@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jaxtyping
 import pytest
 import torch
 import torch._dynamo
@@ -13,20 +12,6 @@ from training_utils import TINY, load_recipe, max_abs_diff, weights
 from mdtblocks.blocks import compile_blocks
 from mdtblocks.masking import MaskSampler
 from mdtblocks.training import loop as loop_module
-
-
-@pytest.fixture
-def no_shape_checks():
-    """The suite's jaxtyping hook wraps every call; users compile without it (checks stay out of compiled paths)."""
-    jaxtyping.config.update("jaxtyping_disable", True)
-    limit = torch._dynamo.config.recompile_limit
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    yield
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()  # graph counts are process-wide: leave none to other tests
-    torch._dynamo.config.recompile_limit = limit
-    jaxtyping.config.update("jaxtyping_disable", False)
 
 
 def graphs() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jaxtyping
 import pytest
 import torch
 import torch._dynamo
@@ -10,16 +9,6 @@ import torch._dynamo.utils
 from helpers import tiny_mdt
 
 from mdtblocks.masking import MaskSampler, mark_kept_dynamic
-
-
-@pytest.fixture
-def no_shape_checks():
-    """The suite's jaxtyping hook wraps every call; users compile without it (checks stay out of compiled paths)."""
-    jaxtyping.config.update("jaxtyping_disable", True)
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-    jaxtyping.config.update("jaxtyping_disable", False)
 
 
 @pytest.mark.parametrize("mark", [True, False])

@@ -53,3 +53,11 @@ def test_the_sigmoid_form_has_the_tanh_gelus_gradient():
 def test_a_strided_tensor_is_refused_by_name():
     with pytest.raises(ValueError, match=r"contiguous.*shape \(4, 3\)"):
         G.gelu_tanh_(torch.zeros(3, 4).t())
+
+
+def test_the_bias_goes_in_before_the_gelu_and_a_wrong_one_is_refused():
+    x = torch.randn(40, 9000, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    bias = torch.randn(9000, dtype=torch.float64)
+    torch.testing.assert_close(G.gelu_tanh_(x.clone(), bias), ref(x + bias), rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match=r"bias of shape \(40,\).*9000"):
+        G.gelu_tanh_(x, bias[:40])

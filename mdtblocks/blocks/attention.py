@@ -16,6 +16,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from .biased_attention import biased_attention
+from .linear import linear
 from .relative_bias import RelativePositionBias
 
 __all__ = ["AttentionBackend", "BACKENDS", "attention", "SelfAttention"]
@@ -125,7 +126,7 @@ class SelfAttention(nn.Module):
                 # PyTorch's CPU SDPA has no fused kernel with a bias gradient (it falls back to
                 # its math path with extra passes over the scores, compiled or not); see biased_attention.
                 # Without gradients its fused flash kernel takes the bias as an additive mask.
-                return self.proj(biased_attention(qkv, bias.to(qkv.dtype), self.num_heads))
+                return linear(self.proj, biased_attention(qkv, bias.to(qkv.dtype), self.num_heads))
         q, k, v = rearrange(qkv, "b n (three h e) -> three b h n e", three=3, h=self.num_heads)
         out = attention(q, k, v, bias, self.backend)
-        return self.proj(rearrange(out, "b h n e -> b n (h e)"))
+        return linear(self.proj, rearrange(out, "b h n e -> b n (h e)"))

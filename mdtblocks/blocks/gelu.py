@@ -45,14 +45,20 @@ def _two_z(x: Tensor, x_squared: Tensor) -> Tensor:
     return x_squared.mul_(_C * _A).add_(_C).mul_(x)
 
 
-def gelu_tanh_(x: Float[Tensor, "*shape"]) -> Float[Tensor, "*shape"]:
-    """The tanh GELU of ``x``, written into ``x`` (returned); ``x`` must be contiguous.
+def gelu_tanh_(x: Float[Tensor, "*shape"], bias: Float[Tensor, "#d"] | None = None) -> Float[Tensor, "*shape"]:
+    """The tanh GELU of ``x + bias``, written into ``x`` (returned); ``x`` must be contiguous.
 
     For inference: autograd refuses an in-place update of a tensor it needs. It works
-    through ``x`` in cache-sized blocks, so its temporaries never touch fresh memory.
+    through ``x`` in cache-sized blocks, so its temporaries never touch fresh memory, and
+    adds ``bias`` (broadcast over the last axis: a linear layer's bias) block by block,
+    where a linear layer would spend a pass over its whole output on it.
     """
     if not x.is_contiguous():
         raise ValueError(f"gelu_tanh_ works in place on a contiguous tensor; got strides {x.stride()} for shape {tuple(x.shape)}")
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != x.shape[-1]):
+        raise ValueError(f"gelu_tanh_ bias of shape {tuple(bias.shape)} does not match the last axis of x, {x.shape[-1]}")
     for block in _rows(x):
+        if bias is not None:
+            block.add_(bias)
         block.mul_(_two_z(block, block * block).sigmoid_())
     return x

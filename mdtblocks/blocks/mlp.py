@@ -17,6 +17,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from .gelu import gelu_tanh_, gelu_tanh_as_sigmoid
+from .linear import linear
 
 __all__ = ["Mlp"]
 
@@ -80,8 +81,9 @@ class Mlp(nn.Module):
         ):
             return _GeluMlp.apply(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
         if torch.compiler.is_compiling():
-            return self.fc2(gelu_tanh_as_sigmoid(self.fc1(x)))
-        hidden = self.fc1(x)
-        if not torch.is_grad_enabled() and hidden.dtype in (torch.float32, torch.float64):
-            return self.fc2(gelu_tanh_(hidden))  # inference: fc1's output is not needed again
-        return self.fc2(self.act(hidden))
+            return linear(self.fc2, gelu_tanh_as_sigmoid(linear(self.fc1, x)))
+        if not torch.is_grad_enabled() and x.dtype in (torch.float32, torch.float64) and not _autocast_enabled(x.device.type):
+            # inference: fc1's output is not needed again; its bias goes in block by block with the GELU
+            # (bf16 stays with PyTorch's kernel, which rounds once where these passes would round five times)
+            return self.fc2(gelu_tanh_(F.linear(x, self.fc1.weight), self.fc1.bias))
+        return self.fc2(self.act(self.fc1(x)))
