@@ -6,7 +6,9 @@ For each combination of ``--models``, ``--batch``, ``--precision``, ``--backend`
 - the training step: plain pass + masked pass (MDT models) + backward + AdamW update,
   the step of the official trainers, with a mean-square loss of the outputs;
 - the sampling step: one classifier-free-guided network evaluation of ``batch`` images
-  (a ``2 * batch`` forward, conditional and unconditional), without gradients;
+  (a ``2 * batch`` forward, conditional and unconditional), without gradients, measured
+  twice: right after each training step, and in a sampling loop (``--loop`` steps in a
+  row after an untimed one, as a sampler runs them; configurations take turns loop by loop);
 - peak memory of the training step, in a fresh child process per configuration (CPU: the
   growth of the maximum resident set over two steps; CUDA: ``max_memory_allocated``);
 - achieved FLOP/s of the training step from :func:`mdtblocks.forward_flops` (a backward
@@ -266,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--input-size", type=int, default=32, help="latent side (32 = 256 px through the SD VAE)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (each configuration once per round)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (compile happens here)")
+    p.add_argument("--loop", type=int, default=2, help="timed sampling steps in a row per configuration and round of the sampling loop (0: none)")
     p.add_argument("--official", metavar="DIR", help="a sail-sg/MDT checkout (branch main): add the official MDTv2")
     p.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory probes")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
@@ -278,8 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.child_memory:
         child_memory(Config(**json.loads(args.child_memory)))
         return
-    if args.rounds < 1 or args.warmup < 0 or any(b < 1 for b in args.batch):
-        p.error(f"--rounds {args.rounds}, --warmup {args.warmup} and --batch {args.batch} must be positive")
+    if args.rounds < 1 or args.warmup < 0 or args.loop < 0 or any(b < 1 for b in args.batch):
+        p.error(f"--rounds {args.rounds}, --warmup {args.warmup}, --loop {args.loop} and --batch {args.batch} must be positive")
 
     configs = [
         Config(m, b, prec, backend, comp, args.input_size, args.device)
@@ -303,6 +306,10 @@ def main(argv: list[str] | None = None) -> None:
             if r >= args.warmup:
                 results[c]["train_ms"].append(train)
                 results[c]["sample_ms"].append(sample)
+    for _ in range(args.rounds if args.loop else 0):  # the sampling loop: an untimed step, then --loop timed ones
+        for c, runner in runners.items():
+            runner.sample_step()
+            results[c].setdefault("loop_ms", []).extend(timed(runner.sample_step, runner) for _ in range(args.loop))
     ceilings = {prec: matmul_ceiling(device, torch.float32 if prec == "fp32" else torch.bfloat16) for prec in ("fp32", "bf16")}
 
     rows = []
@@ -322,10 +329,16 @@ def main(argv: list[str] | None = None) -> None:
         ref = results[references[c.model + str(c.batch)]]
         row["speedup_vs_math"] = statistics.median(ref["train_ms"]) / train_ms
         row["sample_speedup_vs_math"] = statistics.median(ref["sample_ms"]) / sample_ms
+        if args.loop:
+            row["loop_sample_ms"] = statistics.median(res["loop_ms"])
+            row["loop_sample_ms_all"] = res["loop_ms"]
+            row["loop_sample_speedup_vs_math"] = statistics.median(ref["loop_ms"]) / row["loop_sample_ms"]
         off = officials.get(c.model + str(c.batch))
         if off is not None:
             row["speedup_vs_official"] = statistics.median(results[off]["train_ms"]) / train_ms
             row["sample_speedup_vs_official"] = statistics.median(results[off]["sample_ms"]) / sample_ms
+            if args.loop:
+                row["loop_sample_speedup_vs_official"] = statistics.median(results[off]["loop_ms"]) / row["loop_sample_ms"]
         if not args.no_memory:
             row["peak_mib"] = peak_memory_mib(c, args.threads, runner)
         rows.append(row)
@@ -344,14 +357,17 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
     print(f"{machine['device']}, {machine['threads']} threads, torch {machine['torch']}, {machine['date']}; "
           f"matmul ceiling fp32 {ceilings['fp32'] / 1e9:.0f} GFLOP/s, bf16 {ceilings['bf16'] / 1e9:.0f} GFLOP/s")
-    head = f"{'configuration':44s} {'1st round s':>11s} {'train ms':>9s} {'img/s':>7s} {'sample ms':>9s} {'GFLOP/s':>8s} {'% ceil':>6s} {'peak MiB':>8s} {'vs math':>7s} {'vs official':>11s} {'mem vs off':>10s}"
+    nan = float("nan")
+    head = (f"{'configuration':44s} {'1st round s':>11s} {'train ms':>9s} {'img/s':>7s} {'sample ms':>9s} {'loop ms':>8s} {'GFLOP/s':>8s} "
+            f"{'% ceil':>6s} {'peak MiB':>8s} {'vs math':>7s} {'vs official':>11s} {'sample vs off':>13s} {'loop vs off':>11s} {'mem vs off':>10s}")
     print(head)
     for row in rows:
         print(
             f"{row['name']:44s} {row['first_round_ms'] / 1e3:11.1f} {row['train_ms']:9.1f} {row['images_per_s']:7.2f} {row['sample_ms']:9.1f} "
-            f"{row['train_tflops'] * 1e3:8.1f} {100 * row['fraction_of_ceiling']:6.1f} "
-            f"{row.get('peak_mib', float('nan')):8.0f} {row['speedup_vs_math']:6.2f}x "
-            f"{row.get('speedup_vs_official', float('nan')):10.2f}x {row.get('memory_vs_official', float('nan')):9.2f}x"
+            f"{row.get('loop_sample_ms', nan):8.1f} {row['train_tflops'] * 1e3:8.1f} {100 * row['fraction_of_ceiling']:6.1f} "
+            f"{row.get('peak_mib', nan):8.0f} {row['speedup_vs_math']:6.2f}x {row.get('speedup_vs_official', nan):10.2f}x "
+            f"{row.get('sample_speedup_vs_official', nan):12.2f}x {row.get('loop_sample_speedup_vs_official', nan):10.2f}x "
+            f"{row.get('memory_vs_official', nan):9.2f}x"
         )
     print(f"wrote {args.json}")
 

@@ -34,10 +34,11 @@ def test_suite_writes_a_row_per_configuration_and_the_reference(suite, tmp_path,
     assert names == ["MDTv2-S/2 b2 fp32 sdpa", "MDTv2-S/2 b2 bf16 sdpa", "MDTv2-S/2 b2 fp32 math"]
     for r in rows:
         assert len(r["train_ms_all"]) == len(r["sample_ms_all"]) == 2
+        assert len(r["loop_sample_ms_all"]) == 2 * 2 and r["loop_sample_ms"] > 0  # --loop 2 in each of 2 rounds
         assert r["train_ms"] > 0 and r["sample_ms"] > 0 and r["train_tflops"] > 0 and r["ceiling_tflops"] > 0
         assert len(r["kept_all"]) == 2 and all(0 < k < 16 for k in r["kept_all"])  # 4x4 tokens, 50-70% kept
     assert rows[0]["kept_all"] == rows[1]["kept_all"] == rows[2]["kept_all"]  # same masks in every configuration
-    assert rows[2]["speedup_vs_math"] == 1.0
+    assert rows[2]["speedup_vs_math"] == rows[2]["loop_sample_speedup_vs_math"] == 1.0
     assert "matmul ceiling" in capsys.readouterr().out
 
 
@@ -47,4 +48,4 @@ def test_official_row_keeps_the_same_tokens_in_every_round(suite, tmp_path):
     ours, official = rows[0], rows[-1]
     assert official["name"].startswith("official")
     assert official["kept_all"] == ours["kept_all"]
-    assert ours["speedup_vs_official"] > 0
+    assert ours["speedup_vs_official"] > 0 and ours["loop_sample_speedup_vs_official"] > 0
