@@ -339,6 +339,12 @@ def main(argv: list[str] | None = None) -> None:
             row["sample_speedup_vs_official"] = statistics.median(results[off]["sample_ms"]) / sample_ms
             if args.loop:
                 row["loop_sample_speedup_vs_official"] = statistics.median(results[off]["loop_ms"]) / row["loop_sample_ms"]
+            # the same ratios round by round (configurations take turns, so a slow spell of the
+            # machine falls on both sides of each ratio), then their median
+            for key, series in (("train", "train_ms"), ("sample", "sample_ms"), ("loop_sample", "loop_ms")):
+                if series in res:
+                    row[f"{key}_speedup_vs_official_paired"] = statistics.median(
+                        o / m for o, m in zip(results[off][series], res[series], strict=True))
         if not args.no_memory:
             row["peak_mib"] = peak_memory_mib(c, args.threads, runner)
         rows.append(row)
@@ -369,6 +375,11 @@ def main(argv: list[str] | None = None) -> None:
             f"{row.get('sample_speedup_vs_official', nan):12.2f}x {row.get('loop_sample_speedup_vs_official', nan):10.2f}x "
             f"{row.get('memory_vs_official', nan):9.2f}x"
         )
+    for row in rows:
+        if "train_speedup_vs_official_paired" in row and not row["official"]:
+            paired = ", ".join(f"{k} {row[f'{k}_speedup_vs_official_paired']:.2f}x" for k in ("train", "sample", "loop_sample")
+                               if f"{k}_speedup_vs_official_paired" in row)
+            print(f"{row['name']:44s} vs official, median of the per-round ratios: {paired}")
     print(f"wrote {args.json}")
 
 

@@ -49,3 +49,6 @@ def test_official_row_keeps_the_same_tokens_in_every_round(suite, tmp_path):
     assert official["name"].startswith("official")
     assert official["kept_all"] == ours["kept_all"]
     assert ours["speedup_vs_official"] > 0 and ours["loop_sample_speedup_vs_official"] > 0
+    for key in ("train", "sample", "loop_sample"):
+        assert ours[f"{key}_speedup_vs_official_paired"] > 0
+    assert official["train_speedup_vs_official_paired"] == 1.0
