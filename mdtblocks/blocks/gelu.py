@@ -49,7 +49,7 @@ def gelu_tanh_(x: Float[Tensor, "*shape"], bias: Float[Tensor, "#d"] | None = No
     """The tanh GELU of ``x + bias``, written into ``x`` (returned); ``x`` must be contiguous.
 
     For inference: autograd refuses an in-place update of a tensor it needs. It works
-    through ``x`` in cache-sized blocks, so its temporaries never touch fresh memory, and
+    through ``x`` in cache-sized blocks, so its temporaries stay small and in cache, and
     adds ``bias`` (broadcast over the last axis: a linear layer's bias) block by block,
     where a linear layer would spend a pass over its whole output on it.
     """

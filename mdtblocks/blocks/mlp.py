@@ -54,6 +54,10 @@ class _GeluMlp(torch.autograd.Function):
 class Mlp(nn.Module):
     """Two-layer MLP with tanh-approximated GELU (DiT/MDT feed-forward).
 
+    Without gradients on a CPU, in fp32 or fp64, fc1 runs without its bias and
+    :func:`~mdtblocks.blocks.gelu.gelu_tanh_` adds it and applies GELU in place, block by
+    block: no second activation-sized tensor and no separate pass for the bias.
+
     Args:
         hidden_size: width ``d``.
         mlp_hidden: inner width.
@@ -82,7 +86,12 @@ class Mlp(nn.Module):
             return _GeluMlp.apply(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
         if torch.compiler.is_compiling():
             return linear(self.fc2, gelu_tanh_as_sigmoid(linear(self.fc1, x)))
-        if not torch.is_grad_enabled() and x.dtype in (torch.float32, torch.float64) and not _autocast_enabled(x.device.type):
+        if (
+            not torch.is_grad_enabled()
+            and x.device.type == "cpu"  # on a GPU the block-by-block passes would be many small launches
+            and x.dtype in (torch.float32, torch.float64)
+            and not _autocast_enabled(x.device.type)
+        ):
             # inference: fc1's output is not needed again; its bias goes in block by block with the GELU
             # (bf16 stays with PyTorch's kernel, which rounds once where these passes would round five times)
             return self.fc2(gelu_tanh_(F.linear(x, self.fc1.weight), self.fc1.bias))
