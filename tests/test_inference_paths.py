@@ -79,11 +79,16 @@ def test_mlp_under_autocast_keeps_pytorchs_gelu():
     assert "aten.gelu" in names, names
 
 
-def test_whole_model_sampling_forward_matches_the_math_backend():
+def test_whole_model_forward_without_gradients_matches_the_math_backend_plain_and_masked():
     fast = tiny_mdt().double()
     slow = tiny_mdt(attention_backend="math").double()
     x, t, y = (v.double() if v.is_floating_point() else v for v in inputs(fast, batch=3))
+    plan = fast.mask_sampler(3, fast.num_tokens, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         out, names = ops(lambda: fast(x, t, y))
         torch.testing.assert_close(out, slow(x, t, y), rtol=1e-11, atol=1e-11)
+        # the masked pass: a bias per sample, gathered for each sample's kept tokens
+        masked, masked_names = ops(lambda: fast(x, t, y, ids_keep=plan.ids_keep))
+        torch.testing.assert_close(masked, slow(x, t, y, ids_keep=plan.ids_keep), rtol=1e-11, atol=1e-11)
     assert FLASH in names and "aten.gelu" not in names
+    assert FLASH in masked_names and BIASED not in masked_names
