@@ -1,0 +1,5 @@
+"""Training objectives, one module each, behind one interface (:class:`~mdtblocks.objectives.base.Objective`)."""
+
+from .base import OBJECTIVES, Objective, objective_from_record, register_objective
+
+__all__ = ["Objective", "OBJECTIVES", "register_objective", "objective_from_record"]

@@ -1,0 +1,106 @@
+"""The objective interface: what the criterion, the samplers and the run record ask of a training objective.
+
+An objective (the Gaussian diffusion, flow matching, EDM, ...) is one module that
+implements :class:`Objective`. The training criterion calls it with draws it makes
+from the step's generators; the samplers ask it for its sampler family; the run
+record stores :meth:`Objective.to_record` and :func:`objective_from_record` rebuilds it.
+Nothing outside an objective's own module knows its math.
+
+Time conventions: each objective owns its time variable (its range and units). The
+backbone embeds whatever time it is given. Guidance schedules are written against
+:meth:`Objective.data_fraction`, which maps the objective's time to ``[0, 1]``: 0 at
+pure noise, 1 at clean data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+from jaxtyping import Float, Shaped
+from torch import Tensor
+
+__all__ = ["Objective", "register_objective", "objective_from_record", "OBJECTIVES"]
+
+Image = Float[Tensor, "b c hh ww"]
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """A training objective and its samplers.
+
+    Attributes:
+        kind: the objective's name in the run record (``"gaussian"``, ``"flow"``, ``"edm"``).
+        samplers: the names of the samplers this objective's family offers.
+    """
+
+    kind: ClassVar[str]
+    samplers: ClassVar[tuple[str, ...]]
+
+    def draw_times(self, n: int, generator: torch.Generator) -> Shaped[Tensor, "n"]:
+        """``n`` training times (or noise levels) in the objective's own units, on ``generator``'s device."""
+        ...
+
+    def draw_noise(self, x_start: Image, generator: torch.Generator) -> Image:
+        """Noise shaped like ``x_start`` (standard normal for every objective so far)."""
+        ...
+
+    def losses(
+        self,
+        net: Callable[..., Tensor],
+        x_start: Image,
+        times: Shaped[Tensor, "b"],
+        noise: Image,
+        model_kwargs: Mapping[str, Any],
+    ) -> dict[str, Float[Tensor, "b"]]:
+        """Per-sample loss terms of one pass: ``"loss"`` (to average and backpropagate) and named terms to log.
+
+        ``net(x_noisy, times_for_net, **model_kwargs)`` is the backbone as called (wrapped
+        for DDP, compile or autocast is fine).
+        """
+        ...
+
+    def data_fraction(self, times: Shaped[Tensor, "b"]) -> Float[Tensor, "b"]:
+        """The objective's time mapped to ``[0, 1]``: 0 at pure noise, 1 at clean data (for guidance schedules)."""
+        ...
+
+    def sample(
+        self,
+        net: Callable[..., Tensor],
+        noise: Image,
+        model_kwargs: Mapping[str, Any],
+        *,
+        sampler: str,
+        num_steps: int,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        **options: Any,
+    ) -> Image:
+        """Integrate from ``noise`` to data with one of :attr:`samplers`; ``net`` may be a guided model."""
+        ...
+
+    def to_record(self) -> dict[str, Any]:
+        """Every option as JSON values, with ``"kind"``: what a run's ``config.json`` stores."""
+        ...
+
+
+OBJECTIVES: dict[str, Callable[[Mapping[str, Any]], Objective]] = {}
+"""``kind`` -> a function that rebuilds the objective from its record."""
+
+
+def register_objective(kind: str, from_record: Callable[[Mapping[str, Any]], Objective]) -> None:
+    """Make ``objective_from_record`` rebuild records of ``kind`` with ``from_record`` (also for objectives outside the package)."""
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"kind must be a non-empty string, got {kind!r}")
+    OBJECTIVES[kind] = from_record
+
+
+def objective_from_record(record: Mapping[str, Any]) -> Objective:
+    """Rebuild an objective from :meth:`Objective.to_record`'s output; unknown kinds are refused with the known ones."""
+    if not isinstance(record, Mapping) or "kind" not in record:
+        raise ValueError(f"an objective record is a mapping with a 'kind' entry, got {record!r}")
+    kind = record["kind"]
+    if kind not in OBJECTIVES:
+        raise ValueError(f"unknown objective kind {kind!r}; known: {sorted(OBJECTIVES)}")
+    return OBJECTIVES[kind](record)
