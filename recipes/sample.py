@@ -36,13 +36,14 @@ import torch
 
 from mdtblocks import load_pretrained
 from mdtblocks.blocks import compile_blocks
-from mdtblocks.data import load_autoencoder, save_image_grid, to_uint8
+from mdtblocks.data import load_autoencoder, recorded_vae_source, save_image_grid, to_uint8
 from mdtblocks.io import atomic_write, read_json, write_json
 from mdtblocks.progress import ProgressRecord, check_settings
 from mdtblocks.sampling import sample
 from mdtblocks.training import setup_distributed
 from mdtblocks.training.randomness import derive_seed
 from mdtblocks.training.recipe import exit_on_bad_input, flag, parse_flags, setup_logging
+from mdtblocks.training.recipe.run_vae import check_run_vae
 
 log = logging.getLogger("mdtblocks.sample")
 
@@ -209,17 +210,19 @@ def main(argv: list[str] | None = None) -> Path:
     dist = setup_distributed(cfg.device)
     setup_logging(dist)
     run = run_settings(cfg)
-    vae = cfg.vae if cfg.vae is not None else run.get("vae")
-    if cfg.vae is not None and run.get("vae") not in (None, cfg.vae):
-        # Fine for a local copy of the run's VAE; any other VAE decodes the latents into wrong pictures.
-        log.warning("--vae %r is not the VAE of the run's config.json (%r); decoding with %r", cfg.vae, run["vae"], cfg.vae)
+    vae = cfg.vae if cfg.vae is not None else recorded_vae_source(run.get("vae"), run.get("vae_provenance"))
     out = Path(cfg.out) if cfg.out is not None else default_out(cfg)
 
     model = load_pretrained(cfg.ckpt, weights_name=f"{cfg.weights}.safetensors").to(dist.device).eval()
     if cfg.compile_blocks:
         compile_blocks(model)
     mc = model.config
-    autoencoder = load_autoencoder(vae, channels=mc.in_channels).to(dist.device)
+    autoencoder = load_autoencoder(vae, channels=mc.in_channels)
+    # Another VAE than the run's decodes its latents into wrong pictures: refused unless its latents are the same kind.
+    warning = check_run_vae(autoencoder, cfg.vae, run)
+    if warning:
+        log.warning("%s", warning)
+    autoencoder = autoencoder.to(dist.device)
     if autoencoder.latent_channels != mc.in_channels:
         raise ValueError(f"the model takes {mc.in_channels} channels but the VAE {vae!r} makes {autoencoder.latent_channels}")
     # The model and the VAE fix the image size; --image-size and the run config can only confirm it.

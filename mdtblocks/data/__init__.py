@@ -9,6 +9,7 @@ from .mnist import MNIST5K_SPLITS, MNIST5kDataset, find_mnist5k
 from .latents import LATENT_FORMAT, LatentDataset, LatentWriter, shard_is_complete, write_meta
 from .extract import batch_generator, encode_dataset, merge_parts
 from .sampler import ResumableSampler
+from .vae_provenance import LATENT_SPACE_KEYS, recorded_vae_source, vae_mismatch, vae_provenance
 from .transforms import center_crop, pil_to_tensor, to_uint8
 
 __all__ = [
@@ -36,6 +37,10 @@ __all__ = [
     "merge_parts",
     "write_meta",
     "ResumableSampler",
+    "LATENT_SPACE_KEYS",
+    "vae_provenance",
+    "vae_mismatch",
+    "recorded_vae_source",
     "center_crop",
     "pil_to_tensor",
     "to_uint8",

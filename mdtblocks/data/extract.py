@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..io import read_json, write_json
 from ..progress import ProgressRecord, check_settings
 from .autoencoder import Autoencoder, autoencoder_fingerprint
+from .vae_provenance import vae_provenance
 from .latents import LatentWriter, shard_is_complete, write_meta
 
 __all__ = ["encode_dataset", "merge_parts", "batch_generator"]
@@ -152,11 +153,13 @@ def encode_dataset(
         for entry in writer.add(plain, mirrored, y, batch=k):
             # Unreadable files up to the resume point: all of batch k's if it restarts after it.
             progress.add({**entry, "skipped": skipped if entry["resume"]["batch"] > k else before})
+    fingerprint = autoencoder_fingerprint(autoencoder)
     meta = {
         **(extra_meta or {}),
         "scale_factor": float(autoencoder.scale),
         "vae": vae,
-        "vae_fingerprint": autoencoder_fingerprint(autoencoder),
+        "vae_fingerprint": fingerprint,
+        "vae_provenance": vae_provenance(autoencoder, fingerprint),  # folder and config: the run's pipeline loads it
         "num_classes": int(dataset.num_classes),
         "classes": list(dataset.classes),
     }

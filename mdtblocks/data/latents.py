@@ -2,7 +2,7 @@
 
 Layout of a cache folder (what ``recipes/extract_latents.py`` writes)::
 
-    meta.json                   format, latent_shape, scale_factor, vae, num_classes, classes, shards, ...
+    meta.json                   format, latent_shape, scale_factor, vae, vae_provenance, num_classes, shards, ...
     shard-r00000-00000.npy      float32 (count, 2, c, h, w): [:, 0] the image's latent, [:, 1] its mirror's
     shard-r00000-00000-labels.npy   int64 (count,)
     shard-r00000-00001.npy      ...
@@ -183,6 +183,7 @@ class LatentDataset(Dataset):
         latent_shape: ``(c, h, w)`` of one latent.
         scale_factor: the scale already applied to the latents.
         vae: name or folder of the VAE that encoded them.
+        vae_provenance: that VAE's record (:func:`~mdtblocks.data.vae_provenance`), ``None`` in older caches.
     """
 
     num_skipped = 0
@@ -203,6 +204,7 @@ class LatentDataset(Dataset):
         self.classes = list(self.meta.get("classes") or [str(i) for i in range(self.num_classes)])
         self.scale_factor = float(self.meta["scale_factor"])
         self.vae = self.meta.get("vae")
+        self.vae_provenance = self.meta.get("vae_provenance")  # None in caches written before it was recorded
         self.num_images = int(self.meta["num_images"])
         self._files = [self.root / s["file"] for s in self.meta["shards"]]
         self._starts = np.cumsum([0] + [int(s["count"]) for s in self.meta["shards"]]).tolist()

@@ -21,7 +21,8 @@ __all__ = ["MDTPipeline", "OUTPUT_TYPES"]
 
 OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt", "latent")
 """``pil``: PIL images; ``np``: ``(b, h, w, c)`` floats in [0, 1]; ``pt``: ``(b, c, h, w)``
-floats in [0, 1]; ``latent``: the sampled latents (or pixels in [-1, 1]) undecoded."""
+floats in [0, 1]; ``latent``: the sampled latents (or pixels in [-1, 1]) undecoded. A latent
+model without a VAE gives only ``latent``."""
 
 
 class MDTPipeline(DiffusionPipeline):
@@ -46,6 +47,10 @@ class MDTPipeline(DiffusionPipeline):
         prediction_type: what the model predicts, in diffusers' words (``"epsilon"``,
             ``"v_prediction"``, ``"sample"``); default: the scheduler's. A scheduler
             configured for another prediction is refused at call time.
+        latent_space: whether the model samples a VAE's latents (``True``) or pixels
+            (``False``); ``None``: latents if a ``vae`` is given, else decided by the
+            channels (other than 1 or 3 cannot be images). A latent model without a VAE
+            returns only ``output_type="latent"`` and refuses the image types.
     """
 
     model_cpu_offload_seq = "transformer->vae"
@@ -58,6 +63,7 @@ class MDTPipeline(DiffusionPipeline):
         vae: Any = None,
         id2label: dict[str, str] | dict[int, str] | None = None,
         prediction_type: str | None = None,
+        latent_space: bool | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(transformer, DiffusionBackbone):
@@ -67,10 +73,38 @@ class MDTPipeline(DiffusionPipeline):
             )
         if prediction_type is None:
             prediction_type = scheduler.config.get("prediction_type", "epsilon")
+        channels = transformer.config.in_channels
+        if vae is not None and int(vae.config.latent_channels) != channels:
+            raise ValueError(
+                f"the VAE makes {vae.config.latent_channels}-channel latents but the transformer takes {channels} channels"
+            )
+        if vae is not None and latent_space is False:
+            raise ValueError("latent_space=False (a pixel-space model) but a vae was given; pass vae=None")
+        if latent_space is None and vae is not None:
+            latent_space = True
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
         table = {str(k): v for k, v in (id2label or {}).items()}
         self.labels = label_table(table)
-        self.register_to_config(id2label=table or None, prediction_type=prediction_type)
+        self.register_to_config(id2label=table or None, prediction_type=prediction_type, latent_space=latent_space)
+
+    def _samples_latents(self) -> bool:
+        """Whether the model samples a VAE's latents rather than pixels (what ``latent_space`` says,
+        or, where it says nothing, channels other than 1 and 3)."""
+        recorded = self.config.get("latent_space", None)
+        if recorded is not None:
+            return bool(recorded)
+        return self.vae is not None or self.transformer.config.in_channels not in (1, 3)
+
+    def _check_decoder(self, output_type: str) -> None:
+        """Refuse image output from latents without a VAE (they would come back as pictures of latents)."""
+        if output_type == "latent" or self.vae is not None or not self._samples_latents():
+            return
+        raise ValueError(
+            f"this pipeline's model samples {self.transformer.config.in_channels}-channel latents of a VAE, but the "
+            "pipeline has no VAE to decode them into images; load it with MDTPipeline.from_pretrained(PIPELINE, "
+            "vae=AutoencoderKL.from_pretrained(VAE_DIR)) or set pipe.vae (for a training run: python "
+            "recipes/export_pipeline.py --run OUT --vae VAE_DIR), or ask for output_type='latent'"
+        )
 
     def get_label_ids(self, label: str | Sequence[str]) -> list[int]:
         """Class ids of label names (as diffusers' ``DiTPipeline.get_label_ids``)."""
@@ -132,6 +166,7 @@ class MDTPipeline(DiffusionPipeline):
         if guided and not model.y_embedder.has_null:
             raise ValueError("guidance_scale > 1 needs a null class, but this model was built with class_dropout_prob=0")
         self._check_scheduler()
+        self._check_decoder(output_type)
         device = self._execution_device
         y = resolve_labels(class_labels, self.labels, cfg.num_classes).to(device)
         b = y.shape[0]
@@ -167,8 +202,10 @@ class MDTPipeline(DiffusionPipeline):
         """Latents -> images in ``output_type`` (the VAE's scaling factor undone first)."""
         if output_type == "latent":
             return x
+        self._check_decoder(output_type)
         if self.vae is not None:
-            x = self.vae.decode(x.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+            shift = self.vae.config.get("shift_factor", None) or 0.0  # absent (0) for SD-VAE
+            x = self.vae.decode(x.to(self.vae.dtype) / self.vae.config.scaling_factor + shift).sample
         images = (x / 2 + 0.5).clamp(0, 1)
         if output_type == "pt":
             return images

@@ -10,7 +10,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ...data import Autoencoder, DigitsDataset, ImageFolderDataset, LatentDataset, load_autoencoder
+from ...data import Autoencoder, DigitsDataset, ImageFolderDataset, LatentDataset, load_autoencoder, vae_provenance
 from .cli import RecipeConfig
 from .latent_cache import cache_autoencoder, check_cache_image_size, flags_given
 
@@ -66,6 +66,8 @@ class RunData:
         vae: the VAE's name or folder, ``None`` in pixel space.
         image_size: side of the images in pixels (for a latent cache, the size it was
             extracted at, not the ``--image-size`` flag).
+        vae_provenance: the VAE's record (:func:`~mdtblocks.data.vae_provenance`: folder,
+            config, weights hash), ``None`` in pixel space; the run's ``config.json`` keeps it.
     """
 
     dataset: Dataset
@@ -74,6 +76,7 @@ class RunData:
     latent_shape: tuple[int, int]
     vae: str | None
     image_size: int
+    vae_provenance: dict | None = None
 
 
 def load_run_data(cfg: RecipeConfig, builtin_channels: int = 1, given: Collection[str] | None = None) -> RunData:
@@ -98,14 +101,14 @@ def load_run_data(cfg: RecipeConfig, builtin_channels: int = 1, given: Collectio
         if ae.latent_channels != c:
             raise ValueError(f"latents in {cfg.latents} have {c} channels but the VAE {vae_name!r} makes {ae.latent_channels}")
         image_size = check_cache_image_size(dataset, ae.downsample, cfg.image_size, "image_size" in explicit)
-        return RunData(dataset, ae, dataset.num_classes, (c, h), vae_name, image_size)
+        return RunData(dataset, ae, dataset.num_classes, (c, h), vae_name, image_size, vae_provenance(vae))
     if cfg.data is not None:
         dataset = ImageFolderDataset(cfg.data, cfg.image_size)
         ae = load_autoencoder(cfg.vae)
         if cfg.image_size % ae.downsample:
             raise ValueError(f"--image-size {cfg.image_size} is not divisible by the VAE's downsampling {ae.downsample}")
         latent_shape = (ae.latent_channels, cfg.image_size // ae.downsample)
-        return RunData(dataset, ae, dataset.num_classes, latent_shape, cfg.vae, cfg.image_size)
+        return RunData(dataset, ae, dataset.num_classes, latent_shape, cfg.vae, cfg.image_size, vae_provenance(ae))
     dataset = DigitsDataset(image_size=cfg.image_size, channels=builtin_channels)
     ae = load_autoencoder(None, channels=builtin_channels)
     return RunData(dataset, ae, dataset.num_classes, (builtin_channels, cfg.image_size), None, cfg.image_size)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from pathlib import Path
 
-from ...data import Autoencoder, LatentDataset, autoencoder_fingerprint, load_autoencoder
+from ...data import Autoencoder, LatentDataset, autoencoder_fingerprint, load_autoencoder, recorded_vae_source, vae_mismatch
 
 __all__ = ["cache_autoencoder", "check_cache_image_size", "flags_given"]
 
@@ -41,8 +41,16 @@ def cache_autoencoder(cache: LatentDataset, asked: str | None, given: bool) -> t
     """
     recorded, channels = cache.vae, cache.latent_shape[0]
     if not given or asked == recorded or (asked is not None and recorded is not None and _same_name(asked, recorded)):
-        name = recorded if not given else asked
-        return load_autoencoder(name, channels=channels), name
+        # The recorded absolute folder finds a VAE named by a path relative to where the cache was made.
+        name = recorded_vae_source(recorded, cache.vae_provenance) if not given else asked
+        autoencoder = load_autoencoder(name, channels=channels)
+        changed = vae_mismatch(cache.vae_provenance, autoencoder) if cache.vae_provenance else []
+        if changed:
+            raise ValueError(
+                f"the VAE {name!r} is not the one that encoded the latent cache {str(cache.root)!r}: its "
+                f"{', '.join(changed)} (vae_provenance in its meta.json); put that VAE back there, or extract a new cache"
+            )
+        return autoencoder, name
     why = "they are different VAEs"
     if asked is not None and recorded is not None:
         # Another name may still be the same weights (a local save_pretrained copy of a hub VAE).

@@ -172,6 +172,7 @@ class TrainRecipe:
         write_run_config(
             cfg.out, cfg, dist, vae=data.vae, image_size=data.image_size, num_classes=num_classes,
             model_preset=cfg.model, model_overrides=overrides, model_config=model.config.to_dict(),
+            vae_provenance=data.vae_provenance,
         )
         try:
             result = train(
@@ -199,7 +200,11 @@ class TrainRecipe:
             return
         log.info("done: checkpoints in %s/checkpoints, sample grids in %s/samples", cfg.out, cfg.out)
         if cfg.pipeline and dist.is_main:
-            folder = write_pipeline(result.checkpoint, Path(cfg.out) / "pipeline", getattr(data.autoencoder, "vae", None))
+            try:  # a latent run's pipeline carries its VAE (the one in memory: the cache's, or --vae's)
+                folder = write_pipeline(result.checkpoint, Path(cfg.out) / "pipeline", data.autoencoder if data.vae else None)
+            except (FileNotFoundError, ValueError, TypeError) as err:
+                print(f"error: OUT/pipeline was not written (the checkpoints are complete): {err}", file=sys.stderr)
+                raise SystemExit(1) from None
             log.info("sampling pipeline (EMA weights, diffusers layout): %s", folder)
 
 
@@ -222,16 +227,20 @@ def config_disagreement(cfg: RecipeConfig, dist: Any) -> str | None:
     return None
 
 
-def write_pipeline(checkpoint: Path, folder: Path, vae: Any) -> Path:
+def write_pipeline(checkpoint: Path, folder: Path, vae: Any, weights_name: str = "ema.safetensors") -> Path:
     """``folder``: the checkpoint's EMA weights as an :class:`~mdtblocks.MDTPipeline` folder, replaced whole.
 
     Written under a temporary name and renamed, so a reader sees the old folder or the new one.
+    ``vae`` (an ``AutoencoderKL``, an autoencoder around one, or its folder; ``None``: the
+    one the run's ``config.json`` records) goes into the folder for a latent run; one that
+    cannot be found stops the export with how to add it (see
+    :func:`~mdtblocks.pipelines.pipeline_from_checkpoint`).
     """
     from ...pipelines import pipeline_from_checkpoint  # diffusers' pipeline code: imported only here
 
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    pipeline_from_checkpoint(checkpoint, vae=vae).save_pretrained(tmp)
+    pipeline_from_checkpoint(checkpoint, vae=vae, weights_name=weights_name).save_pretrained(tmp)
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
         folder.rename(old)
