@@ -98,6 +98,24 @@ def test_an_export_without_the_vae_says_how_to_add_it(latent_run: dict[str, Path
         pipeline_from_checkpoint(run, vae=str(other))
 
 
+def test_a_training_run_that_cannot_export_its_pipeline_says_so_in_one_line(
+    latent_run: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import mdtblocks.pipelines
+
+    def vae_gone(*args, **kwargs):
+        raise FileNotFoundError("the VAE cannot be loaded here; add it with: python recipes/export_pipeline.py ...")
+
+    monkeypatch.setattr(mdtblocks.pipelines, "pipeline_from_checkpoint", vae_gone)
+    with pytest.raises(SystemExit) as stop:
+        _train(latent_run["cache"], tmp_path / "run")
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: OUT/pipeline was not written (the checkpoints are complete): the VAE cannot be loaded" in err
+    assert "Traceback" not in err and not (tmp_path / "run" / "pipeline").exists()
+    assert (tmp_path / "run" / "checkpoints" / "0000002" / "state.json").is_file()
+
+
 def test_a_cache_written_before_the_record_still_trains_and_exports_its_vae(tmp_path: Path) -> None:
     vae = save_tiny_vae(tmp_path / "vae")
     _encode(str(vae), tmp_path / "latents")
