@@ -68,7 +68,9 @@ class SampleConfig:
     labels: str | None = flag(None, "comma-separated class labels, cycled; none: uniform random labels")
     seed: int = flag(0, "seed; each batch's generator derives from (seed, batch index)")
     device: Literal["auto", "cpu", "cuda"] = flag("auto", "sampling device")
-    vae: str | None = flag(None, "VAE name or folder; none: the run config's (pixel space if it has none)")
+    vae: str | None = flag(
+        None, "VAE name or folder; none: the run config's (pixel space if it has none); refused if its latents differ from the run's"
+    )
     image_size: int | None = flag(None, "image side, a check only: it must equal model input size x VAE downsampling")
     progress: bool = flag(True, "show a progress bar per batch on rank 0")
     compile_blocks: bool = flag(
