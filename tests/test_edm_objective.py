@@ -52,6 +52,14 @@ def test_denoiser_tends_to_identity_at_zero_noise():
     assert (d_large - x).abs().max() > 1e-2
 
 
+def test_learned_variance_channels_are_ignored():
+    pre, x, sigma = EDMPreconditioning(), torch.randn(2, 3, 4, 4), torch.tensor([0.3, 7.0])
+    f = torch.randn(2, 3, 4, 4)
+    plain = pre.denoise(lambda x_in, t, y: f, x, sigma, y=None)
+    learned = pre.denoise(lambda x_in, t, y: torch.cat([f, 100 + torch.randn(2, 3, 4, 4)], 1), x, sigma, y=None)
+    assert torch.equal(plain, learned)
+
+
 @SETTINGS
 @given(n=st.integers(2, 60), lo=st.floats(1e-4, 0.5), hi=st.floats(1.0, 200.0), rho=st.floats(1.0, 10.0))
 def test_rho_schedule_and_its_ramp(n, lo, hi, rho):
