@@ -111,6 +111,16 @@ def test_presets_match_the_official_decoder_and_drop_rule():
     assert MaskDiT.from_preset("MaskDiT-S/2", input_size=8, num_classes=3, mask_ratio=0.0).mask_sampler is None
 
 
+def test_official_stages():
+    from mdtblocks.masking.maskdit import MASKDIT_IMAGENET256, MaskDiTStage
+
+    pretrain, finetune = MASKDIT_IMAGENET256
+    assert pretrain.drop_rule == MaskSampler(0.5) and finetune.drop_rule is None
+    assert (pretrain.lr, finetune.lr, pretrain.global_batch_size) == (1e-4, 5e-5, 1024)
+    with pytest.raises(ValueError, match=r"mask_ratio 1.0 is outside \[0, 1\)"):
+        MaskDiTStage("x", mask_ratio=1.0, mae_weight=0.1, steps=1, global_batch_size=1, lr=1.0, mixed_precision=False)
+
+
 def test_flops_fall_with_dropped_tokens():
     model = tiny_maskdit(input_size=16)
     n = model.num_tokens

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ..blocks import AdaLNBlock, FinalLayer, ZeroNullLabelEmbedder, sincos_2d
 from ..masking import MaskSampler, validate_ids_keep
+from ..masking.maskdit import maskdit_drop_rule
 from .base import DiffusionBackbone
 from .config import MaskDiTConfig
 
@@ -63,9 +64,7 @@ class MaskDiT(DiffusionBackbone):
             for _ in range(cfg.decoder_depth)
         )
         self.final_layer = FinalLayer(dd, cfg.patch_size, cfg.out_channels, cond_size=d)
-        self.mask_sampler: MaskSampler | None = (
-            MaskSampler(cfg.mask_ratio) if cfg.mask_ratio is not None and cfg.mask_ratio > 0 else None
-        )
+        self.mask_sampler: MaskSampler | None = maskdit_drop_rule(cfg.mask_ratio) if cfg.mask_ratio is not None else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
