@@ -6,16 +6,21 @@ import math
 
 import pytest
 import torch
+from helpers import inputs, tiny_dit, tiny_mdt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mdtblocks.objectives import EDMObjective, Objective, objective_from_record
 from mdtblocks.objectives.edm import (
-    ChurnOptions, EDMDenoiser, EDMPreconditioning, heun_sampler, karras_sigmas, log_normal_sigmas, sigma_ramp,
+    ChurnOptions,
+    EDMDenoiser,
+    EDMPreconditioning,
+    heun_sampler,
+    karras_sigmas,
+    log_normal_sigmas,
+    sigma_ramp,
 )
 from mdtblocks.sampling import ClassifierFreeGuidance
-
-from helpers import inputs, tiny_dit, tiny_mdt
 
 SETTINGS = settings(max_examples=25, deadline=None)
 levels = st.floats(1e-4, 1e3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import randomize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,8 +14,6 @@ from mdtblocks.compat import maskdit_from_official, maskdit_to_official
 from mdtblocks.losses import MaskDiTLoss, mae_reconstruction_loss, visible_patch_mean
 from mdtblocks.masking import MaskSampler, plan_from_ids_keep
 from mdtblocks.objectives import EDMObjective
-
-from helpers import randomize
 
 SETTINGS = settings(max_examples=10, deadline=None)
 
