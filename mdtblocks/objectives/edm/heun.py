@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ EDMCallback = Callable[[dict[str, Any]], None]
 """Called after every step with ``{"i", "sigma", "sigma_hat", "x", "denoised"}``."""
 
 
+@dataclass(frozen=True)
 class ChurnOptions:
     """EDM's stochasticity: at levels in ``[s_min, s_max]`` the noise is raised by
     ``gamma = min(s_churn / N, sqrt(2) - 1)`` before each step (Algorithm 2, lines 4-6).
@@ -28,15 +30,17 @@ class ChurnOptions:
         s_noise: scale of the added noise (``S_noise``; slightly above 1 offsets detail loss).
     """
 
-    __slots__ = ("s_churn", "s_min", "s_max", "s_noise")
+    s_churn: float = 0.0
+    s_min: float = 0.0
+    s_max: float = math.inf
+    s_noise: float = 1.0
 
-    def __init__(self, s_churn: float = 0.0, s_min: float = 0.0, s_max: float = math.inf, s_noise: float = 1.0) -> None:
-        for name, value in (("S_churn", s_churn), ("S_min", s_min), ("S_max", s_max), ("S_noise", s_noise)):
+    def __post_init__(self) -> None:
+        for name, value in (("S_churn", self.s_churn), ("S_min", self.s_min), ("S_max", self.s_max), ("S_noise", self.s_noise)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-        if s_min > s_max:
-            raise ValueError(f"S_min {s_min} must not exceed S_max {s_max}")
-        self.s_churn, self.s_min, self.s_max, self.s_noise = float(s_churn), float(s_min), float(s_max), float(s_noise)
+        if self.s_min > self.s_max:
+            raise ValueError(f"S_min {self.s_min} must not exceed S_max {self.s_max}")
 
     def gamma(self, sigma: float, num_steps: int) -> float:
         """The noise increase factor at level ``sigma`` in an ``num_steps``-step run."""

@@ -172,9 +172,10 @@ class EDMObjective:
         unknown = sorted(set(options) - _SAMPLE_OPTIONS)
         if unknown:
             raise ValueError(f"unknown EDM sampling options {unknown}; expected a subset of {sorted(_SAMPLE_OPTIONS)}")
-        churn = ChurnOptions(
-            options.get("S_churn", 0.0), options.get("S_min", 0.0), options.get("S_max", math.inf), options.get("S_noise", 1.0)
-        )
+        churn = ChurnOptions(*(
+            _as_float(options.get(name, default))
+            for name, default in (("S_churn", 0.0), ("S_min", 0.0), ("S_max", math.inf), ("S_noise", 1.0))
+        ))
         sigmas = karras_sigmas(num_steps, self.sigma_min, self.sigma_max, self.rho, device=noise.device)
         denoiser = EDMDenoiser(net, self.preconditioning)
         x = noise.to(torch.float64) * sigmas[0]
@@ -200,6 +201,11 @@ class EDMObjective:
         if unknown:
             raise ValueError(f"unknown EDM objective fields {unknown}; expected a subset of {sorted(known)}")
         return cls(**data)
+
+
+def _as_float(value: Any) -> Any:
+    """Integers as floats (the official command line takes ``--S_churn`` as an int); anything else unchanged, for the checks."""
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 _SAMPLE_OPTIONS = frozenset({"S_churn", "S_min", "S_max", "S_noise", "noise_fn", "callback"})
