@@ -92,7 +92,7 @@ class MaskDiT(DiffusionBackbone):
         z = self.decoder_embed(h, c)  # (b, k, dd)
         if ids_keep is not None:
             b, k, dd = z.shape
-            full = self.mask_token.to(z.dtype).expand(b, self.num_tokens, dd).clone()  # (b, n, dd)
+            full = self.mask_token.to(z.dtype).expand(b, self.num_tokens, dd)  # (b, n, dd); scatter copies it
             z = full.scatter(1, ids_keep.unsqueeze(-1).expand(b, k, dd), z)
         z = z + self.decoder_pos_embed
         for blk in self.decoder_blocks:
