@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .compat import load_official
 from .diffusion import GaussianDiffusion, MaskedDiffusionObjective, create_diffusion
-from .models import PRESETS, DiT, DiTConfig, MaskedDiffusionTransformer, MDTConfig, forward_flops, load_pretrained
+from .models import PRESETS, DiT, DiTConfig, MaskDiT, MaskDiTConfig, MaskedDiffusionTransformer, MDTConfig, forward_flops, load_pretrained
 from .sampling import classifier_free_guidance
 
 if TYPE_CHECKING:  # imported on first use (see __getattr__); named here for type checkers and the docs
@@ -21,6 +21,8 @@ __all__ = [
     "DiT",
     "MDTConfig",
     "DiTConfig",
+    "MaskDiT",
+    "MaskDiTConfig",
     "PRESETS",
     "load_official",
     "load_pretrained",

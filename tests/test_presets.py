@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mdtblocks import PRESETS, DiT, MaskedDiffusionTransformer
+from mdtblocks import PRESETS, DiT, MaskDiT, MaskedDiffusionTransformer
 
 # Official parameter counts at 32x32 latents, 4 channels, 1000 classes.
 OFFICIAL_COUNTS = {
@@ -13,11 +13,13 @@ OFFICIAL_COUNTS = {
     "MDT-XL/2": 699_778_144,
     "MDTv2-XL/2": 742_263_904,
     "MDTv2-S/2": 38_454_872,
+    "MaskDiT-XL/2": 730_541_200,  # Anima-Lab/MaskDiT EDMPrecond(use_decoder=True, mae_loss_coef=0.1)
+    "MaskDiT-S/2": 68_346_256,
 }
 
 
 def build(name: str, **kw):
-    cls = DiT if name.startswith("DiT") else MaskedDiffusionTransformer
+    cls = DiT if name.startswith("DiT") else MaskDiT if name.startswith("MaskDiT") else MaskedDiffusionTransformer
     with torch.device("meta"):
         return cls.from_preset(name, input_size=32, num_classes=1000, **kw)
 
@@ -29,7 +31,7 @@ def test_parameter_count_equals_official(name):
 
 
 def test_table_covers_every_family_size_and_patch():
-    expected = {f"{f}-{s}/{p}" for f in ("MDT", "MDTv2", "DiT") for s in ("S", "B", "L", "XL") for p in (2, 4, 8)}
+    expected = {f"{f}-{s}/{p}" for f in ("MDT", "MDTv2", "DiT", "MaskDiT") for s in ("S", "B", "L", "XL") for p in (2, 4, 8)}
     assert set(PRESETS) == expected
 
 

@@ -8,7 +8,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-__all__ = ["timestep_frequencies", "TimestepEmbedder", "LabelEmbedder"]
+__all__ = ["timestep_frequencies", "TimestepEmbedder", "LabelEmbedder", "ZeroNullLabelEmbedder"]
 
 
 def timestep_frequencies(t: Float[Tensor, "b"] | Int[Tensor, "b"], dim: int, max_period: float = 10000.0) -> Float[Tensor, "b {dim}"]:
@@ -106,3 +106,45 @@ class LabelEmbedder(nn.Module):
     def reset_parameters(self) -> None:
         """N(0, 0.02) table (DiT init)."""
         nn.init.normal_(self.embedding_table.weight, std=0.02)
+
+
+class ZeroNullLabelEmbedder(LabelEmbedder):
+    """Class label -> ``d``-vector whose null class embeds to zero (a linear map of one-hot labels).
+
+    MaskDiT (after EDM) embeds labels as ``Linear(one_hot(y))`` without bias and drops a
+    label by zeroing its one-hot vector, so the unconditional embedding is the zero
+    vector and has no parameters. Here label ``num_classes`` is that null class; the
+    table has ``num_classes`` rows (the transposed official weight), and the null class
+    exists whatever ``dropout_prob`` is (guidance needs it even when training never drops).
+
+    Args:
+        num_classes: number of real classes; labels live in ``[0, num_classes]``.
+        hidden_size: output width ``d``.
+        dropout_prob: probability of replacing a label by the null class in training.
+    """
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float = 0.1) -> None:
+        super().__init__(num_classes, hidden_size, dropout_prob)
+        self.embedding_table = nn.Embedding(num_classes, hidden_size)
+        self.has_null = True
+
+    def draw_drops(
+        self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+    ) -> Bool[Tensor, "b"]:
+        """As :meth:`LabelEmbedder.draw_drops`; nothing is drawn and nothing drops when ``dropout_prob`` is 0."""
+        if self.dropout_prob == 0:
+            gen_device = generator.device if generator is not None else torch.device("cpu")
+            return torch.zeros(batch, dtype=torch.bool, device=device or gen_device)
+        return super().draw_drops(batch, generator, device)
+
+    def drop(self, labels: Int[Tensor, "b"], generator: torch.Generator | None = None) -> Int[Tensor, "b"]:
+        """Replace each label by the null class with probability ``dropout_prob``."""
+        if self.dropout_prob == 0:
+            return labels
+        return super().drop(labels, generator)
+
+    def forward(self, labels: Int[Tensor, "b"]) -> Float[Tensor, "b d"]:
+        """The table row of each real label; zeros for the null class ``num_classes``."""
+        real = labels < self.num_classes
+        rows = self.embedding_table(torch.where(real, labels, torch.zeros_like(labels)))
+        return rows * real.unsqueeze(-1).to(rows.dtype)

@@ -31,6 +31,8 @@ class AdaLNBlock(nn.Module):
         grid: patch grid for a relative position bias (MDT), or ``None`` (DiT).
         fuses_skip: whether the block takes a skip input (a tensor passed to :meth:`forward` as ``skip``).
         backend: attention kernel.
+        cond_size: width of the conditioning vector ``c``; ``None`` for ``hidden_size``
+            (MaskDiT's narrower decoder blocks are conditioned on the encoder-width ``c``).
     """
 
     def __init__(
@@ -41,19 +43,20 @@ class AdaLNBlock(nn.Module):
         grid: tuple[int, int] | None = None,
         fuses_skip: bool = False,
         backend: AttentionBackend = "sdpa",
+        cond_size: int | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = SelfAttention(hidden_size, num_heads, grid=grid, backend=backend)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_size or hidden_size, 6 * hidden_size))
         self.skip_linear = nn.Linear(2 * hidden_size, hidden_size) if fuses_skip else None
 
     def forward(
         self,
         x: Float[Tensor, "b n d"],
-        c: Float[Tensor, "b d"],
+        c: Float[Tensor, "b dc"],
         skip: Float[Tensor, "b n d"] | None = None,
         rel_index: Int[Tensor, "b n n"] | None = None,
     ) -> Float[Tensor, "b n d"]:

@@ -1,11 +1,12 @@
 """Model families assembled from the blocks, and the preset table."""
 
 from .base import DiffusionBackbone
-from .config import DiTConfig, MDTConfig
+from .config import DiTConfig, MaskDiTConfig, MDTConfig
 from .dit import DiT
 from .flops import forward_flops
+from .maskdit import MaskDiT
 from .mdt import MaskedDiffusionTransformer
 from .presets import PRESETS
 from .pretrained import load_pretrained
 
-__all__ = ["DiffusionBackbone", "DiTConfig", "MDTConfig", "DiT", "MaskedDiffusionTransformer", "PRESETS", "load_pretrained", "forward_flops"]
+__all__ = ["DiffusionBackbone", "DiTConfig", "MDTConfig", "DiT", "MaskedDiffusionTransformer", "MaskDiT", "MaskDiTConfig", "PRESETS", "load_pretrained", "forward_flops"]

@@ -90,7 +90,7 @@ class DiffusionBackbone(ModelMixin):
         """Conditioning vector ``c = embed(t) + embed(y)``."""
         return self.t_embedder(t) + self.y_embedder(y)
 
-    def head(self, h: Float[Tensor, "b n d"], c: Float[Tensor, "b d"]) -> Float[Tensor, "b c2 hh ww"]:
+    def head(self, h: Float[Tensor, "b n d"], c: Float[Tensor, "b dc"]) -> Float[Tensor, "b c2 hh ww"]:
         """Final layer and unpatchify to ``(b, out_channels, H, W)``."""
         cfg = self.config
         return unpatchify(self.final_layer(h, c), cfg.patch_size, cfg.out_channels, cfg.grid)

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from ..blocks.attention import BACKENDS
 
-__all__ = ["DiTConfig", "MDTConfig", "config_from_dict"]
+__all__ = ["DiTConfig", "MDTConfig", "MaskDiTConfig", "config_from_dict"]
 
 C = TypeVar("C")
 
@@ -117,6 +117,47 @@ class MDTConfig(DiTConfig):
         """Encoder blocks (before the side-interpolater)."""
         rest = self.depth - self.decode_layer
         return 2 * (rest // 2) if self.long_skip else rest
+
+
+@dataclass(frozen=True)
+class MaskDiTConfig(DiTConfig):
+    """Sizes of a :class:`~mdtblocks.models.maskdit.MaskDiT` (Zheng et al., TMLR 2024).
+
+    The encoder is a DiT of ``depth`` blocks of width ``hidden_size``; the decoder has
+    ``decoder_depth`` blocks of width ``decoder_hidden_size`` (official: 8 blocks of 512
+    with 16 heads, for every encoder size), conditioned on the encoder-width ``c``.
+    Labels embed linearly with a zero null class, and the variance is not learned
+    (EDM's preconditioning has no use for it): ``learn_sigma`` defaults to false.
+
+    Attributes:
+        decoder_hidden_size: decoder width.
+        decoder_depth: decoder blocks.
+        decoder_num_heads: decoder attention heads.
+        mask_ratio: training ratio of dropped tokens (official: 0.5), ``None`` for a model
+            without a drop rule; 0 is the unmasked fine-tune stage.
+    """
+
+    learn_sigma: bool = False
+    decoder_hidden_size: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    mask_ratio: float | None = 0.5
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+        for name in ("decoder_hidden_size", "decoder_depth", "decoder_num_heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "decoder_depth" else 1):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.decoder_hidden_size % self.decoder_num_heads or self.decoder_hidden_size % 4:
+            raise ValueError(
+                f"decoder_hidden_size {self.decoder_hidden_size} must be divisible by decoder_num_heads "
+                f"{self.decoder_num_heads} and by 4"
+            )
+        if self.mask_ratio is not None and (
+            isinstance(self.mask_ratio, bool) or not isinstance(self.mask_ratio, (int, float)) or not 0.0 <= self.mask_ratio < 1.0
+        ):
+            raise ValueError(f"mask_ratio must lie in [0, 1) or be None, got {self.mask_ratio!r}")
 
 
 def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:

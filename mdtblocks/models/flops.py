@@ -27,9 +27,10 @@ def forward_flops(model: DiffusionBackbone, kept_tokens: int | None = None) -> i
     fused kernels' work. Weights and the attention backend of ``model`` do not matter.
 
     Args:
-        model: a :class:`~mdtblocks.MaskedDiffusionTransformer` or :class:`~mdtblocks.DiT`.
-        kept_tokens: ``None`` for the plain pass over all ``n`` tokens; for MDT models, the
-            masked pass keeping this many tokens (``1 <= kept_tokens <= n``).
+        model: a :class:`~mdtblocks.MaskedDiffusionTransformer`, :class:`~mdtblocks.DiT` or
+            :class:`~mdtblocks.MaskDiT`.
+        kept_tokens: ``None`` for the plain pass over all ``n`` tokens; for MDT and MaskDiT
+            models, the masked pass keeping this many tokens (``1 <= kept_tokens <= n``).
 
     Returns:
         Multiply-adds (one per multiply-add; matrix products, convolution and attention).
@@ -39,7 +40,7 @@ def forward_flops(model: DiffusionBackbone, kept_tokens: int | None = None) -> i
     cfg = model.config
     n = model.num_tokens
     if kept_tokens is not None:
-        if not hasattr(cfg, "decode_layer"):
+        if not hasattr(cfg, "mask_ratio"):  # MDT's masked pass, MaskDiT's encoder on the kept tokens
             raise ValueError(f"kept_tokens={kept_tokens}: a {type(model).__name__} has no masked pass")
         if not 1 <= kept_tokens <= n:
             raise ValueError(f"kept_tokens={kept_tokens} is outside [1, {n}] (the model has {n} tokens)")

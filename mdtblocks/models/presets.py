@@ -1,4 +1,4 @@
-"""The one table of named model sizes: ``MDT-*``, ``MDTv2-*`` and ``DiT-*`` at patch sizes 2, 4, 8."""
+"""The one table of named model sizes: ``MDT-*``, ``MDTv2-*``, ``DiT-*`` and ``MaskDiT-*`` at patch sizes 2, 4, 8."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "L": (24, 1024, 16),
     "XL": (28, 1152, 16),
 }
-"""Size letter -> ``(depth, hidden_size, num_heads)``, shared by all three families."""
+"""Size letter -> ``(depth, hidden_size, num_heads)``, shared by all families."""
 
 # family -> (model class name, extra fields; decode_layer may depend on size).
 # MDTv2 decode_layer: 6 for S and B, 4 for L and XL, as in the official training scripts.
@@ -28,6 +28,15 @@ FAMILIES: dict[str, tuple[str, Any]] = {
             "mask_ratio_range": 0.2,
             "long_skip": True,
             "dense_skip": True,
+        },
+    ),
+    # MaskDiT: the official decoder (8 blocks of width 512, 16 heads) behind every encoder
+    # size, half the tokens dropped in training (configs/train/imagenet256-latent.yaml).
+    "MaskDiT": (
+        "MaskDiT",
+        lambda size: {
+            "decoder_hidden_size": 512, "decoder_depth": 8, "decoder_num_heads": 16,
+            "mask_ratio": 0.5, "learn_sigma": False,
         },
     ),
 }

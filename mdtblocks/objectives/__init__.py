@@ -1,5 +1,6 @@
 """Training objectives, one module each, behind one interface (:class:`~mdtblocks.objectives.base.Objective`)."""
 
 from .base import OBJECTIVES, Objective, objective_from_record, register_objective
+from .edm import EDMObjective
 
-__all__ = ["Objective", "OBJECTIVES", "register_objective", "objective_from_record"]
+__all__ = ["Objective", "OBJECTIVES", "register_objective", "objective_from_record", "EDMObjective"]

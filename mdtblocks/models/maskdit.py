@@ -1,0 +1,129 @@
+"""MaskDiT (Zheng, Nie, Vahdat, Anandkumar, TMLR 2024): a DiT encoder on the kept tokens, a narrow decoder on all of them."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import ModelMixin  # noqa: F401 - diffusers' pipeline loader looks the base up here
+from jaxtyping import Float, Int, Shaped
+from torch import Tensor, nn
+
+from ..blocks import AdaLNBlock, FinalLayer, ZeroNullLabelEmbedder, sincos_2d
+from ..masking import MaskSampler, validate_ids_keep
+from ..masking.maskdit import maskdit_drop_rule
+from .base import DiffusionBackbone
+from .config import MaskDiTConfig
+
+__all__ = ["MaskDiT"]
+
+
+class MaskDiT(DiffusionBackbone):
+    """Masked DiT: an asymmetric encoder-decoder that drops tokens in training to save compute.
+
+    - **Encoder**: the patch tokens with DiT's fixed sin-cos positions, then ``depth``
+      adaLN-Zero blocks of width ``hidden_size``. In training (``ids_keep`` given) it
+      sees only the kept tokens, so its cost falls with the mask ratio (official: half).
+    - **Decoder**: a modulated projection from the encoder width to
+      ``decoder_hidden_size``; the dropped positions are filled with one learned mask
+      token; a fixed sin-cos table of the decoder width is added; ``decoder_depth``
+      adaLN-Zero blocks (conditioned on the encoder-width ``c``) and the final layer
+      run on every token.
+    - **Conditioning**: ``c = embed(t) + embed(y)``, the label embedding a linear map of
+      one-hot labels with a zero null class
+      (:class:`~mdtblocks.blocks.ZeroNullLabelEmbedder`).
+
+    Without ``ids_keep`` (sampling, and the unmasked fine-tune stage) every token goes
+    through both halves and the mask token is unused. The training loss is EDM's on the
+    visible patches plus an MAE reconstruction term on the dropped ones
+    (:mod:`mdtblocks.losses.mae`); the token choice is :attr:`mask_sampler`, a
+    :class:`~mdtblocks.masking.MaskSampler` of ratio ``mask_ratio``.
+
+    Build with :meth:`from_preset` (``"MaskDiT-XL/2"``, ...) or from a
+    :class:`~mdtblocks.models.config.MaskDiTConfig`.
+    """
+
+    config_class = MaskDiTConfig
+    config: MaskDiTConfig
+
+    def __init__(self, config: MaskDiTConfig) -> None:
+        super().__init__(config)
+        cfg = config
+        d, dd = cfg.hidden_size, cfg.decoder_hidden_size
+        self.y_embedder = ZeroNullLabelEmbedder(cfg.num_classes, d, cfg.class_dropout_prob)
+        self.pos_embed.requires_grad_(False)  # fixed sin-cos, as in DiT
+        self.blocks = nn.ModuleList(
+            AdaLNBlock(d, cfg.num_heads, cfg.mlp_ratio, backend=cfg.attention_backend)  # type: ignore[arg-type]
+            for _ in range(cfg.depth)
+        )
+        # The encoder-to-decoder projection is a final layer whose "patch" is one token of
+        # decoder width: LayerNorm, adaLN shift/scale from c, then Linear(d -> dd).
+        self.decoder_embed = FinalLayer(d, 1, dd)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, dd), requires_grad=False)
+        self.decoder_blocks = nn.ModuleList(
+            AdaLNBlock(dd, cfg.decoder_num_heads, cfg.mlp_ratio, backend=cfg.attention_backend, cond_size=d)  # type: ignore[arg-type]
+            for _ in range(cfg.decoder_depth)
+        )
+        self.final_layer = FinalLayer(dd, cfg.patch_size, cfg.out_channels, cond_size=d)
+        self.mask_sampler: MaskSampler | None = maskdit_drop_rule(cfg.mask_ratio) if cfg.mask_ratio is not None else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Official initialisation: DiT's for the encoder, the same zeroing for the decoder, N(0, 0.02) mask token."""
+        super().reset_parameters()
+        for block in (*self.blocks, *self.decoder_blocks):
+            block.reset_parameters()
+        self.decoder_embed.reset_parameters()
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.decoder_pos_embed.data.copy_(sincos_2d(self.config.decoder_hidden_size, self.config.grid).unsqueeze(0))
+
+    def encode(self, h: Float[Tensor, "b k d"], c: Float[Tensor, "b d"]) -> Float[Tensor, "b k d"]:
+        """Run the encoder blocks over the tokens present (all, or the kept ones)."""
+        for blk in self.blocks:
+            h = blk(h, c)
+        return h
+
+    def decode(
+        self,
+        h: Float[Tensor, "b k d"],
+        c: Float[Tensor, "b dc"],
+        ids_keep: Int[Tensor, "b k"] | None = None,
+    ) -> Float[Tensor, "b n dd"]:
+        """Project to the decoder width, fill dropped positions with the mask token, run the decoder blocks."""
+        z = self.decoder_embed(h, c)  # (b, k, dd)
+        if ids_keep is not None:
+            b, k, dd = z.shape
+            full = self.mask_token.to(z.dtype).expand(b, self.num_tokens, dd)  # (b, n, dd); scatter copies it
+            z = full.scatter(1, ids_keep.unsqueeze(-1).expand(b, k, dd), z)
+        z = z + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            z = blk(z, c)
+        return z
+
+    def forward(
+        self,
+        x: Float[Tensor, "b c hh ww"],
+        t: Shaped[Tensor, "b"],
+        y: Int[Tensor, "b"],
+        ids_keep: Int[Tensor, "b k"] | None = None,
+    ) -> Float[Tensor, "b c2 hh ww"]:
+        """The network output ``F`` for input ``x`` at time ``t`` (EDM: ``c_noise``) with labels ``y``.
+
+        Args:
+            x: ``(b, in_channels, input_size, input_size)`` (EDM: the ``c_in``-scaled noisy input).
+            t: ``(b,)`` times, embedded as given.
+            y: ``(b,)`` labels in ``[0, num_classes]``; ``num_classes`` is the null class.
+            ids_keep: the ``(b, k)`` kept tokens of a training pass with dropping (e.g.
+                ``model.mask_sampler(...).ids_keep``); ``None`` runs every token. The
+                output does not depend on their order within a row.
+
+        Returns:
+            ``(b, out_channels, input_size, input_size)`` for every patch, dropped ones included.
+        """
+        self.check_inputs(x, t, y)
+        tokens = self.x_embedder(x) + self.pos_embed  # (b, n, d)
+        c = self.condition(t, y)  # (b, d)
+        if ids_keep is not None:
+            validate_ids_keep(ids_keep, x.shape[0], self.num_tokens, self.check_values)
+            tokens = tokens.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))  # (b, k, d)
+        h = self.encode(tokens, c)
+        return self.head(self.decode(h, c, ids_keep), c)

@@ -1,0 +1,11 @@
+"""EDM (Karras et al. 2022) as an objective: preconditioning, noise levels, the Heun sampler and the objective itself."""
+
+from .heun import ChurnOptions, EDMCallback, heun_sampler
+from .objective import EDMObjective, EDMPrediction
+from .precond import EDMDenoiser, EDMPreconditioning, PreconditionCoefficients
+from .schedule import karras_sigmas, log_normal_sigmas, sigma_ramp
+
+__all__ = [
+    "EDMObjective", "EDMPrediction", "EDMPreconditioning", "EDMDenoiser", "PreconditionCoefficients",
+    "heun_sampler", "ChurnOptions", "EDMCallback", "karras_sigmas", "log_normal_sigmas", "sigma_ramp",
+]
