@@ -7,5 +7,6 @@ from .flops import forward_flops
 from .mdt import MaskedDiffusionTransformer
 from .presets import PRESETS
 from .pretrained import load_pretrained
+from .sit import SiT
 
-__all__ = ["DiffusionBackbone", "DiTConfig", "MDTConfig", "DiT", "MaskedDiffusionTransformer", "PRESETS", "load_pretrained", "forward_flops"]
+__all__ = ["DiffusionBackbone", "DiTConfig", "MDTConfig", "DiT", "SiT", "MaskedDiffusionTransformer", "PRESETS", "load_pretrained", "forward_flops"]

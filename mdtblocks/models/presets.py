@@ -1,4 +1,4 @@
-"""The one table of named model sizes: ``MDT-*``, ``MDTv2-*`` and ``DiT-*`` at patch sizes 2, 4, 8."""
+"""The one table of named model sizes: ``MDT-*``, ``MDTv2-*``, ``DiT-*`` and ``SiT-*`` at patch sizes 2, 4, 8."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "L": (24, 1024, 16),
     "XL": (28, 1152, 16),
 }
-"""Size letter -> ``(depth, hidden_size, num_heads)``, shared by all three families."""
+"""Size letter -> ``(depth, hidden_size, num_heads)``, shared by all families."""
 
 # family -> (model class name, extra fields; decode_layer may depend on size).
 # MDTv2 decode_layer: 6 for S and B, 4 for L and XL, as in the official training scripts.
 FAMILIES: dict[str, tuple[str, Any]] = {
     "DiT": ("DiT", lambda size: {}),
+    # SiT is DiT's network (learn_sigma=True, as SiT's models.py) trained as a flow.
+    "SiT": ("SiT", lambda size: {}),
     "MDT": ("MaskedDiffusionTransformer", lambda size: {"decode_layer": 2, "mask_ratio": 0.3, "mask_ratio_range": 0.0}),
     "MDTv2": (
         "MaskedDiffusionTransformer",
