@@ -2,9 +2,9 @@
 
 ``FlowMatching`` implements :class:`~mdtblocks.objectives.base.Objective` with kind
 ``"flow"``. A training step draws ``t`` (uniform or logit-normal) and noise ``x0``, forms
-``x_t = alpha_t x1 + sigma_t x0`` on a path (:mod:`.paths`), and regresses the network's
+``x_t = alpha_t x1 + sigma_t x0`` on a path (:mod:`~mdtblocks.objectives.flow.paths`), and regresses the network's
 prediction (velocity, score or noise) against the path's target. Times follow SiT: 0 is
-noise, 1 is data, and the backbone receives ``t`` in ``[0, 1]`` (see :mod:`.paths` for
+noise, 1 is data, and the backbone receives ``t`` in ``[0, 1]`` (see :mod:`~mdtblocks.objectives.flow.paths` for
 other conventions).
 """
 
@@ -259,7 +259,7 @@ class FlowMatching:
             diffusion_norm: its scale.
             last_step: SDE last step (``None``, ``"Mean"``, ``"Tweedie"``, ``"Euler"``).
             last_step_size: its length in time (SiT: 0.04).
-            noise_form: ``"code"`` (SiT's code, default) or ``"paper"`` (:mod:`.sde`).
+            noise_form: ``"code"`` (SiT's code, default) or ``"paper"`` (:mod:`~mdtblocks.objectives.flow.sde`).
             brownian: ``brownian(x)`` gives each step's standard normal increment (for tests).
 
         Raises:
