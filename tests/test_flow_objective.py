@@ -167,6 +167,19 @@ def test_sit_preset_and_checkpoint_family():
         load_official(state, family="sot")
 
 
+def test_sit_training_checkpoint_file(tmp_path):
+    """SiT's train.py saves {"model", "ema", "opt", "args"}; the EMA weights load, nothing is unpickled as code."""
+    import argparse
+
+    model = SiT.from_preset("SiT-S/8", input_size=16, num_classes=3, depth=1)
+    ema = {k: v + 1.0 if k.endswith("bias") else v for k, v in model.state_dict().items()}
+    path = tmp_path / "0001000.pt"
+    torch.save({"model": model.state_dict(), "ema": ema, "opt": {"state": {}, "param_groups": []},
+                "args": argparse.Namespace(model="SiT-S/8", path_type="Linear")}, path)  # fmt: skip
+    loaded = load_official(path, family="sit")
+    assert all(torch.equal(loaded.state_dict()[k], ema[k]) for k in ema)
+
+
 # --- bad input ----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("kwargs", "match"),
