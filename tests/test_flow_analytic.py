@@ -126,3 +126,12 @@ def test_likelihood_equals_the_gaussian_log_density(path, prediction):
     # Linear and GVP integrate to t=0 exactly; VP stops at sample_eps and its t=0 is not quite N(0, I).
     tol = 1e-5 if path != "VP" else 2e-2
     assert (result.logp - exact).abs().max() < tol * exact.abs().max()
+
+
+@pytest.mark.parametrize(("sampler", "steps"), [("heun", 30), ("sde_euler", 250)])
+def test_shifted_grids_still_reproduce_the_gaussian(sampler, steps):
+    objective = FlowMatching()
+    g = torch.Generator().manual_seed(11)
+    out = objective.sample(exact_net("Linear", "velocity"), noise(4000), {}, sampler=sampler, num_steps=steps, shift=3.0,
+                           generator=g, last_step_size=0.01)  # fmt: skip
+    check_moments(out, 0.03, 0.06)
