@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from .compat import load_official
 from .diffusion import GaussianDiffusion, MaskedDiffusionObjective, create_diffusion
-from .models import PRESETS, DiT, DiTConfig, MaskDiT, MaskDiTConfig, MaskedDiffusionTransformer, MDTConfig, forward_flops, load_pretrained
+from .objectives.flow import FlowMatching, TransportSampler, create_transport
+from .models import PRESETS, DiT, DiTConfig, MaskDiT, MaskDiTConfig, SiT, MaskedDiffusionTransformer, MDTConfig, forward_flops, load_pretrained
 from .sampling import classifier_free_guidance
 
 if TYPE_CHECKING:  # imported on first use (see __getattr__); named here for type checkers and the docs
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # imported on first use (see __getattr__); named here for typ
 __all__ = [
     "MaskedDiffusionTransformer",
     "DiT",
+    "SiT",
     "MDTConfig",
     "DiTConfig",
     "MaskDiT",
@@ -31,6 +33,9 @@ __all__ = [
     "GaussianDiffusion",
     "MaskedDiffusionObjective",
     "classifier_free_guidance",
+    "create_transport",
+    "TransportSampler",
+    "FlowMatching",
     "MDTPipeline",
 ]
 __version__ = "0.1.0"

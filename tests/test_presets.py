@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mdtblocks import PRESETS, DiT, MaskDiT, MaskedDiffusionTransformer
+from mdtblocks import PRESETS, DiT, MaskDiT, MaskedDiffusionTransformer, SiT
 
 # Official parameter counts at 32x32 latents, 4 channels, 1000 classes.
 OFFICIAL_COUNTS = {
     "DiT-XL/2": 675_129_632,
+    "SiT-XL/2": 675_129_632,  # DiT's network with learn_sigma (SiT's models.py)
     "MDT-XL/2": 699_778_144,
     "MDTv2-XL/2": 742_263_904,
     "MDTv2-S/2": 38_454_872,
@@ -19,7 +20,7 @@ OFFICIAL_COUNTS = {
 
 
 def build(name: str, **kw):
-    cls = DiT if name.startswith("DiT") else MaskDiT if name.startswith("MaskDiT") else MaskedDiffusionTransformer
+    cls = {"DiT": DiT, "SiT": SiT, "MaskDiT": MaskDiT}.get(name.split("-")[0], MaskedDiffusionTransformer)
     with torch.device("meta"):
         return cls.from_preset(name, input_size=32, num_classes=1000, **kw)
 
@@ -31,7 +32,7 @@ def test_parameter_count_equals_official(name):
 
 
 def test_table_covers_every_family_size_and_patch():
-    expected = {f"{f}-{s}/{p}" for f in ("MDT", "MDTv2", "DiT", "MaskDiT") for s in ("S", "B", "L", "XL") for p in (2, 4, 8)}
+    expected = {f"{f}-{s}/{p}" for f in ("MDT", "MDTv2", "DiT", "SiT", "MaskDiT") for s in ("S", "B", "L", "XL") for p in (2, 4, 8)}
     assert set(PRESETS) == expected
 
 
@@ -56,5 +57,7 @@ def test_overrides_and_unknown_names():
         build("MDT-XXL/2")
     with pytest.raises(ValueError, match="builds a DiT"):
         MaskedDiffusionTransformer.from_preset("DiT-S/2")
+    with pytest.raises(ValueError, match="builds a SiT"):
+        DiT.from_preset("SiT-S/2")
     with pytest.raises(ValueError, match="unknown MDTConfig fields"):
         build("MDT-S/2", widht=3)

@@ -1,4 +1,4 @@
-"""Load official MDT (sail-sg/MDT branch mdtv1), MDTv2 (branch main) and DiT checkpoints.
+"""Load official MDT (sail-sg/MDT branch mdtv1), MDTv2 (branch main), DiT and SiT checkpoints.
 
 The architecture and every size the weights determine are read off the tensors;
 the rest comes from keyword arguments. Keys are renamed to mdtblocks' layout:
@@ -28,7 +28,7 @@ from jaxtyping import Shaped
 from torch import Tensor
 
 from ..blocks import relative_position_index
-from ..models import DiT, DiTConfig, MaskedDiffusionTransformer, MDTConfig
+from ..models import DiT, DiTConfig, MaskedDiffusionTransformer, MDTConfig, SiT
 from ..models.config import config_from_dict
 from .checkpoint_file import read_state_dict
 
@@ -144,27 +144,42 @@ def convert_official_state_dict(
     return out
 
 
-def load_official(source: str | os.PathLike | dict[str, object], **config: Any) -> MaskedDiffusionTransformer | DiT:
+def load_official(
+    source: str | os.PathLike | dict[str, object], *, family: str | None = None, **config: Any
+) -> MaskedDiffusionTransformer | DiT:
     """Build the model an official checkpoint describes and load its weights exactly.
 
     Args:
         source: path of an official ``.pt`` file (sail-sg/MDT main = MDTv2, branch
-            mdtv1 = MDT, facebookresearch/DiT including ``DiT-XL-2-256x256.pt``), or its
-            state dict. Read with ``weights_only=True``: code in a pickle is never run.
+            mdtv1 = MDT, facebookresearch/DiT including ``DiT-XL-2-256x256.pt``,
+            willisma/SiT including ``SiT-XL-2-256x256.pt``), or its state dict. Read with
+            ``weights_only=True``: code in a pickle is never run.
+        family: ``"sit"`` builds a :class:`~mdtblocks.SiT` (SiT's weights have DiT's keys
+            and shapes, so they cannot be told apart: say so); ``None`` detects
+            ``"mdtv2"``, ``"mdtv1"`` or ``"dit"`` from the keys, and a given family must
+            agree with them.
         **config: config fields the weights cannot tell: MDT v1's ``decode_layer``
             (default 2), DiT's ``num_heads`` for a non-preset width,
             ``class_dropout_prob`` (0 if the label table has no null row), the masking
             fields and ``attention_backend``. A value contradicting the weights raises.
 
     Returns:
-        A :class:`~mdtblocks.MaskedDiffusionTransformer` or :class:`~mdtblocks.DiT` in eval mode.
+        A :class:`~mdtblocks.MaskedDiffusionTransformer`, :class:`~mdtblocks.DiT` or
+        :class:`~mdtblocks.SiT` in eval mode.
 
     Raises:
         ValueError: unreadable file, unknown layout, or missing, unexpected or
             mis-shaped keys (all named).
     """
     state = read_state_dict(source)
-    family = detect_family(state)
+    detected = detect_family(state)
+    if family is not None:
+        if family not in ("mdtv2", "mdtv1", "dit", "sit"):
+            raise ValueError(f"unknown family {family!r}; expected 'mdtv2', 'mdtv1', 'dit', 'sit' or None")
+        if (detected, family) != ("dit", "sit") and detected != family:
+            raise ValueError(f"family={family!r} but the checkpoint's keys are those of {detected!r}")
+    sit = family == "sit"
+    family = detected
     inferred = _infer(state, family, config)
     for key, value in config.items():
         if key == "mlp_ratio":
@@ -174,7 +189,7 @@ def load_official(source: str | os.PathLike | dict[str, object], **config: Any) 
         if not agrees:
             raise ValueError(f"{key}={value!r} contradicts the checkpoint, whose weights say {key}={inferred[key]!r}")
     fields = {**inferred, **config}
-    cls = DiT if family == "dit" else MaskedDiffusionTransformer
+    cls = (SiT if sit else DiT) if family == "dit" else MaskedDiffusionTransformer
     cfg = config_from_dict(cls.config_class, fields)
     model = cls(cfg)  # type: ignore[arg-type]
     converted = convert_official_state_dict(state, cfg, family)

@@ -8,5 +8,6 @@ from .maskdit import MaskDiT
 from .mdt import MaskedDiffusionTransformer
 from .presets import PRESETS
 from .pretrained import load_pretrained
+from .sit import SiT
 
-__all__ = ["DiffusionBackbone", "DiTConfig", "MDTConfig", "DiT", "MaskedDiffusionTransformer", "MaskDiT", "MaskDiTConfig", "PRESETS", "load_pretrained", "forward_flops"]
+__all__ = ["DiffusionBackbone", "DiTConfig", "MDTConfig", "DiT", "SiT", "MaskedDiffusionTransformer", "MaskDiT", "MaskDiTConfig", "PRESETS", "load_pretrained", "forward_flops"]

@@ -1,4 +1,4 @@
-"""The one table of named model sizes: ``MDT-*``, ``MDTv2-*``, ``DiT-*`` and ``MaskDiT-*`` at patch sizes 2, 4, 8."""
+"""The one table of named model sizes: ``MDT-*``, ``MDTv2-*``, ``DiT-*``, ``SiT-*`` and ``MaskDiT-*`` at patch sizes 2, 4, 8."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ SIZES: dict[str, tuple[int, int, int]] = {
 # MDTv2 decode_layer: 6 for S and B, 4 for L and XL, as in the official training scripts.
 FAMILIES: dict[str, tuple[str, Any]] = {
     "DiT": ("DiT", lambda size: {}),
+    # SiT is DiT's network (learn_sigma=True, as SiT's models.py) trained as a flow.
+    "SiT": ("SiT", lambda size: {}),
     "MDT": ("MaskedDiffusionTransformer", lambda size: {"decode_layer": 2, "mask_ratio": 0.3, "mask_ratio_range": 0.0}),
     "MDTv2": (
         "MaskedDiffusionTransformer",
