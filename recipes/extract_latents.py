@@ -23,10 +23,13 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mdtblocks.data import DEFAULT_VAE, DigitsDataset, ImageFolderDataset, encode_dataset, load_autoencoder, merge_parts
+from mdtblocks.data import (
+    DEFAULT_VAE, DigitsDataset, ImageFolderDataset, encode_dataset, load_autoencoder, merge_parts, upsampling_warning,
+)
 from mdtblocks.io import read_json
 from mdtblocks.training import setup_distributed
 from mdtblocks.training.recipe import exit_on_bad_input, flag, parse_flags
+from mdtblocks.training.recipe.data import describe
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     autoencoder = load_autoencoder(cfg.vae).to(dist.device)
     if cfg.image_size % autoencoder.downsample:
         raise ValueError(f"--image-size {cfg.image_size} is not divisible by the VAE's downsampling {autoencoder.downsample}")
+    layout = getattr(dataset, "layout", "built-in digits")
+    if dist.is_main:
+        native = dataset.native_side() if isinstance(dataset, ImageFolderDataset) else None
+        side = cfg.image_size // autoencoder.downsample
+        print(describe(f"{cfg.data} ({layout})" if cfg.data else "the built-in digits", dataset.num_classes,
+                       dataset.num_images, cfg.image_size, (autoencoder.latent_channels, side), native), file=sys.stderr)
+        warning = upsampling_warning(native, cfg.image_size, autoencoder.downsample)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     start = time.perf_counter()
     meta = encode_dataset(
         dataset,
@@ -85,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shard_size=cfg.shard_size,
         rank=dist.rank,
         world_size=dist.world_size,
-        extra_meta={"image_size": cfg.image_size, "data": cfg.data, "seed": cfg.seed, "world_size": dist.world_size},
+        extra_meta={"image_size": cfg.image_size, "data": cfg.data, "layout": layout, "seed": cfg.seed,
+                    "world_size": dist.world_size},
     )
     if dist.enabled:
         dist.barrier()

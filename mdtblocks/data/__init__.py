@@ -4,7 +4,14 @@ from .autoencoder import DEFAULT_VAE, Autoencoder, KLAutoencoder, PixelSpace, au
 from .digits import DigitsDataset
 from .in_memory import InMemoryImages
 from .grid import save_image_grid
-from .image_folder import IMAGE_EXTENSIONS, ImageFolderDataset, list_image_folder
+from .image_folder import (
+    IMAGE_EXTENSIONS,
+    ImageFolderDataset,
+    ImageFolderListing,
+    list_image_folder,
+    scan_image_folder,
+    upsampling_warning,
+)
 from .mnist import MNIST5K_SPLITS, MNIST5kDataset, find_mnist5k
 from .latents import LATENT_FORMAT, LatentDataset, LatentWriter, shard_is_complete, write_meta
 from .extract import batch_generator, encode_dataset, merge_parts
@@ -27,6 +34,9 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageFolderDataset",
     "list_image_folder",
+    "scan_image_folder",
+    "ImageFolderListing",
+    "upsampling_warning",
     "LATENT_FORMAT",
     "LatentDataset",
     "LatentWriter",

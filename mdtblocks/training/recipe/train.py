@@ -156,6 +156,10 @@ class TrainRecipe:
             data = load_run_data(cfg, given=given)
         except (ValueError, FileNotFoundError) as err:  # an empty or damaged dataset: refused before training
             parser.error(str(err))
+        if dist.is_main:
+            log.info("%s", data.summary)
+            for warning in data.warnings:
+                log.warning("%s", warning)
         size = len(data.dataset)  # type: ignore[arg-type]
         if size < cfg.global_batch_size:
             source = cfg.latents or cfg.data or "the built-in digits"
@@ -180,6 +184,7 @@ class TrainRecipe:
         write_run_config(
             cfg.out, cfg, dist, vae=data.vae, image_size=data.image_size, num_classes=num_classes,
             model_preset=cfg.model, model_overrides=overrides, model_config=model.config.to_dict(),
+            id2label=class_names(data.dataset),
         )
         try:
             result = train(
@@ -207,7 +212,8 @@ class TrainRecipe:
             return
         log.info("done: checkpoints in %s/checkpoints, sample grids in %s/samples", cfg.out, cfg.out)
         if cfg.pipeline and dist.is_main:
-            folder = write_pipeline(result.checkpoint, Path(cfg.out) / "pipeline", getattr(data.autoencoder, "vae", None))
+            folder = write_pipeline(result.checkpoint, Path(cfg.out) / "pipeline", getattr(data.autoencoder, "vae", None),
+                                    id2label=class_names(data.dataset))
             log.info("sampling pipeline (EMA weights, diffusers layout): %s", folder)
 
 
@@ -261,7 +267,13 @@ def config_disagreement(cfg: RecipeConfig, dist: Any) -> str | None:
     return None
 
 
-def write_pipeline(checkpoint: Path, folder: Path, vae: Any) -> Path:
+def class_names(dataset: Any) -> dict[str, str] | None:
+    """``{"0": name, ...}``: the dataset's class names by label (the pipelines' ``id2label``), ``None`` if it has none."""
+    classes = getattr(dataset, "classes", None)
+    return {str(i): str(name) for i, name in enumerate(classes)} if classes else None
+
+
+def write_pipeline(checkpoint: Path, folder: Path, vae: Any, id2label: dict[str, str] | None = None) -> Path:
     """``folder``: the checkpoint's EMA weights as an :class:`~mdtblocks.MDTPipeline` folder, replaced whole.
 
     Written under a temporary name and renamed, so a reader sees the old folder or the new one.
@@ -270,7 +282,7 @@ def write_pipeline(checkpoint: Path, folder: Path, vae: Any) -> Path:
 
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    pipeline_from_checkpoint(checkpoint, vae=vae).save_pretrained(tmp)
+    pipeline_from_checkpoint(checkpoint, vae=vae, id2label=id2label).save_pretrained(tmp)
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
         folder.rename(old)
