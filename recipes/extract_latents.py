@@ -29,6 +29,7 @@ from mdtblocks.data import (
 from mdtblocks.io import read_json
 from mdtblocks.training import setup_distributed
 from mdtblocks.training.recipe import exit_on_bad_input, flag, parse_flags
+from mdtblocks.training.recipe.cli import default_num_workers
 from mdtblocks.training.recipe.data import describe
 
 
@@ -38,17 +39,22 @@ class ExtractConfig:
 
     out: str = flag("", "folder for the latent cache: new, or part-done by the same command (required)")
     data: str | None = flag(None, "image folder (class subfolders or ADM ClassID_ImgID.ext files); none: built-in digits")
-    vae: str = flag(DEFAULT_VAE, "diffusers AutoencoderKL name or local folder")
+    vae: str = flag(DEFAULT_VAE, "diffusers AutoencoderKL name or local folder (a VAE is required: the cache holds its latents)")
     image_size: int = flag(256, "side of the ADM center crop, in pixels")
     batch_size: int = flag(64, "images per encoder call (their mirrors are encoded in the same call)")
     seed: int = flag(0, "seed of the posterior samples")
     device: Literal["auto", "cpu", "cuda"] = flag("auto", "encoding device")
-    num_workers: int = flag(4, "image-decoding worker processes")
+    num_workers: int = flag(default_num_workers(), "image-decoding worker processes (default: the cores available)")
     shard_size: int = flag(4096, "images per shard file")
 
     def __post_init__(self) -> None:
         if not self.out:
             raise ValueError("--out is required (a new folder for the latent cache)")
+        if self.vae.strip().lower() in ("none", "null", ""):
+            raise ValueError(
+                f"--vae {self.vae!r}: a latent cache needs a VAE (a diffusers AutoencoderKL name or folder); "
+                "to train in pixel space, skip extraction and give the training recipe --data DIR --vae none"
+            )
         for name in ("image_size", "batch_size", "shard_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -107,10 +113,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dist.barrier()
         meta = read_json(Path(cfg.out) / "meta.json")
     if dist.is_main:
+        named = dataset.skipped_names() if isinstance(dataset, ImageFolderDataset) else ""
         print(
             f"encoded {meta['num_images']} images (x2 flips) of {meta['num_classes']} classes to {cfg.out} "
             f"in {time.perf_counter() - start:.1f}s on {dist.world_size} process(es); latent shape "
-            f"{tuple(meta['latent_shape'])}, scale {meta['scale_factor']}; skipped {meta['num_skipped']} unreadable files",
+            f"{tuple(meta['latent_shape'])}, scale {meta['scale_factor']}; skipped {meta['num_skipped']} unreadable files"
+            + (f" (this process: {named})" if named else ""),
             file=sys.stderr,
         )
     dist.close()

@@ -3,7 +3,7 @@
 from .autoencoder import DEFAULT_VAE, Autoencoder, KLAutoencoder, PixelSpace, autoencoder_fingerprint, load_autoencoder
 from .digits import DigitsDataset
 from .in_memory import InMemoryImages
-from .grid import save_image_grid
+from .grid import grid_scale, save_image_grid
 from .image_folder import (
     IMAGE_EXTENSIONS,
     ImageFolderDataset,
@@ -31,6 +31,7 @@ __all__ = [
     "MNIST5K_SPLITS",
     "find_mnist5k",
     "save_image_grid",
+    "grid_scale",
     "IMAGE_EXTENSIONS",
     "ImageFolderDataset",
     "list_image_folder",

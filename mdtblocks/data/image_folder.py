@@ -286,6 +286,12 @@ class ImageFolderDataset(Dataset):
         """The files found unreadable so far."""
         return [self.file(i) for i in torch.nonzero(self._bad).flatten().tolist()]
 
+    def skipped_names(self, limit: int = 5) -> str:
+        """The first ``limit`` unreadable files found so far (paths under ``root``), and how many more."""
+        bad = torch.nonzero(self._bad).flatten().tolist()
+        shown = ", ".join(repr(os.fsdecode(self._paths[i])) for i in bad[:limit])
+        return shown + (f" and {len(bad) - limit} more" if len(bad) > limit else "")
+
     def split_index(self, index: int) -> tuple[int, bool]:
         """Map a dataset index to ``(file_index, mirrored)``.
 
