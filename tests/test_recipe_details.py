@@ -61,6 +61,8 @@ def test_extract_with_vae_none_says_what_to_do(tmp_path: Path, capsys: pytest.Ca
     err = capsys.readouterr().err
     assert err.startswith("error: --vae 'None': a latent cache needs a VAE") and "--vae none" in err
     assert err.count("\n") == 1 and not (tmp_path / "c").exists()
+    with pytest.raises(ValueError, match="'None' names no VAE; pass None"):
+        load_autoencoder("None")
 
 
 def test_help_texts_say_what_happens() -> None:

@@ -181,6 +181,8 @@ def load_autoencoder(
     from diffusers import AutoencoderKL  # deferred: importing diffusers is slow
 
     name = str(name_or_dir)
+    if name.strip().lower() in ("none", "null", ""):
+        raise ValueError(f"VAE {name!r} names no VAE; pass None (not a string) for pixel space, or a VAE name or folder")
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
