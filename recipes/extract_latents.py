@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if dist.is_main:
         native = dataset.native_side() if isinstance(dataset, ImageFolderDataset) else None
         side = cfg.image_size // autoencoder.downsample
-        print(describe(f"{cfg.data} ({layout})" if cfg.data else "the built-in digits", dataset.num_classes,
-                       dataset.num_images, cfg.image_size, (autoencoder.latent_channels, side), native), file=sys.stderr)
+        source = f"{cfg.data} ({layout})" if cfg.data else "the built-in digits"
+        shape = (autoencoder.latent_channels, side)
+        print(describe(source, dataset.num_classes, dataset.num_images, cfg.image_size, shape, native, "latents"),
+              file=sys.stderr)
         warning = upsampling_warning(native, cfg.image_size, autoencoder.downsample)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from training_utils import load_recipe
+from training_utils import load_recipe, save_tiny_vae
 
 from mdtblocks.data import ImageFolderDataset, scan_image_folder, upsampling_warning
 
@@ -87,3 +87,18 @@ def test_run_states_its_data_and_records_class_names(tmp_path: Path, capsys: pyt
     assert config["id2label"] == {"0": "cat", "1": "dog"}
     index = json.loads((out / "pipeline" / "model_index.json").read_text())
     assert index["id2label"] == {"0": "cat", "1": "dog"}
+
+
+def test_extraction_states_its_data_and_records_the_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = class_folders(tmp_path / "data")
+    write_image(root / "grid_preview.png", 255, side=20)
+    vae = save_tiny_vae(tmp_path / "vae")  # downsampling 2, 4 latent channels
+    meta = load_recipe("extract_latents").main([
+        "--data", str(root), "--vae", str(vae), "--image-size", "16", "--out", str(tmp_path / "lat"), "--device", "cpu",
+        "--num-workers", "0",
+    ])
+    err = capsys.readouterr().err
+    assert f"data: {root} (class folders): 2 classes, 8 images (x2 with flips); images 16x16 (7 px on disk); " \
+        "latents 4x8x8" in err
+    assert "warning: the images are 7 px on their shorter side: --image-size 16 upsamples them 2.3x" in err
+    assert meta["layout"] == "class folders" and meta["classes"] == ["cat", "dog"] and meta["num_images"] == 8

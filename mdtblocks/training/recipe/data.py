@@ -129,7 +129,13 @@ def load_run_data(cfg: RecipeConfig, builtin_channels: int = 1, given: Collectio
 
 
 def describe(
-    source: str, num_classes: int, num_images: int, image_size: int, shape: tuple[int, int], native: int | None = None
+    source: str,
+    num_classes: int,
+    num_images: int,
+    image_size: int,
+    shape: tuple[int, int],
+    native: int | None = None,
+    shape_name: str = "model input",
 ) -> str:
     """The data sentence of the start of a run's log.
 
@@ -140,12 +146,13 @@ def describe(
         image_size: the side the images are cropped to.
         shape: ``(channels, side)`` of the model input.
         native: the images' own shorter side, when known.
+        shape_name: what ``shape`` is called (``"latents"`` for an extraction).
     """
     own = f" ({native} px on disk)" if native is not None and native != image_size else ""
     c, side = shape
     return (
         f"data: {source}: {num_classes} classes, {num_images} images (x2 with flips); images {image_size}x{image_size}"
-        f"{own}; model input {c}x{side}x{side}"
+        f"{own}; {shape_name} {c}x{side}x{side}"
     )
 
 
