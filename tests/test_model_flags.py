@@ -112,3 +112,16 @@ def test_a_valid_config_has_no_problems() -> None:
     assert config_problems(DiTConfig, dict(input_size=8, hidden_size=32, num_heads=2, depth=1)) == []
     assert config_problems(DiTConfig, dict(input_size=9), skip=["input_size"]) == []
     MaskedDiffusionTransformer(MDTConfig(input_size=8, hidden_size=32, num_heads=2, depth=2, decode_layer=1))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--num-heads", "5"], "--num-heads 5 does not divide --hidden-size 64; valid: a divisor of 64"),
+        (["--decode-layer", "9"], "--decode-layer 9 exceeds --depth 3; valid: 0 to 3"),
+        (["--patch-size", "3"], "--image-size 16 is not divisible by --patch-size 3; valid: a multiple of 3"),
+    ],
+)
+def test_the_study_checks_its_model_flags(flags: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_recipe("study_learning_speed").parse(["--quick", *flags])
