@@ -124,7 +124,7 @@ class StudyConfig:
             cls, fields = model_fields(self, name)
             problems = config_problems(cls.config_class, fields)
             if problems:
-                raise ValueError(problems[0].message(lambda f: "--image-size" if f == "input_size" else "--" + f.replace("_", "-")))
+                raise ValueError(problems[0].message(_flag_name))
 
     @property
     def eval_steps(self) -> list[int]:
@@ -155,6 +155,10 @@ def parse(argv: list[str] | None) -> StudyConfig:
 
 
 # --- models ---------------------------------------------------------------------------------
+
+
+def _flag_name(field: str) -> str:
+    return "--image-size" if field == "input_size" else "--" + field.replace("_", "-")
 
 
 def model_fields(cfg: StudyConfig, name: str) -> tuple[type, dict[str, Any]]:

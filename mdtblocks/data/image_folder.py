@@ -162,7 +162,9 @@ def list_image_folder(root: str | os.PathLike) -> tuple[list[Path], list[int], l
     return listing.files, listing.labels, listing.classes
 
 
-def upsampling_warning(native_side: int | None, image_size: int, multiple: int = 1, flag: str = "--image-size") -> str | None:
+def upsampling_warning(
+    native_side: int | None, image_size: int, multiple: int = 1, flag: str = "--image-size"
+) -> str | None:
     """A warning when ``image_size`` enlarges images of ``native_side`` pixels more than 2x, else ``None``.
 
     Args:
@@ -234,7 +236,8 @@ class ImageFolderDataset(Dataset):
 
         Only the file headers are read. ``None`` when none of them can be opened.
         """
-        picks = sorted({round(i * (self.num_images - 1) / max(samples - 1, 1)) for i in range(min(samples, self.num_images))})
+        count = min(samples, self.num_images)
+        picks = sorted({round(i * (self.num_images - 1) / max(samples - 1, 1)) for i in range(count)})
         sides = []
         for i in picks:
             try:

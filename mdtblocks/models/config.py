@@ -47,7 +47,8 @@ class ConfigProblem:
         """
         label = name or (lambda f: f)
         names = _FieldNames(label)
-        return f"{label(self.field)} {_show(self.value)} {self.problem.format_map(names)}; valid: {self.valid.format_map(names)}"
+        problem, valid = self.problem.format_map(names), self.valid.format_map(names)
+        return f"{label(self.field)} {_show(self.value)} {problem}; valid: {valid}"
 
     def error(self) -> ValueError | TypeError:
         """The exception a model constructor raises for this problem."""
@@ -102,7 +103,9 @@ def config_problems(cls: type, fields: Mapping[str, Any], skip: Collection[str] 
             bad.add(name)
     if not bad & {"input_size", "patch_size"} and v["input_size"] % v["patch_size"]:
         p = v["patch_size"]
-        problems.append(ConfigProblem("input_size", v["input_size"], f"is not divisible by {{patch_size}} {p}", f"a multiple of {p}"))
+        problems.append(
+            ConfigProblem("input_size", v["input_size"], f"is not divisible by {{patch_size}} {p}", f"a multiple of {p}")
+        )
     if not bad & {"hidden_size", "num_heads"} and v["hidden_size"] % v["num_heads"]:
         d = v["hidden_size"]
         problems.append(ConfigProblem(
@@ -114,10 +117,13 @@ def config_problems(cls: type, fields: Mapping[str, Any], skip: Collection[str] 
         ))
     mlp = v["mlp_ratio"]
     if isinstance(mlp, bool) or not isinstance(mlp, (int, float)) or not math.isfinite(mlp) or mlp <= 0:
-        problems.append(ConfigProblem("mlp_ratio", mlp, "is not a positive number", "a finite number above 0 (4.0 officially)"))
+        problems.append(
+            ConfigProblem("mlp_ratio", mlp, "is not a positive number", "a finite number above 0 (4.0 officially)")
+        )
     elif "hidden_size" not in bad and int(v["hidden_size"] * mlp) < 1:
         problems.append(ConfigProblem(
-            "mlp_ratio", mlp, f"leaves no MLP width for {{hidden_size}} {v['hidden_size']}", f"at least {1 / v['hidden_size']:g}"
+            "mlp_ratio", mlp, f"leaves no MLP width for {{hidden_size}} {v['hidden_size']}",
+            f"at least {1 / v['hidden_size']:g}",
         ))
     if not 0.0 <= v["class_dropout_prob"] < 1.0:
         problems.append(ConfigProblem("class_dropout_prob", v["class_dropout_prob"], "is outside [0, 1)", "[0, 1)"))
