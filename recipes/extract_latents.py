@@ -23,10 +23,14 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mdtblocks.data import DEFAULT_VAE, DigitsDataset, ImageFolderDataset, encode_dataset, load_autoencoder, merge_parts
+from mdtblocks.data import (
+    DEFAULT_VAE, DigitsDataset, ImageFolderDataset, encode_dataset, load_autoencoder, merge_parts, upsampling_warning,
+)
 from mdtblocks.io import read_json
 from mdtblocks.training import setup_distributed
 from mdtblocks.training.recipe import exit_on_bad_input, flag, parse_flags
+from mdtblocks.training.recipe.cli import default_num_workers
+from mdtblocks.training.recipe.data import describe
 
 
 @dataclass(frozen=True)
@@ -35,17 +39,22 @@ class ExtractConfig:
 
     out: str = flag("", "folder for the latent cache: new, or part-done by the same command (required)")
     data: str | None = flag(None, "image folder (class subfolders or ADM ClassID_ImgID.ext files); none: built-in digits")
-    vae: str = flag(DEFAULT_VAE, "diffusers AutoencoderKL name or local folder")
+    vae: str = flag(DEFAULT_VAE, "diffusers AutoencoderKL name or local folder (a VAE is required: the cache holds its latents)")
     image_size: int = flag(256, "side of the ADM center crop, in pixels")
     batch_size: int = flag(64, "images per encoder call (their mirrors are encoded in the same call)")
     seed: int = flag(0, "seed of the posterior samples")
     device: Literal["auto", "cpu", "cuda"] = flag("auto", "encoding device")
-    num_workers: int = flag(4, "image-decoding worker processes")
+    num_workers: int = flag(default_num_workers(), "image-decoding worker processes (default: the cores available)")
     shard_size: int = flag(4096, "images per shard file")
 
     def __post_init__(self) -> None:
         if not self.out:
             raise ValueError("--out is required (a new folder for the latent cache)")
+        if self.vae.strip().lower() in ("none", "null", ""):
+            raise ValueError(
+                f"--vae {self.vae!r}: a latent cache needs a VAE (a diffusers AutoencoderKL name or folder); "
+                "to train in pixel space, skip extraction and give the training recipe --data DIR --vae none"
+            )
         for name in ("image_size", "batch_size", "shard_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -73,6 +82,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     autoencoder = load_autoencoder(cfg.vae).to(dist.device)
     if cfg.image_size % autoencoder.downsample:
         raise ValueError(f"--image-size {cfg.image_size} is not divisible by the VAE's downsampling {autoencoder.downsample}")
+    layout = getattr(dataset, "layout", "built-in digits")
+    if dist.is_main:
+        native = dataset.native_side() if isinstance(dataset, ImageFolderDataset) else None
+        side = cfg.image_size // autoencoder.downsample
+        source = f"{cfg.data} ({layout})" if cfg.data else "the built-in digits"
+        shape = (autoencoder.latent_channels, side)
+        print(describe(source, dataset.num_classes, dataset.num_images, cfg.image_size, shape, native, "latents"),
+              file=sys.stderr)
+        warning = upsampling_warning(native, cfg.image_size, autoencoder.downsample)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     start = time.perf_counter()
     meta = encode_dataset(
         dataset,
@@ -85,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shard_size=cfg.shard_size,
         rank=dist.rank,
         world_size=dist.world_size,
-        extra_meta={"image_size": cfg.image_size, "data": cfg.data, "seed": cfg.seed, "world_size": dist.world_size},
+        extra_meta={"image_size": cfg.image_size, "data": cfg.data, "layout": layout, "seed": cfg.seed,
+                    "world_size": dist.world_size},
     )
     if dist.enabled:
         dist.barrier()
@@ -94,10 +115,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dist.barrier()
         meta = read_json(Path(cfg.out) / "meta.json")
     if dist.is_main:
+        named = dataset.skipped_names() if isinstance(dataset, ImageFolderDataset) else ""
         print(
             f"encoded {meta['num_images']} images (x2 flips) of {meta['num_classes']} classes to {cfg.out} "
             f"in {time.perf_counter() - start:.1f}s on {dist.world_size} process(es); latent shape "
-            f"{tuple(meta['latent_shape'])}, scale {meta['scale_factor']}; skipped {meta['num_skipped']} unreadable files",
+            f"{tuple(meta['latent_shape'])}, scale {meta['scale_factor']}; skipped {meta['num_skipped']} unreadable files"
+            + (f" (this process: {named})" if named else ""),
             file=sys.stderr,
         )
     dist.close()

@@ -36,7 +36,7 @@ import torch
 
 from mdtblocks import load_pretrained
 from mdtblocks.blocks import compile_blocks
-from mdtblocks.data import load_autoencoder, recorded_vae_source, save_image_grid, to_uint8
+from mdtblocks.data import grid_scale, load_autoencoder, recorded_vae_source, save_image_grid, to_uint8
 from mdtblocks.io import atomic_write, read_json, write_json
 from mdtblocks.progress import ProgressRecord, check_settings
 from mdtblocks.sampling import sample
@@ -56,7 +56,10 @@ class SampleConfig:
     """Every field is a ``--flag`` (``python recipes/sample.py --help``)."""
 
     ckpt: str = flag("", "checkpoint folder (OUT/checkpoints/NNNNNNN) or any save_pretrained folder")
-    out: str | None = flag(None, "output folder; none: RUN/samples/<ckpt>-<sampler><steps>-cfg<scale>-seed<seed>")
+    out: str | None = flag(
+        None, "output folder; none: RUN/samples/<ckpt>-<weights>-<sampler><steps>-cfg<scale>[-pow<p>]-seed<seed> "
+        "(RUN: the checkpoint's run folder; CKPT/samples/... for a folder outside a run)"
+    )
     num_samples: int = flag(64, "images to generate over all processes (50000 for FID)")
     sampler: Literal["ddpm", "ddim", "dpm-solver"] = flag("ddpm", "sampler (the papers: ddpm, 250 steps)")
     steps: int = flag(250, "sampling steps")
@@ -128,7 +131,7 @@ def run_settings(cfg: SampleConfig) -> dict[str, Any]:
 
 
 def default_out(cfg: SampleConfig) -> Path:
-    """``RUN/samples/<ckpt>-<sampler><steps>-cfg<scale>-seed<seed>`` (next to the checkpoint without a run)."""
+    """``RUN/samples/<ckpt>-<weights>-<sampler><steps>-cfg<scale>[-pow<p>]-seed<seed>`` (``CKPT/samples/...`` without a run)."""
     ckpt = Path(cfg.ckpt).resolve()
     pow_tag = f"-pow{cfg.scale_pow:g}" if cfg.scale_pow else ""
     tag = f"{ckpt.name}-{cfg.weights}-{cfg.sampler}{cfg.steps}-cfg{cfg.cfg_scale:g}{pow_tag}-seed{cfg.seed}"
@@ -286,7 +289,7 @@ def main(argv: list[str] | None = None) -> Path:
         save_npz(out / "samples.npz", arr_0=all_images, arr_1=all_labels)
         # Back from uint8 to [-1, 1] (+0.5: the centre of each level, so the grid's own conversion is exact).
         grid = torch.from_numpy(all_images[:64, ..., :channels]).permute(0, 3, 1, 2).float()
-        save_image_grid((grid + 0.5) / 127.5 - 1.0, out / "grid.png")
+        save_image_grid((grid + 0.5) / 127.5 - 1.0, out / "grid.png", scale=grid_scale(image_size))  # small ones enlarged
         write_json(out / "sample_config.json", {**dataclasses.asdict(cfg), "vae": vae, "image_size": image_size,
                                                 "world_size": dist.world_size})
         shutil.rmtree(batches, ignore_errors=True)  # the outputs are complete: the batch files are not needed

@@ -50,6 +50,8 @@ from mdtblocks.evaluation import (
     train_classifier,
 )
 from mdtblocks.io import atomic_write, read_json, write_json
+from mdtblocks.models.config import config_from_dict, config_problems
+from mdtblocks.models.presets import preset
 from mdtblocks.sampling import sample
 from mdtblocks.training import TrainConfig, latest_checkpoint, setup_distributed, train
 from mdtblocks.training.recipe import flag, parse_flags
@@ -118,6 +120,11 @@ class StudyConfig:
             raise ValueError(f"--cfg-scale must be at least 1 (1: no guidance), got {self.cfg_scale}")
         if self.eval_samples < 20:
             raise ValueError(f"--eval-samples must be at least 20 for a covariance, got {self.eval_samples}")
+        for name in self.models:  # the models' own check, before anything is built
+            cls, fields = model_fields(self, name)
+            problems = config_problems(cls.config_class, fields)
+            if problems:
+                raise ValueError(problems[0].message(_flag_name))
 
     @property
     def eval_steps(self) -> list[int]:
@@ -150,21 +157,29 @@ def parse(argv: list[str] | None) -> StudyConfig:
 # --- models ---------------------------------------------------------------------------------
 
 
-def build_model(cfg: StudyConfig, name: str, seed: int) -> torch.nn.Module:
-    """A freshly initialised model of the study's budget (the same weights for the same seed)."""
-    torch.manual_seed(seed)
+def _flag_name(field: str) -> str:
+    return "--image-size" if field == "input_size" else "--" + field.replace("_", "-")
+
+
+def model_fields(cfg: StudyConfig, name: str) -> tuple[type, dict[str, Any]]:
+    """The class and config fields of model ``name`` at the study's budget."""
     common = dict(
         input_size=cfg.image_size, in_channels=1, num_classes=10, learn_sigma=True,
         hidden_size=cfg.hidden_size, num_heads=cfg.num_heads, patch_size=cfg.patch_size,
     )
-    preset = f"-S/{cfg.patch_size}"
     if name == "DiT":  # MDT's side-interpolater is one more block: DiT gets it too
-        return DiT.from_preset("DiT" + preset, depth=cfg.depth + 1, **common)
+        return DiT, {**preset("DiT-S/2", "DiT"), **common, "depth": cfg.depth + 1}
     family = "MDT" if name == "MDT" else "MDTv2"
     extra: dict[str, Any] = {"mask_ratio": None} if name == "MDTv2-nomask" else {}
-    return MaskedDiffusionTransformer.from_preset(
-        family + preset, depth=cfg.depth, decode_layer=cfg.decode_layer, **common, **extra
-    )
+    fields = {**preset(f"{family}-S/2", "MaskedDiffusionTransformer"), **common, **extra}
+    return MaskedDiffusionTransformer, {**fields, "depth": cfg.depth, "decode_layer": cfg.decode_layer}
+
+
+def build_model(cfg: StudyConfig, name: str, seed: int) -> torch.nn.Module:
+    """A freshly initialised model of the study's budget (the same weights for the same seed)."""
+    torch.manual_seed(seed)
+    cls, fields = model_fields(cfg, name)
+    return cls(config_from_dict(cls.config_class, fields))
 
 
 def train_until(

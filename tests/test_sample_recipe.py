@@ -53,7 +53,8 @@ def test_sample_writes_adm_npz_and_grid(fake_run: Path, tmp_path: Path) -> None:
     assert np.array_equal(images[..., 0], images[..., 2])  # grey images repeated to RGB for the evaluator
     assert len({im.tobytes() for im in images}) == 10  # no duplicates
     grid = Image.open(out / "grid.png")
-    assert grid.mode == "L" and grid.size == (4 * 18 + 2, 3 * 18 + 2)
+    # 16 px images enlarged 6x (nearest-neighbour) to tiles of at least 96 px.
+    assert grid.mode == "L" and grid.size == (6 * (4 * 18 + 2), 6 * (3 * 18 + 2))
     assert not (out / ".batches").exists()
 
 

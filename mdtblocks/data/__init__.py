@@ -3,8 +3,15 @@
 from .autoencoder import DEFAULT_VAE, Autoencoder, KLAutoencoder, PixelSpace, autoencoder_fingerprint, load_autoencoder
 from .digits import DigitsDataset
 from .in_memory import InMemoryImages
-from .grid import save_image_grid
-from .image_folder import IMAGE_EXTENSIONS, ImageFolderDataset, list_image_folder
+from .grid import grid_scale, save_image_grid
+from .image_folder import (
+    IMAGE_EXTENSIONS,
+    ImageFolderDataset,
+    ImageFolderListing,
+    list_image_folder,
+    scan_image_folder,
+    upsampling_warning,
+)
 from .mnist import MNIST5K_SPLITS, MNIST5kDataset, find_mnist5k
 from .latents import LATENT_FORMAT, LatentDataset, LatentWriter, shard_is_complete, write_meta
 from .extract import batch_generator, encode_dataset, merge_parts
@@ -25,9 +32,13 @@ __all__ = [
     "MNIST5K_SPLITS",
     "find_mnist5k",
     "save_image_grid",
+    "grid_scale",
     "IMAGE_EXTENSIONS",
     "ImageFolderDataset",
     "list_image_folder",
+    "scan_image_folder",
+    "ImageFolderListing",
+    "upsampling_warning",
     "LATENT_FORMAT",
     "LatentDataset",
     "LatentWriter",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-
+import importlib.util
 import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -153,6 +153,12 @@ class KLAutoencoder(nn.Module):
         return self.vae.decode(latents / self.scale + self.shift).sample.clamp(-1.0, 1.0)
 
 
+def _has_accelerate() -> bool:
+    """``accelerate`` is installed: diffusers may load weights lazily. Saying so up front keeps diffusers
+    from printing its notice that it is missing (it would load the same way)."""
+    return importlib.util.find_spec("accelerate") is not None
+
+
 def load_autoencoder(
     name_or_dir: str | os.PathLike | None, *, channels: int = 3, local_files_only: bool = False
 ) -> Autoencoder:
@@ -175,15 +181,17 @@ def load_autoencoder(
     from diffusers import AutoencoderKL  # deferred: importing diffusers is slow
 
     name = str(name_or_dir)
+    if name.strip().lower() in ("none", "null", ""):
+        raise ValueError(f"VAE {name!r} names no VAE; pass None (not a string) for pixel space, or a VAE name or folder")
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"VAE folder {name!r} has no config.json (write it with AutoencoderKL.save_pretrained)")
-        return KLAutoencoder(AutoencoderKL.from_pretrained(str(path)), name=name)
+        return KLAutoencoder(AutoencoderKL.from_pretrained(str(path), low_cpu_mem_usage=_has_accelerate()), name=name)
     if path.exists() or name.startswith((".", "/", "~")):
         raise FileNotFoundError(f"VAE {name!r} is not a folder with an AutoencoderKL (config.json + weights)")
     try:
-        vae = AutoencoderKL.from_pretrained(name, local_files_only=local_files_only)
+        vae = AutoencoderKL.from_pretrained(name, local_files_only=local_files_only, low_cpu_mem_usage=_has_accelerate())
     except Exception as err:  # diffusers raises OSError, EnvironmentError or hub errors depending on version
         raise FileNotFoundError(
             f"could not load the VAE {name!r} from the Hugging Face cache or hub ({type(err).__name__}: {err}). "

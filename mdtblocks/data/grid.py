@@ -14,7 +14,25 @@ from torch import Tensor
 from ..io import atomic_write
 from .transforms import to_uint8
 
-__all__ = ["save_image_grid"]
+__all__ = ["save_image_grid", "grid_scale"]
+
+MIN_TILE = 96
+"""Pixels a grid tile is enlarged to at least (nearest-neighbour), so small images can be seen."""
+
+
+def grid_scale(side: int, min_tile: int = MIN_TILE) -> int:
+    """The integer ``scale`` for :func:`save_image_grid` that enlarges ``side``-pixel tiles to at least ``min_tile``.
+
+    Args:
+        side: the images' side in pixels.
+        min_tile: the smallest tile side wanted (images this large or larger keep their size).
+
+    Returns:
+        ``ceil(min_tile / side)``, at least 1 (28 px digits: 4, 112 px tiles).
+    """
+    if side < 1:
+        raise ValueError(f"side must be positive, got {side}")
+    return max(1, math.ceil(min_tile / side))
 
 
 def save_image_grid(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,12 @@ from torch.utils.data import Dataset
 
 from .transforms import center_crop, pil_to_tensor
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "list_image_folder"]
+__all__ = [
+    "IMAGE_EXTENSIONS", "ImageFolderDataset", "ImageFolderListing", "list_image_folder", "scan_image_folder",
+    "upsampling_warning",
+]
+
+log = logging.getLogger("mdtblocks.data")
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 """File suffixes (lower-cased) that count as images."""
@@ -32,33 +39,82 @@ def _images_under(directory: Path) -> list[Path]:
     return sorted(found)
 
 
-def list_image_folder(root: str | os.PathLike) -> tuple[list[Path], list[int], list[str]]:
-    """List a labelled image folder in either of the two common layouts.
+@dataclass(frozen=True)
+class ImageFolderListing:
+    """What a labelled image folder holds, as :func:`scan_image_folder` read it.
+
+    Attributes:
+        files: the image paths, sorted.
+        labels: their integer labels (indices into ``classes``).
+        classes: the sorted class names.
+        layout: ``"class folders"`` or ``"ADM flat files"``.
+        skipped: top-level image files left out of a class-folder dataset (stray files
+            such as a preview grid next to the class folders).
+    """
+
+    files: list[Path]
+    labels: list[int]
+    classes: list[str]
+    layout: str
+    skipped: list[Path] = field(default_factory=list)
+
+
+def _names(paths: list[Path], limit: int = 5) -> str:
+    shown = ", ".join(repr(p.name) for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def _adm_named(path: Path, classes: set[str]) -> bool:
+    """``ClassID_ImgID.ext`` with a ``ClassID`` that is one of ``classes`` or a number (an ADM flat file)."""
+    if "_" not in path.name:
+        return False
+    prefix = path.name.split("_", 1)[0]
+    return prefix in classes or prefix.isdigit()
+
+
+def scan_image_folder(root: str | os.PathLike) -> ImageFolderListing:
+    """Decide the layout of a labelled image folder from what it holds, and list it.
 
     - Class folders (``torchvision.datasets.ImageFolder`` / ImageNet ``train/``):
-      ``root/<class>/**/<image>``; classes sorted by folder name.
+      ``root/<class>/**/<image>``; classes sorted by folder name. They win whenever a
+      subfolder holds images: image files at the top level are then skipped, with a
+      warning that names them.
     - ADM flat files (``root/**/<ClassID>_<ImgID>.<ext>``, the layout ADM's
-      ``image_datasets.py`` reads): the label is the text before the first
-      underscore of the file name; classes sorted by that prefix.
+      ``image_datasets.py`` reads), when no subfolder holds images: the label is the
+      text before the first underscore of the file name; classes sorted by that prefix.
 
     Args:
         root: the dataset folder.
 
     Returns:
-        ``(files, labels, classes)``: sorted image paths, their integer labels
-        (indices into ``classes``) and the sorted class names.
+        The files, labels, class names, the layout and the skipped top-level files.
+
+    Raises:
+        ValueError: a folder that mixes the two layouts (class folders and, at the top,
+            ``ClassID_ImgID`` files whose ``ClassID`` is a class folder's name or a number),
+            an empty class folder, a flat file without a class prefix, or no images at all.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a directory")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
-    top_files = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    top_files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    per_class = {sub: _images_under(sub) for sub in subdirs}
     files: list[Path] = []
     names: list[str] = []
-    if subdirs and not top_files:
-        for sub in subdirs:
-            images = _images_under(sub)
-            if not images and not sub.name.startswith("."):
+    skipped: list[Path] = []
+    if any(per_class.values()):
+        layout = "class folders"
+        folder_names = {sub.name for sub in subdirs}
+        flat = [p for p in top_files if _adm_named(p, folder_names)]
+        if flat:
+            raise ValueError(
+                f"{str(root)!r} mixes two layouts: {len(subdirs)} class folders and {len(flat)} ADM flat files "
+                f"(ClassID_ImgID) at the top level ({_names(flat)}); keep one: move the files into their class "
+                "folders, or the folders' images to the top level"
+            )
+        for sub, images in per_class.items():
+            if not images:
                 # An empty class would silently shift every later label and shrink num_classes.
                 raise ValueError(
                     f"class folder {str(sub)!r} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
@@ -66,7 +122,14 @@ def list_image_folder(root: str | os.PathLike) -> tuple[list[Path], list[int], l
                 )
             files.extend(images)
             names.extend([sub.name] * len(images))
+        skipped = top_files
+        if skipped:
+            log.warning(
+                "%s: class folders found; skipping %d image file(s) at the top level, which belong to no class: %s",
+                root, len(skipped), _names(skipped),
+            )
     else:
+        layout = "ADM flat files"
         for path in _images_under(root):
             if "_" not in path.name:
                 raise ValueError(
@@ -76,10 +139,48 @@ def list_image_folder(root: str | os.PathLike) -> tuple[list[Path], list[int], l
             files.append(path)
             names.append(path.name.split("_", 1)[0])
     if not files:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {str(root)!r}")
+        raise ValueError(
+            f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {str(root)!r}; expected one subfolder "
+            "per class, or ADM flat files named ClassID_ImgID.ext"
+        )
     classes = sorted(set(names))
     index = {name: i for i, name in enumerate(classes)}
-    return files, [index[n] for n in names], classes
+    return ImageFolderListing(files, [index[n] for n in names], classes, layout, skipped)
+
+
+def list_image_folder(root: str | os.PathLike) -> tuple[list[Path], list[int], list[str]]:
+    """List a labelled image folder in either of the two common layouts (see :func:`scan_image_folder`).
+
+    Args:
+        root: the dataset folder.
+
+    Returns:
+        ``(files, labels, classes)``: sorted image paths, their integer labels
+        (indices into ``classes``) and the sorted class names.
+    """
+    listing = scan_image_folder(root)
+    return listing.files, listing.labels, listing.classes
+
+
+def upsampling_warning(
+    native_side: int | None, image_size: int, multiple: int = 1, flag: str = "--image-size"
+) -> str | None:
+    """A warning when ``image_size`` enlarges images of ``native_side`` pixels more than 2x, else ``None``.
+
+    Args:
+        native_side: the images' shorter side (``None``: unknown, no warning).
+        image_size: the side they are cropped and resized to.
+        multiple: what the suggested size must be a multiple of (VAE downsampling x patch size).
+        flag: the flag that sets ``image_size``, for the message.
+    """
+    if native_side is None or image_size <= 2 * native_side:
+        return None
+    suggested = -(-native_side // multiple) * multiple
+    return (
+        f"the images are {native_side} px on their shorter side: {flag} {image_size} upsamples them "
+        f"{image_size / native_side:.1f}x, which adds no detail and costs as much as {image_size} px images; "
+        f"{flag} {suggested} keeps them about their own size"
+    )
 
 
 class ImageFolderDataset(Dataset):
@@ -103,6 +204,8 @@ class ImageFolderDataset(Dataset):
     Attributes:
         classes: class names, sorted; label ``i`` is ``classes[i]``.
         num_classes: ``len(classes)``.
+        layout: ``"class folders"`` or ``"ADM flat files"`` (see :func:`scan_image_folder`).
+        skipped_top_files: stray image files at the top of a class-folder dataset, left out.
         num_images: number of files (half the length when ``flip``).
     """
 
@@ -112,7 +215,10 @@ class ImageFolderDataset(Dataset):
         self.root = Path(root)
         self.image_size = image_size
         self.flip = flip
-        files, labels, self.classes = list_image_folder(root)
+        listing = scan_image_folder(root)
+        files, labels, self.classes = listing.files, listing.labels, listing.classes
+        self.layout = listing.layout
+        self.skipped_top_files = listing.skipped
         # Numpy arrays, not lists of Python objects: DataLoader workers forked from this process
         # would otherwise copy the pages of a million-entry list as they touch refcounts.
         self._paths = np.array([os.fsencode(f.relative_to(self.root)) for f in files], dtype=np.bytes_)
@@ -124,6 +230,22 @@ class ImageFolderDataset(Dataset):
 
     def __len__(self) -> int:
         return 2 * self.num_images if self.flip else self.num_images
+
+    def native_side(self, samples: int = 8) -> int | None:
+        """The shorter side, in pixels, of the smallest of ``samples`` files spread over the dataset.
+
+        Only the file headers are read. ``None`` when none of them can be opened.
+        """
+        count = min(samples, self.num_images)
+        picks = sorted({round(i * (self.num_images - 1) / max(samples - 1, 1)) for i in range(count)})
+        sides = []
+        for i in picks:
+            try:
+                with Image.open(self.file(i)) as img:
+                    sides.append(min(img.size))
+            except _DECODE_ERRORS:
+                continue
+        return min(sides) if sides else None
 
     @property
     def files(self) -> list[Path]:
@@ -166,6 +288,12 @@ class ImageFolderDataset(Dataset):
     def skipped_files(self) -> list[Path]:
         """The files found unreadable so far."""
         return [self.file(i) for i in torch.nonzero(self._bad).flatten().tolist()]
+
+    def skipped_names(self, limit: int = 5) -> str:
+        """The first ``limit`` unreadable files found so far (paths under ``root``), and how many more."""
+        bad = torch.nonzero(self._bad).flatten().tolist()
+        shown = ", ".join(repr(os.fsdecode(self._paths[i])) for i in bad[:limit])
+        return shown + (f" and {len(bad) - limit} more" if len(bad) > limit else "")
 
     def split_index(self, index: int) -> tuple[int, bool]:
         """Map a dataset index to ``(file_index, mirrored)``.

@@ -24,6 +24,7 @@ from .inception import (
 from .inception_metrics import (
     evaluate_samples,
     metrics_from_statistics,
+    small_set_warnings,
     torchmetrics_fid,
     unavailable_metrics,
 )
@@ -46,6 +47,7 @@ from .statistics import (
     iter_image_batches,
     iter_image_folder,
     load_image_array,
+    log_stage,
 )
 
 __all__ = [
@@ -77,9 +79,11 @@ __all__ = [
     "knn_radii",
     "load_classifier",
     "load_image_array",
+    "log_stage",
     "load_inception",
     "mean_curve",
     "metrics_from_statistics",
+    "small_set_warnings",
     "nearest_distances",
     "plot_learning_curves",
     "precision_recall",

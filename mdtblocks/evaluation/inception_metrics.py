@@ -13,19 +13,20 @@ from .frechet import frechet_distance
 from .inception import InceptionFeatures, PoolFeatures
 from .inception_score import inception_score
 from .manifold import precision_recall
-from .statistics import InceptionStatistics, compute_statistics, iter_image_batches
+from .statistics import InceptionStatistics, compute_statistics, iter_image_batches, log_stage
 
-__all__ = ["evaluate_samples", "metrics_from_statistics", "torchmetrics_fid", "unavailable_metrics"]
+__all__ = ["evaluate_samples", "metrics_from_statistics", "small_set_warnings", "torchmetrics_fid", "unavailable_metrics"]
 
 log = logging.getLogger("mdtblocks.evaluation")
 
 
-def unavailable_metrics(samples: InceptionStatistics, reference: InceptionStatistics) -> dict[str, str]:
+def unavailable_metrics(samples: InceptionStatistics, reference: InceptionStatistics, k: int = 3) -> dict[str, str]:
     """Which metrics cannot be computed from these statistics, and why.
 
     Args:
         samples: statistics of the generated set.
         reference: statistics of the reference set.
+        k: neighbourhood size of precision and recall (each set needs more than ``k`` images).
 
     Returns:
         ``{metric name: reason}`` (empty when everything is available).
@@ -42,7 +43,44 @@ def unavailable_metrics(samples: InceptionStatistics, reference: InceptionStatis
         missing["precision"] = missing["recall"] = (
             f"the {which} statistics hold only mu/sigma, no raw pool features (precomputed statistics file)"
         )
+    else:
+        few = [f"{name} has {stats.num_images}" for name, stats in (("SAMPLES", samples), ("REFERENCE", reference))
+               if (stats.num_images or 0) <= k]
+        if few:
+            missing["precision"] = missing["recall"] = (
+                f"each set needs more than k={k} images (its k-th nearest neighbour); {' and '.join(few)}"
+            )
     return missing
+
+
+def small_set_warnings(samples: InceptionStatistics, reference: InceptionStatistics, k: int = 3) -> list[str]:
+    """What the set sizes make unreliable: FID and sFID from fewer images than feature dimensions, precision and
+    recall from ``k`` images or fewer.
+
+    Args:
+        samples: statistics of the generated set.
+        reference: statistics of the reference set.
+        k: neighbourhood size of precision and recall.
+
+    Returns:
+        One sentence per problem (empty: none).
+    """
+    warnings = []
+    for name, stats in (("SAMPLES", samples), ("REFERENCE", reference)):
+        n = stats.num_images
+        if n is None:
+            continue
+        dims = [(metric, d) for metric, d in (("FID", stats.mu.shape[0]),
+                ("sFID", None if stats.mu_spatial is None else stats.mu_spatial.shape[0])) if d is not None and n < d]
+        if dims:
+            what = " and ".join(f"{metric} ({d} dimensions)" for metric, d in dims)
+            warnings.append(
+                f"{name} has {n} images, fewer than the feature dimensions of {what}: the covariance is singular and "
+                "the distance is biased upward and noisy; compare only numbers from equal counts (50000 in the papers)"
+            )
+        if n <= k:
+            warnings.append(f"{name} has {n} images, not more than k={k}: precision and recall are not computed")
+    return warnings
 
 
 def metrics_from_statistics(
@@ -70,15 +108,27 @@ def metrics_from_statistics(
             f"sample features have {samples.mu.shape[0]} dimensions but the reference {reference.mu.shape[0]}: "
             "were they made by the same feature network?"
         )
-    missing = unavailable_metrics(samples, reference)
-    out = {"fid": frechet_distance(samples.mu, samples.sigma, reference.mu, reference.sigma)}
+    missing = unavailable_metrics(samples, reference, k)
+    for warning in small_set_warnings(samples, reference, k):
+        log.warning("%s", warning)
+    d = samples.mu.shape[0]
+    with log_stage("FID", f"Frechet distance of the {d}-dimensional Gaussians (a {d}x{d} matrix square root)"):
+        out = {"fid": frechet_distance(samples.mu, samples.sigma, reference.mu, reference.sigma)}
     if "sfid" not in missing:
-        out["sfid"] = frechet_distance(samples.mu_spatial, samples.sigma_spatial, reference.mu_spatial, reference.sigma_spatial)
+        ds = samples.mu_spatial.shape[0]
+        with log_stage("sFID", f"Frechet distance of the {ds}-dimensional spatial Gaussians"):
+            out["sfid"] = frechet_distance(
+                samples.mu_spatial, samples.sigma_spatial, reference.mu_spatial, reference.sigma_spatial
+            )
     if "inception_score" not in missing:
-        score = inception_score(samples.logits, splits=min(splits, samples.logits.shape[0]))
+        with log_stage("Inception Score", f"{samples.logits.shape[0]} images' class probabilities"):
+            score = inception_score(samples.logits, splits=min(splits, samples.logits.shape[0]))
         out["inception_score"], out["inception_score_std"] = score.mean, score.std
     if "precision" not in missing:
-        pr = precision_recall(reference.pool, samples.pool, k=k, device=device)
+        detail = (f"k={k} nearest neighbours within {reference.pool.shape[0]} reference and {samples.pool.shape[0]} "
+                  "sample features")
+        with log_stage("precision and recall", detail):
+            pr = precision_recall(reference.pool, samples.pool, k=k, device=device)
         out["precision"], out["recall"] = pr.precision, pr.recall
     for name, reason in missing.items():
         log.info("%s not computed: %s", name, reason)

@@ -8,7 +8,10 @@ statistics ``.npz`` (``mu``, ``sigma`` and optionally ``mu_s``, ``sigma_s``, ``p
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +34,24 @@ __all__ = [
     "iter_image_batches",
     "iter_image_folder",
     "load_image_array",
+    "log_stage",
 ]
+
+log = logging.getLogger("mdtblocks.evaluation")
+
+
+@contextlib.contextmanager
+def log_stage(name: str, detail: str) -> Iterator[None]:
+    """Log that a long evaluation stage starts (``name: detail``) and when it is done (with its seconds).
+
+    Args:
+        name: the stage (``"FID"``, ``"precision and recall"``).
+        detail: what it computes, with its sizes.
+    """
+    log.info("%s: %s ...", name, detail)
+    start = time.perf_counter()
+    yield
+    log.info("%s done in %.1fs", name, time.perf_counter() - start)
 
 _STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s", "pool", "logits")
 
@@ -217,6 +237,8 @@ def extract_features(
     Returns:
         ``{"pool": (n, d), ...}`` float32 numpy arrays, with the keys the extractor returns.
     """
+    log.info("features: running the network over the images ...")
+    start = time.perf_counter()
     if progress:
         from tqdm import tqdm
 
@@ -227,7 +249,9 @@ def extract_features(
             parts.setdefault(key, []).append(value.cpu().numpy())
     if not parts:
         raise ValueError("no images to extract features from")
-    return {key: np.concatenate(values) for key, values in parts.items()}
+    features = {key: np.concatenate(values) for key, values in parts.items()}
+    log.info("features of %d images done in %.1fs", len(features["pool"]), time.perf_counter() - start)
+    return features
 
 
 def compute_statistics(
@@ -273,4 +297,8 @@ def compute_statistics(
             return InceptionStatistics.load(path)
         else:
             batches = iter_image_batches(load_image_array(path), batch_size)
-    return InceptionStatistics.from_features(extract_features(batches, extractor, progress))
+    features = extract_features(batches, extractor, progress)
+    n, d = features["pool"].shape
+    spatial = f" and {features['spatial'].shape[1]}" if "spatial" in features else ""
+    with log_stage("statistics", f"means and covariances of {n} images' {d}{spatial}-dimensional features"):
+        return InceptionStatistics.from_features(features)

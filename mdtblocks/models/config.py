@@ -2,33 +2,161 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, fields
+from dataclasses import fields as fields_of
 from typing import Any, TypeVar
 
 from ..blocks.attention import BACKENDS
 
-__all__ = ["DiTConfig", "MDTConfig", "MaskDiTConfig", "config_from_dict"]
+__all__ = ["DiTConfig", "MDTConfig", "MaskDiTConfig", "ConfigProblem", "config_problems", "config_from_dict"]
 
 C = TypeVar("C")
 
 
-def _check_common(cfg: Any) -> None:
-    for name in ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "num_classes"):
-        value = getattr(cfg, name)
+_INT_FIELDS = ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "num_classes")
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with a model configuration: the field, its value, what is wrong and what would be valid.
+
+    ``problem`` and ``valid`` may name other fields as ``{field}`` placeholders, so a
+    command line can print its flag names where the library prints field names.
+
+    Attributes:
+        field: the config field at fault (``"num_heads"``).
+        value: its value.
+        problem: what is wrong (``"does not divide {hidden_size} 384"``).
+        valid: what would be valid (``"a divisor of 384: 1, 2, 3, ..."``).
+        wrong_type: the value has the wrong type (a ``TypeError``, not a ``ValueError``).
+    """
+
+    field: str
+    value: Any
+    problem: str
+    valid: str
+    wrong_type: bool = False
+
+    def message(self, name: Callable[[str], str] | None = None) -> str:
+        """One sentence: ``"<name> <value> <problem>; valid: <valid>"``.
+
+        Args:
+            name: how to call a field (default: its own name); a recipe passes ``--flag`` names.
+        """
+        label = name or (lambda f: f)
+        names = _FieldNames(label)
+        problem, valid = self.problem.format_map(names), self.valid.format_map(names)
+        return f"{label(self.field)} {_show(self.value)} {problem}; valid: {valid}"
+
+    def error(self) -> ValueError | TypeError:
+        """The exception a model constructor raises for this problem."""
+        return (TypeError if self.wrong_type else ValueError)(self.message())
+
+
+class _FieldNames(dict):
+    def __init__(self, label: Callable[[str], str]) -> None:
+        super().__init__()
+        self.label = label
+
+    def __missing__(self, key: str) -> str:
+        return self.label(key)
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _divisors(n: int, limit: int = 12) -> str:
+    found = [k for k in range(1, n + 1) if n % k == 0]
+    return ", ".join(map(str, found[:limit])) + (", ..." if len(found) > limit else "")
+
+
+def config_problems(cls: type, fields: Mapping[str, Any], skip: Collection[str] = ()) -> list[ConfigProblem]:
+    """Everything wrong with the config ``cls(**fields)`` would have, without building it (empty: nothing).
+
+    The model constructors raise the first of these (:meth:`ConfigProblem.error`), so a
+    command line that checks its flags with this function before building anything prints
+    the same sentences (with its flag names, :meth:`ConfigProblem.message`).
+
+    Args:
+        cls: :class:`DiTConfig` or :class:`MDTConfig`.
+        fields: config fields; missing ones take the class defaults.
+        skip: fields not known yet (e.g. ``input_size`` before the data is read): not checked.
+    """
+    values = {f.name: f.default for f in fields_of(cls)}
+    values.update(fields)
+    v = values
+    problems: list[ConfigProblem] = []
+    bad = set(skip)
+    for name in _INT_FIELDS:
+        if name in skip:
+            continue
+        value = v[name]
+        lowest = 0 if name == "depth" else 1
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {value!r}")
-        if value < (0 if name == "depth" else 1):
-            raise ValueError(f"{name} must be positive, got {value}")
-    if cfg.input_size % cfg.patch_size:
-        raise ValueError(f"input_size {cfg.input_size} is not divisible by patch_size {cfg.patch_size}")
-    if cfg.hidden_size % cfg.num_heads:
-        raise ValueError(f"hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}")
-    if cfg.hidden_size % 4:
-        raise ValueError(f"hidden_size {cfg.hidden_size} must be divisible by 4 (2-D sin-cos positions)")
-    if not 0.0 <= cfg.class_dropout_prob < 1.0:
-        raise ValueError(f"class_dropout_prob {cfg.class_dropout_prob} is outside [0, 1)")
-    if cfg.attention_backend not in BACKENDS:
-        raise ValueError(f"attention_backend {cfg.attention_backend!r} is not one of {BACKENDS}")
+            problems.append(ConfigProblem(name, value, "is not an int", f"an int of at least {lowest}", wrong_type=True))
+            bad.add(name)
+        elif value < lowest:
+            problems.append(ConfigProblem(name, value, "is too small", f"an int of at least {lowest}"))
+            bad.add(name)
+    if not bad & {"input_size", "patch_size"} and v["input_size"] % v["patch_size"]:
+        p = v["patch_size"]
+        problems.append(
+            ConfigProblem("input_size", v["input_size"], f"is not divisible by {{patch_size}} {p}", f"a multiple of {p}")
+        )
+    if not bad & {"hidden_size", "num_heads"} and v["hidden_size"] % v["num_heads"]:
+        d = v["hidden_size"]
+        problems.append(ConfigProblem(
+            "num_heads", v["num_heads"], f"does not divide {{hidden_size}} {d}", f"a divisor of {d}: {_divisors(d)}"
+        ))
+    if "hidden_size" not in bad and v["hidden_size"] % 4:
+        problems.append(ConfigProblem(
+            "hidden_size", v["hidden_size"], "is not divisible by 4 (2-D sin-cos positions)", "a multiple of 4"
+        ))
+    mlp = v["mlp_ratio"]
+    if isinstance(mlp, bool) or not isinstance(mlp, (int, float)) or not math.isfinite(mlp) or mlp <= 0:
+        problems.append(
+            ConfigProblem("mlp_ratio", mlp, "is not a positive number", "a finite number above 0 (4.0 officially)")
+        )
+    elif "hidden_size" not in bad and int(v["hidden_size"] * mlp) < 1:
+        problems.append(ConfigProblem(
+            "mlp_ratio", mlp, f"leaves no MLP width for {{hidden_size}} {v['hidden_size']}",
+            f"at least {1 / v['hidden_size']:g}",
+        ))
+    if not 0.0 <= v["class_dropout_prob"] < 1.0:
+        problems.append(ConfigProblem("class_dropout_prob", v["class_dropout_prob"], "is outside [0, 1)", "[0, 1)"))
+    if v["attention_backend"] not in BACKENDS:
+        problems.append(ConfigProblem(
+            "attention_backend", v["attention_backend"], "is not a backend", f"one of {', '.join(BACKENDS)}"
+        ))
+    if "decode_layer" in v:
+        dl, depth = v["decode_layer"], v["depth"]
+        if isinstance(dl, bool) or not isinstance(dl, int):
+            problems.append(ConfigProblem("decode_layer", dl, "is not an int", "an int of at least 0", wrong_type=True))
+        elif "depth" not in bad and not 0 <= dl <= depth:
+            where = f"exceeds {{depth}} {depth}" if dl > depth else "is negative"
+            problems.append(ConfigProblem("decode_layer", dl, where, f"0 to {depth} (at most {{depth}})"))
+        if not isinstance(v["side_blocks"], int) or v["side_blocks"] < 1:
+            problems.append(ConfigProblem("side_blocks", v["side_blocks"], "is too small", "an int of at least 1 (1 officially)"))
+        ratio, width = v["mask_ratio"], v["mask_ratio_range"]
+        if ratio is not None and not (math.isfinite(ratio) and 0.0 <= ratio < 1.0):
+            problems.append(ConfigProblem("mask_ratio", ratio, "is outside [0, 1)", "[0, 1), or None for no masked training"))
+        elif not (math.isfinite(width) and 0.0 <= width < 1.0):
+            problems.append(ConfigProblem("mask_ratio_range", width, "is outside [0, 1)", "[0, 1)"))
+        elif ratio is not None and ratio + width >= 1.0:
+            problems.append(ConfigProblem(
+                "mask_ratio_range", width, f"added to {{mask_ratio}} {ratio} reaches 1 (every token masked)",
+                f"below {1.0 - ratio:g}"
+            ))
+    return problems
+
+
+def _check(cfg: Any) -> None:
+    problems = config_problems(type(cfg), {f.name: getattr(cfg, f.name) for f in fields_of(cfg)})
+    if problems:
+        raise problems[0].error()
 
 
 @dataclass(frozen=True)
@@ -62,7 +190,7 @@ class DiTConfig:
     attention_backend: str = "sdpa"
 
     def __post_init__(self) -> None:
-        _check_common(self)
+        _check(self)
 
     @property
     def out_channels(self) -> int:
@@ -106,11 +234,7 @@ class MDTConfig(DiTConfig):
     dense_skip: bool = False
 
     def __post_init__(self) -> None:
-        _check_common(self)
-        if not 0 <= self.decode_layer <= self.depth:
-            raise ValueError(f"decode_layer {self.decode_layer} must lie in [0, depth={self.depth}]")
-        if self.side_blocks < 1:
-            raise ValueError(f"side_blocks must be at least 1, got {self.side_blocks}")
+        _check(self)
 
     @property
     def encoder_depth(self) -> int:

@@ -241,7 +241,9 @@ def report_skipped(dataset: Dataset, before: int | None, dist: Distributed) -> i
     if count is None:
         return None
     if dist.is_main and count > (before or 0):
-        log.warning("skipped %d unreadable or corrupt image(s) so far (each replaced by the next readable one)", count)
+        names = dataset.skipped_names() if hasattr(dataset, "skipped_names") else ""
+        log.warning("skipped %d unreadable or corrupt image(s) so far (each replaced by the next readable one)%s",
+                    count, f": {names}" if names else "")
     return int(count)
 
 

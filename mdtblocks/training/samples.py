@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import Autoencoder, PixelSpace, save_image_grid
+from ..data import Autoencoder, PixelSpace, grid_scale, save_image_grid
 from ..diffusion import GaussianDiffusion
 from ..sampling import classifier_free_guidance
 from .config import TrainConfig
@@ -54,5 +54,5 @@ def save_samples(
     if dist.is_main:
         # One column per class when the grid holds whole rows of classes (the digits demo: 4 x 10).
         nrow = conf.num_classes if n % conf.num_classes == 0 else None
-        # Small images are enlarged (nearest-neighbour) to tiles of at least 64 pixels, so a person can see them.
-        save_image_grid(images.float().cpu(), path, nrow=nrow, scale=max(1, 64 // images.shape[-1]))
+        # Small images are enlarged (nearest-neighbour) to tiles of at least 96 pixels, so a person can see them.
+        save_image_grid(images.float().cpu(), path, nrow=nrow, scale=grid_scale(images.shape[-1]))

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 from ...data import DEFAULT_VAE
+from ...models import PRESETS
+from ...models.config import DiTConfig, MDTConfig
+from ...models.config import config_problems as config_problems_of
 from .cli import RecipeConfig
 
-__all__ = ["config_problems", "path_problems", "offline", "vae_problem", "ranges"]
+__all__ = ["config_problems", "model_problems", "path_problems", "offline", "vae_problem", "ranges"]
 
 
 def offline() -> bool:
@@ -135,3 +138,42 @@ def path_problems(cfg: RecipeConfig) -> list[str]:
 
 def _show(value: Any) -> str:
     return " ".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+
+
+def model_problems(
+    cfg: RecipeConfig, fields: Mapping[str, Any], given: Collection[str], labels: Mapping[str, str] | None = None
+) -> list[str]:
+    """What is wrong with the model the flags ask for, checked before anything is built (empty: nothing).
+
+    The same check the model constructors make (:func:`~mdtblocks.models.config.config_problems`),
+    so the sentences are the ones a library user sees, with flag names for fields a flag sets.
+
+    Args:
+        cfg: the parsed recipe config (``cfg.model`` names the preset).
+        fields: the preset's fields with the flags' overrides, plus whatever is known of
+            ``input_size``, ``in_channels`` and ``num_classes`` (those missing are not checked yet).
+        given: the model flags set (on the command line or by the recipe's demo), as field names.
+        labels: how to call fields that no flag sets (e.g. ``{"input_size": "--image-size"}``).
+    """
+    preset_fields = PRESETS[cfg.model][1]
+    config_cls = MDTConfig if "decode_layer" in preset_fields else DiTConfig
+    unknown = [n for n in ("input_size", "in_channels", "num_classes") if n not in fields]
+    placeholders = {n: 1 for n in unknown}
+
+    def name(field: str) -> str:
+        if field in given:
+            return "--" + field.replace("_", "-")
+        if labels and field in labels:
+            return labels[field]
+        return f"{cfg.model}'s {field}"
+
+    problems = []
+    for problem in config_problems_of(config_cls, {**placeholders, **fields}, skip=unknown):
+        text = problem.message(name)
+        if problem.field not in given and problem.field in _MODEL_FLAGS:
+            text += f"; give --{problem.field.replace('_', '-')}"
+        problems.append(text)
+    return problems
+
+
+_MODEL_FLAGS = ("depth", "hidden_size", "num_heads", "decode_layer", "mask_ratio", "mask_ratio_range")

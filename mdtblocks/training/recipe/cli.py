@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import types
 import typing
@@ -14,7 +15,7 @@ from typing import Any, Literal, TypeVar
 from ...data import DEFAULT_VAE
 from ...models import PRESETS
 
-__all__ = ["flag", "presets_of", "RecipeConfig", "build_parser", "parse_flags", "choose_config", "exit_on_bad_input"]
+__all__ = ["flag", "default_num_workers", "presets_of", "RecipeConfig", "build_parser", "parse_flags", "choose_config", "exit_on_bad_input"]
 
 C = TypeVar("C")
 
@@ -24,6 +25,17 @@ def flag(default: Any, help: str, choices: Sequence[str] | None = None, metavar:
     return field(
         default=default, metadata={"help": help, "choices": list(choices) if choices else None, "metavar": metavar}
     )
+
+
+def default_num_workers(cap: int = 8) -> int:
+    """Data-loading workers per process: the CPU cores this process may use (``os.sched_getaffinity``),
+    shared among the processes of this node under torchrun (``LOCAL_WORLD_SIZE``), at least 1 and at most ``cap``."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(cap, cores // local))
 
 
 def presets_of(family: str) -> list[str]:
@@ -36,7 +48,8 @@ class RecipeConfig:
     """Flags every recipe has (``--data``, ``--out``, ``--model``, ...). Recipes subclass it."""
 
     data: str | None = flag(
-        None, "ImageNet-style train folder (class subfolders); none: the built-in digits demo", metavar="DIR"
+        None, "image folder: one subfolder per class (ImageNet train/), or ADM flat files named ClassID_ImgID.ext; "
+        "none: the built-in digits demo", metavar="DIR"
     )
     latents: str | None = flag(
         None, "latent cache folder (recipes/extract_latents.py) to train from instead of --data", metavar="DIR"
@@ -90,7 +103,7 @@ class RecipeConfig:
         False, "torch.compile each transformer block instead of the whole model (less to compile); not with --compile"
     )
     activation_checkpointing: bool = flag(False, "recompute block activations in backward to save memory")
-    num_workers: int = flag(4, "DataLoader workers per process")
+    num_workers: int = flag(default_num_workers(), "DataLoader workers per process (default: the cores available to it)")
     num_samples: int = flag(16, "images in each checkpoint's sample grid")
     sample_steps: int = flag(50, "DDIM steps for the sample grids")
     sample_cfg_scale: float = flag(4.0, "classifier-free guidance scale of the sample grids (1: none)")

@@ -10,11 +10,12 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ...data import Autoencoder, DigitsDataset, ImageFolderDataset, LatentDataset, load_autoencoder, vae_provenance
+from ...data import Autoencoder, DigitsDataset, ImageFolderDataset, LatentDataset, load_autoencoder, upsampling_warning, vae_provenance
+from ...models import PRESETS
 from .cli import RecipeConfig
 from .latent_cache import cache_autoencoder, check_cache_image_size, flags_given
 
-__all__ = ["CachedLatents", "RunData", "load_run_data"]
+__all__ = ["CachedLatents", "RunData", "load_run_data", "describe"]
 
 
 class CachedLatents(nn.Module):
@@ -68,6 +69,9 @@ class RunData:
             extracted at, not the ``--image-size`` flag).
         vae_provenance: the VAE's record (:func:`~mdtblocks.data.vae_provenance`: folder,
             config, weights hash), ``None`` in pixel space; the run's ``config.json`` keeps it.
+        summary: one sentence for the start of the log: the source and its layout, classes,
+            images, image size and the model's input shape.
+        warnings: what the user should hear about the data (e.g. images upsampled more than 2x).
     """
 
     dataset: Dataset
@@ -77,6 +81,8 @@ class RunData:
     vae: str | None
     image_size: int
     vae_provenance: dict | None = None
+    summary: str = ""
+    warnings: tuple[str, ...] = ()
 
 
 def load_run_data(cfg: RecipeConfig, builtin_channels: int = 1, given: Collection[str] | None = None) -> RunData:
@@ -101,16 +107,56 @@ def load_run_data(cfg: RecipeConfig, builtin_channels: int = 1, given: Collectio
         if ae.latent_channels != c:
             raise ValueError(f"latents in {cfg.latents} have {c} channels but the VAE {vae_name!r} makes {ae.latent_channels}")
         image_size = check_cache_image_size(dataset, ae.downsample, cfg.image_size, "image_size" in explicit)
-        return RunData(dataset, ae, dataset.num_classes, (c, h), vae_name, image_size, vae_provenance(vae))
+        layout = dataset.meta.get("layout")
+        source = f"latent cache {cfg.latents}" + (f" (of {layout})" if layout else "")
+        summary = describe(source, dataset.num_classes, dataset.num_images, image_size, (c, h))
+        return RunData(dataset, ae, dataset.num_classes, (c, h), vae_name, image_size,
+                       vae_provenance=vae_provenance(vae), summary=summary)
     if cfg.data is not None:
         dataset = ImageFolderDataset(cfg.data, cfg.image_size)
         ae = load_autoencoder(cfg.vae)
         if cfg.image_size % ae.downsample:
             raise ValueError(f"--image-size {cfg.image_size} is not divisible by the VAE's downsampling {ae.downsample}")
         latent_shape = (ae.latent_channels, cfg.image_size // ae.downsample)
-        return RunData(dataset, ae, dataset.num_classes, latent_shape, cfg.vae, cfg.image_size, vae_provenance(ae))
+        native = dataset.native_side()
+        summary = describe(f"{cfg.data} ({dataset.layout})", dataset.num_classes, dataset.num_images, cfg.image_size,
+                           latent_shape, native)
+        multiple = ae.downsample * int(PRESETS[cfg.model][1].get("patch_size", 1)) if cfg.model in PRESETS else ae.downsample
+        warning = upsampling_warning(native, cfg.image_size, multiple)
+        return RunData(dataset, ae, dataset.num_classes, latent_shape, cfg.vae, cfg.image_size,
+                       vae_provenance=vae_provenance(ae), summary=summary, warnings=(warning,) if warning else ())
     dataset = DigitsDataset(image_size=cfg.image_size, channels=builtin_channels)
     ae = load_autoencoder(None, channels=builtin_channels)
-    return RunData(dataset, ae, dataset.num_classes, (builtin_channels, cfg.image_size), None, cfg.image_size)
+    latent_shape = (builtin_channels, cfg.image_size)
+    summary = describe("the built-in digits", dataset.num_classes, dataset.num_images, cfg.image_size, latent_shape)
+    return RunData(dataset, ae, dataset.num_classes, latent_shape, None, cfg.image_size, summary=summary)
+
+
+def describe(
+    source: str,
+    num_classes: int,
+    num_images: int,
+    image_size: int,
+    shape: tuple[int, int],
+    native: int | None = None,
+    shape_name: str = "model input",
+) -> str:
+    """The data sentence of the start of a run's log.
+
+    Args:
+        source: where the data comes from, with its layout.
+        num_classes: classes.
+        num_images: images (before flips).
+        image_size: the side the images are cropped to.
+        shape: ``(channels, side)`` of the model input.
+        native: the images' own shorter side, when known.
+        shape_name: what ``shape`` is called (``"latents"`` for an extraction).
+    """
+    own = f" ({native} px on disk)" if native is not None and native != image_size else ""
+    c, side = shape
+    return (
+        f"data: {source}: {num_classes} classes, {num_images} images (x2 with flips); images {image_size}x{image_size}"
+        f"{own}; {shape_name} {c}x{side}x{side}"
+    )
 
 

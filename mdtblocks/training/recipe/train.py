@@ -29,7 +29,8 @@ from ..distributed import setup_distributed
 from ..guard import NonFiniteSteps
 from ..loop import train
 from ..signals import EXIT_CODES
-from .checks import config_problems, path_problems
+from ...io import read_json
+from .checks import config_problems, model_problems, path_problems
 from .cli import RecipeConfig, build_parser, choose_config, parse_flags, presets_of
 from .data import load_run_data
 from .run import announce_builtin, model_overrides, setup_logging, train_config, write_run_config
@@ -129,6 +130,8 @@ class TrainRecipe:
         problems = config_problems(cfg)
         if problems:
             parser.error("; ".join(problems))
+        # The model the flags ask for, checked before anything is built (the input side where it is known already).
+        refuse_model(cfg, *known_input(cfg))
         return cfg, is_builtin
 
     def main(self, argv: Sequence[str] | None = None) -> None:
@@ -153,6 +156,10 @@ class TrainRecipe:
             data = load_run_data(cfg, given=given)
         except (ValueError, FileNotFoundError) as err:  # an empty or damaged dataset: refused before training
             parser.error(str(err))
+        if dist.is_main:
+            log.info("%s", data.summary)
+            for warning in data.warnings:
+                log.warning("%s", warning)
         size = len(data.dataset)  # type: ignore[arg-type]
         if size < cfg.global_batch_size:
             source = cfg.latents or cfg.data or "the built-in digits"
@@ -164,6 +171,11 @@ class TrainRecipe:
         cls_name, preset_fields = PRESETS[cfg.model]
         overrides = model_overrides(cfg, [n for n in MODEL_OVERRIDES if n in preset_fields])
         num_classes = cfg.num_classes or data.num_classes
+        refuse_model(cfg, {"input_size": side, "in_channels": channels, "num_classes": num_classes}, {
+            "input_size": "--image-size" if data.image_size == side and cfg.latents is None
+            else f"the latent side ({data.image_size} px / VAE downsampling {data.image_size // side})",
+            "num_classes": "--num-classes" if cfg.num_classes else "the dataset's number of classes",
+        })
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         model = _MODEL_CLASSES[cls_name].from_preset(
             cfg.model, input_size=side, in_channels=channels, num_classes=num_classes, learn_sigma=True, **overrides
@@ -173,6 +185,7 @@ class TrainRecipe:
             cfg.out, cfg, dist, vae=data.vae, image_size=data.image_size, num_classes=num_classes,
             model_preset=cfg.model, model_overrides=overrides, model_config=model.config.to_dict(),
             vae_provenance=data.vae_provenance,
+            id2label=class_names(data.dataset),
         )
         try:
             result = train(
@@ -201,11 +214,43 @@ class TrainRecipe:
         log.info("done: checkpoints in %s/checkpoints, sample grids in %s/samples", cfg.out, cfg.out)
         if cfg.pipeline and dist.is_main:
             try:  # a latent run's pipeline carries its VAE (the one in memory: the cache's, or --vae's)
-                folder = write_pipeline(result.checkpoint, Path(cfg.out) / "pipeline", data.autoencoder if data.vae else None)
+                folder = write_pipeline(result.checkpoint, Path(cfg.out) / "pipeline", data.autoencoder if data.vae else None,
+                                        id2label=class_names(data.dataset))
             except (FileNotFoundError, ValueError, TypeError) as err:
                 print(f"error: OUT/pipeline was not written (the checkpoints are complete): {err}", file=sys.stderr)
                 raise SystemExit(1) from None
             log.info("sampling pipeline (EMA weights, diffusers layout): %s", folder)
+
+
+def known_input(cfg: RecipeConfig) -> tuple[dict[str, int], dict[str, str]]:
+    """The model input known before any data is read: the side in pixel space, side and channels of a latent cache.
+
+    Returns:
+        ``(fields, labels)``: model config fields and how to call them in a message.
+    """
+    if cfg.latents is not None:
+        meta = Path(cfg.latents) / "meta.json"
+        if meta.is_file():
+            shape = read_json(meta).get("latent_shape")
+            if isinstance(shape, list) and len(shape) == 3:
+                return {"input_size": int(shape[-1]), "in_channels": int(shape[0])}, {
+                    "input_size": f"the latent side of {cfg.latents}", "in_channels": f"the latent channels of {cfg.latents}"
+                }
+        return {}, {}
+    if cfg.vae is None:
+        return {"input_size": cfg.image_size}, {"input_size": "--image-size"}
+    return {}, {}
+
+
+def refuse_model(cfg: RecipeConfig, known: dict[str, int], labels: dict[str, str]) -> None:
+    """Exit 2 with one ``error:`` line if the model the flags ask for cannot be built (see :func:`model_problems`)."""
+    preset_fields = PRESETS[cfg.model][1]
+    names = [n for n in MODEL_OVERRIDES if n in preset_fields]
+    fields = {**preset_fields, **model_overrides(cfg, names), **known}
+    problems = model_problems(cfg, fields, given=[n for n in names if getattr(cfg, n) is not None], labels=labels)
+    if problems:
+        print(f"error: {'; '.join(problems)}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def config_disagreement(cfg: RecipeConfig, dist: Any) -> str | None:
@@ -227,7 +272,15 @@ def config_disagreement(cfg: RecipeConfig, dist: Any) -> str | None:
     return None
 
 
-def write_pipeline(checkpoint: Path, folder: Path, vae: Any, weights_name: str = "ema.safetensors") -> Path:
+def class_names(dataset: Any) -> dict[str, str] | None:
+    """``{"0": name, ...}``: the dataset's class names by label (the pipelines' ``id2label``), ``None`` if it has none."""
+    classes = getattr(dataset, "classes", None)
+    return {str(i): str(name) for i, name in enumerate(classes)} if classes else None
+
+
+def write_pipeline(
+    checkpoint: Path, folder: Path, vae: Any, weights_name: str = "ema.safetensors", id2label: dict[str, str] | None = None
+) -> Path:
     """``folder``: the checkpoint's EMA weights as an :class:`~mdtblocks.MDTPipeline` folder, replaced whole.
 
     Written under a temporary name and renamed, so a reader sees the old folder or the new one.
@@ -240,7 +293,7 @@ def write_pipeline(checkpoint: Path, folder: Path, vae: Any, weights_name: str =
 
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    pipeline_from_checkpoint(checkpoint, vae=vae, weights_name=weights_name).save_pretrained(tmp)
+    pipeline_from_checkpoint(checkpoint, vae=vae, weights_name=weights_name, id2label=id2label).save_pretrained(tmp)
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
         folder.rename(old)
