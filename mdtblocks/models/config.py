@@ -268,7 +268,7 @@ class MaskDiTConfig(DiTConfig):
     mask_ratio: float | None = 0.5
 
     def __post_init__(self) -> None:
-        _check_common(self)
+        _check(self)
         for name in ("decoder_hidden_size", "decoder_depth", "decoder_num_heads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "decoder_depth" else 1):

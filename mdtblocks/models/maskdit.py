@@ -94,6 +94,10 @@ class MaskDiT(DiffusionBackbone):
             b, k, dd = z.shape
             full = self.mask_token.to(z.dtype).expand(b, self.num_tokens, dd)  # (b, n, dd); scatter copies it
             z = full.scatter(1, ids_keep.unsqueeze(-1).expand(b, k, dd), z)
+        elif self.training and torch.is_grad_enabled():
+            # The unmasked (fine-tune) pass uses the mask token with weight 0: DDP then sees
+            # every parameter in both stages, and the output is unchanged.
+            z = z + 0.0 * self.mask_token.to(z.dtype)
         z = z + self.decoder_pos_embed
         for blk in self.decoder_blocks:
             z = blk(z, c)
