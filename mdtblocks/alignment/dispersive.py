@@ -42,7 +42,7 @@ class DispersiveLoss(nn.Module):
             raise ValueError(f"temperature must be positive, got {temperature!r}")
         self.coeff, self.temperature = float(coeff), float(temperature)
 
-    def forward(self, tokens: Float[Tensor, "b n_or_k d"]) -> Float[Tensor, "b"]:
+    def forward(self, tokens: Float[Tensor, "b ..."]) -> Float[Tensor, "b"]:
         """The batch's dispersive loss (float32), repeated for each of the ``b`` samples.
 
         Args:
