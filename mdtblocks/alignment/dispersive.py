@@ -61,4 +61,5 @@ class DispersiveLoss(nn.Module):
         return (self.coeff * loss).expand(b)
 
     def extra_repr(self) -> str:
+        """The options, for ``repr``."""
         return f"coeff={self.coeff}, temperature={self.temperature}"

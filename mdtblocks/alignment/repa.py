@@ -87,4 +87,5 @@ class RepaLoss(nn.Module):
         return self.coeff * negative_cosine(self.projector(tokens), targets)
 
     def extra_repr(self) -> str:
+        """The options, for ``repr``."""
         return f"coeff={self.coeff}"
