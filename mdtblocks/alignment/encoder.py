@@ -79,6 +79,12 @@ class FrozenEncoder(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
+    def feature_maps(self, images: Float[Tensor, "b c hh ww"]) -> Float[Tensor, "b e fh fw"]:
+        """The encoder's own feature grid, float32, without autograd (what a latent cache stores)."""
+        device = next(iter(self.parameters()), torch.empty(0)).device
+        return self.feature_map(images.to(device)).float()
+
+    @torch.no_grad()
     def forward(self, images: Float[Tensor, "b c hh ww"], grid: tuple[int, int]) -> Float[Tensor, "b n e"]:
         """Features of clean images on the token grid ``(gh, gw)``: ``(b, gh * gw, feature_dim)`` float32.
 
@@ -87,6 +93,4 @@ class FrozenEncoder(nn.Module):
                 convention, grey repeated to RGB); moved to the encoder's device.
             grid: the backbone's patch grid (``model.config.grid``).
         """
-        device = next(iter(self.parameters()), torch.empty(0)).device
-        fmap = self.feature_map(images.to(device))
-        return resample_to_grid(fmap.float(), grid, type(self).__name__)
+        return resample_to_grid(self.feature_maps(images), grid, type(self).__name__)
