@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.utils.data
 
 from mdtblocks.alignment import InceptionEncoder, resample_to_grid
 from mdtblocks.data import DigitsDataset, LatentDataset, encode_dataset, load_autoencoder
@@ -73,3 +74,31 @@ def test_a_damaged_feature_shard_is_not_complete(cache: Path, tmp_path: Path) ->
     assert shard_is_complete(copy, entry)
     np.save(copy / entry["align"], np.load(copy / entry["align"])[:-1])
     assert not shard_is_complete(copy, entry)
+
+
+class _Crashes(torch.utils.data.Dataset):
+    """The digits, failing at image ``at``: an extraction that dies after its first shards."""
+
+    def __init__(self, data: DigitsDataset, at: int) -> None:
+        self.data, self.at = data, at
+        self.num_images, self.num_classes, self.classes, self.image_size = data.num_images, data.num_classes, data.classes, 8
+
+    def __getitem__(self, index: int):
+        if index >= self.at:
+            raise RuntimeError("killed")
+        return self.data[index]
+
+
+def test_a_resumed_extraction_stores_the_same_features(cache: Path, tmp_path: Path, digits: DigitsDataset, encoder: InceptionEncoder) -> None:
+    out = tmp_path / "resumed"
+    pixels = load_autoencoder(None, channels=1)
+    with pytest.raises(RuntimeError, match="killed"):  # batches of 4, shards of 3: dies inside the third batch
+        encode_dataset(_Crashes(digits, 9), pixels, out, batch_size=4, shard_size=3, seed=0, align_encoder=encoder)
+    assert not (out / "meta.json").exists() and list(out.glob("*-align.npy"))
+    with pytest.raises(ValueError, match="other flags: --align-encoder"):  # another encoder on the part-done folder
+        encode_dataset(digits, pixels, out, batch_size=4, shard_size=3, seed=0, align_encoder=InceptionEncoder(TinyInception(), resolution=16))
+    encode_dataset(digits, pixels, out, batch_size=4, shard_size=3, seed=0, align_encoder=encoder)
+    whole, resumed = LatentDataset(cache, align_encoder=encoder.record()), LatentDataset(out, align_encoder=encoder.record())
+    for i in range(len(whole)):
+        for a, b in zip(whole[i], resumed[i]):
+            assert torch.equal(torch.as_tensor(a), torch.as_tensor(b)), i
