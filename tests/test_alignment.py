@@ -6,11 +6,18 @@ import math
 
 import pytest
 import torch
+from helpers import inputs, tiny_dit, tiny_mdt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import inputs, tiny_dit, tiny_mdt
-from mdtblocks.alignment import DispersiveLoss, FeatureTap, Projector, RepaLoss, gather_targets, negative_cosine
+from mdtblocks.alignment import (
+    DispersiveLoss,
+    FeatureTap,
+    Projector,
+    RepaLoss,
+    gather_targets,
+    negative_cosine,
+)
 from mdtblocks.masking import MaskSampler
 
 SETTINGS = settings(max_examples=20, deadline=None)
@@ -228,7 +235,7 @@ def test_dispersive_prefers_spread_representations_and_pushes_them_apart() -> No
     z = z.clone().requires_grad_(True)
     loss(z).mean().backward()
     step = z - 0.5 * z.grad  # a gradient step moves the samples apart
-    spread = lambda v: torch.pdist(v.reshape(6, -1)).mean()  # noqa: E731
+    spread = lambda v: torch.pdist(v.reshape(6, -1)).mean()
     assert float(spread(step.detach())) > float(spread(z.detach()))
 
 

@@ -8,11 +8,16 @@ import numpy as np
 import pytest
 import torch
 import torch.utils.data
+from test_alignment_encoders import TinyInception
 
 from mdtblocks.alignment import InceptionEncoder, resample_to_grid
-from mdtblocks.data import DigitsDataset, LatentDataset, encode_dataset, load_autoencoder
+from mdtblocks.data import (
+    DigitsDataset,
+    LatentDataset,
+    encode_dataset,
+    load_autoencoder,
+)
 from mdtblocks.data.latents import shard_is_complete
-from test_alignment_encoders import TinyInception
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +44,7 @@ def test_features_of_both_flips_are_stored(cache: Path, digits: DigitsDataset, e
     assert data.meta["align_encoder"] == encoder.record() and len(data) == 20
     for i in (0, 4, 9):  # across shards of 3
         image = digits[i][0]  # index < num_images: the image itself, not its mirror
-        latent, label, features = data[i]
+        _, label, features = data[i]
         _, _, mirror_features = data[10 + i]
         expected = encoder.feature_maps(image[None])[0]
         expected_mirror = encoder.feature_maps(image[None].flip(-1))[0]

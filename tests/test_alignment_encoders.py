@@ -10,17 +10,22 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_dit
 from torch import nn
 
-from mdtblocks.alignment import Dinov2Encoder, FeatureTap, InceptionEncoder, RepaLoss, resample_to_grid
-from helpers import tiny_dit
-
-transformers = pytest.importorskip("transformers")
+from mdtblocks.alignment import (
+    Dinov2Encoder,
+    FeatureTap,
+    InceptionEncoder,
+    RepaLoss,
+    resample_to_grid,
+)
 
 
 @pytest.fixture(scope="module")
 def dino_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random DINOv2 (width 32, patch 4) written with save_pretrained, as a user's local folder would be."""
+    transformers = pytest.importorskip("transformers")
     config = transformers.Dinov2Config(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=4, image_size=16
     )
@@ -59,7 +64,9 @@ def test_dinov2_from_a_local_folder(dino_folder: Path) -> None:
     feats = enc(x, (4, 4))
     assert feats.shape == (2, 16, 32) and feats.dtype == torch.float32
     # the same computation written out: [0, 1], ImageNet normalisation, bicubic resize, patch tokens, row-major
-    model = transformers.Dinov2Model.from_pretrained(dino_folder).eval()
+    from transformers import Dinov2Model
+
+    model = Dinov2Model.from_pretrained(dino_folder).eval()
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     pixels = F.interpolate(((x + 1) / 2 - mean) / std, size=(16, 16), mode="bicubic")
     with torch.no_grad():
@@ -140,8 +147,11 @@ def test_bad_images_are_refused(dino_folder: Path) -> None:
 
 # --- no gradients ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["dinov2", "inception"])
-def test_the_encoder_never_receives_gradients(kind: str, dino_folder: Path) -> None:
-    enc = Dinov2Encoder(dino_folder, resolution=16) if kind == "dinov2" else InceptionEncoder(TinyInception(), resolution=32)
+def test_the_encoder_never_receives_gradients(kind: str, request: pytest.FixtureRequest) -> None:
+    if kind == "dinov2":
+        enc = Dinov2Encoder(request.getfixturevalue("dino_folder"), resolution=16)
+    else:
+        enc = InceptionEncoder(TinyInception(), resolution=32)
     enc.train()  # a training loop's model.train() reaches it: it stays in eval mode
     assert not enc.training and all(not m.training for m in enc.modules())
     assert all(not p.requires_grad for p in enc.parameters())

@@ -102,7 +102,7 @@ def test_fixture_provenance() -> None:
 @pytest.mark.parametrize("coeff", [0.5, 2.0])
 def test_coefficient_scales_the_recorded_loss(coeff: float) -> None:
     fixture, meta = load("main")
-    model, unit = build(fixture, meta)
+    _, unit = build(fixture, meta)
     scaled = RepaLoss(meta["config"]["hidden_size"], meta["config"]["z_dims"][0], coeff=coeff, projector_dim=meta["config"]["projector_dim"])
     scaled.load_state_dict(unit.state_dict())
     tokens = fixture["tapped"]

@@ -40,7 +40,12 @@ class Dinov2Encoder(FrozenEncoder):
 
     def __init__(self, folder: str | os.PathLike, resolution: int = 224) -> None:
         super().__init__()
-        from transformers import Dinov2Model  # optional dependency, only for this encoder
+        try:
+            from transformers import (
+                Dinov2Model,  # optional dependency, only for this encoder
+            )
+        except ImportError as err:
+            raise ModuleNotFoundError("Dinov2Encoder needs transformers: pip install 'mdtblocks[align]'") from err
 
         path = Path(folder)
         config_file = path / "config.json"
