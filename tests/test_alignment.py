@@ -246,3 +246,18 @@ def test_dispersive_refuses_bad_options() -> None:
         DispersiveLoss(coeff=-1.0)
     with pytest.raises((ValueError, TypeError), match="tokens"):
         DispersiveLoss()(torch.randn(3))
+
+
+def test_tap_on_maskdit_encoder_and_decoder() -> None:
+    from mdtblocks import MaskDiT
+
+    model = MaskDiT.from_preset("MaskDiT-S/2", input_size=8, in_channels=3, num_classes=5, depth=2, hidden_size=32,
+                                num_heads=2, decoder_hidden_size=16, decoder_depth=1, decoder_num_heads=2).eval()
+    x, t, y = inputs(model, batch=2)
+    plan = model.mask_sampler(2, model.num_tokens, generator=torch.Generator().manual_seed(0))
+    with FeatureTap(model, 2) as enc, FeatureTap(model, 3) as dec:
+        model(x, t.float(), y, ids_keep=plan.ids_keep)
+        assert enc.pop().shape == (2, plan.num_kept, 32) and enc.ids_for(plan.ids_keep) is plan.ids_keep
+        assert dec.pop().shape == (2, model.num_tokens, 16) and dec.ids_for(plan.ids_keep) is None
+    with pytest.raises(ValueError, match="past MaskDiT's 3 blocks"):
+        model.block_at(4)
