@@ -199,7 +199,7 @@ class LatentDataset(Dataset):
     Args:
         root: the cache folder.
         flip: use the mirrored latents too.
-        align_encoder: the :meth:`record` of the alignment encoder training expects
+        align_encoder: the ``record()`` of the alignment encoder training expects
             (e.g. ``Dinov2Encoder(...).record()``): items become ``(latent, label,
             features)`` with the stored ``(e, fh, fw)`` float32 feature map of that image
             (or of its mirror). A cache made without features, or with another encoder,
