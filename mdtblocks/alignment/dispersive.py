@@ -58,7 +58,7 @@ class DispersiveLoss(nn.Module):
         dist = (sq[:, None] + sq[None, :] - 2.0 * (z @ z.T)).clamp_min(0.0) / z.shape[1]  # (b, b)
         dist = dist * (1.0 - torch.eye(b, device=z.device, dtype=z.dtype))
         loss = torch.logsumexp(-dist.reshape(-1) / self.temperature, dim=0) - math.log(b * b)
-        return (self.coeff * loss).expand(b)
+        return (self.coeff * loss).repeat(b)  # a tensor of its own (not a broadcast view): safe for in-place weighting
 
     def extra_repr(self) -> str:
         """The options, for ``repr``."""
