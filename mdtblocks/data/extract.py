@@ -90,6 +90,7 @@ def encode_dataset(
     rank: int = 0,
     world_size: int = 1,
     extra_meta: dict[str, Any] | None = None,
+    align_encoder: Any = None,
 ) -> dict[str, Any]:
     """Encode every readable image of ``dataset`` and its mirror into a latent cache at ``out``.
 
@@ -119,6 +120,9 @@ def encode_dataset(
         world_size: number of processes encoding parts of the dataset.
         extra_meta: more fields to record in ``meta.json`` (e.g. the image size); they are
             settings too: a part-done folder is continued only with the same values.
+        align_encoder: a frozen alignment encoder (:class:`~mdtblocks.alignment.FrozenEncoder`,
+            on ``device``): its feature maps of each image and its mirror are stored beside
+            the latents, and its ``record()`` in ``meta["align_encoder"]``.
 
     Returns:
         The metadata written to ``meta.json`` (one process), or this rank's part record.
@@ -127,8 +131,9 @@ def encode_dataset(
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     root = Path(out)
     vae = getattr(autoencoder, "name", None)
+    align = None if align_encoder is None else align_encoder.record()
     settings = {**(extra_meta or {}), "vae": vae, "seed": seed, "batch_size": batch_size, "shard_size": shard_size,
-                "world_size": world_size}
+                "world_size": world_size, **({"align_encoder": align} if align else {})}
     writer = LatentWriter(root, shard_size=shard_size, prefix=f"shard-r{rank:05d}-")  # refuses a finished cache
     progress = _continue(root, rank, settings)
     if world_size > 1 and _part_path(root, rank).is_file():
@@ -148,9 +153,14 @@ def encode_dataset(
         x, y = x[ok].to(device), y[ok]
         z = autoencoder.encode(torch.cat([x, x.flip(-1)]), generator=batch_generator(seed, rank, k, device))
         plain, mirrored = z[: len(x)], z[len(x) :]
+        features = None
+        if align_encoder is not None:  # (b, 2, e, fh, fw): the image's features, then its mirror's
+            f = align_encoder.feature_maps(torch.cat([x, x.flip(-1)]))
+            features = torch.stack([f[: len(x)], f[len(x) :]], dim=1)
         if k == first and skip:  # the start of this batch is in the last recorded shard already
             plain, mirrored, y = plain[skip:], mirrored[skip:], y[skip:]
-        for entry in writer.add(plain, mirrored, y, batch=k):
+            features = None if features is None else features[skip:]
+        for entry in writer.add(plain, mirrored, y, batch=k, features=features):
             # Unreadable files up to the resume point: all of batch k's if it restarts after it.
             progress.add({**entry, "skipped": skipped if entry["resume"]["batch"] > k else before})
     fingerprint = autoencoder_fingerprint(autoencoder)
@@ -162,6 +172,7 @@ def encode_dataset(
         "vae_provenance": vae_provenance(autoencoder, fingerprint),  # folder and config: the run's pipeline loads it
         "num_classes": int(dataset.num_classes),
         "classes": list(dataset.classes),
+        **({"align_encoder": align} if align else {}),
     }
     record = {"rank": rank, "shards": writer.close(), "num_skipped": skipped, "meta": meta}
     if world_size == 1:

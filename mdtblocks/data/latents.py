@@ -5,6 +5,8 @@ Layout of a cache folder (what ``recipes/extract_latents.py`` writes)::
     meta.json                   format, latent_shape, scale_factor, vae, vae_provenance, num_classes, shards, ...
     shard-r00000-00000.npy      float32 (count, 2, c, h, w): [:, 0] the image's latent, [:, 1] its mirror's
     shard-r00000-00000-labels.npy   int64 (count,)
+    shard-r00000-00000-align.npy    float16 (count, 2, e, fh, fw): an alignment encoder's feature maps of
+                                    the image and its mirror (only when extracted with one; meta ``align_encoder``)
     shard-r00000-00001.npy      ...
 
 ``rNNNNN`` is the rank that wrote the shard (several processes encode disjoint
@@ -59,6 +61,7 @@ class LatentWriter:
     prefix: str = "shard-r00000-"
     _buffer: list[np.ndarray] = field(default_factory=list, repr=False)
     _labels: list[np.ndarray] = field(default_factory=list, repr=False)
+    _features: list[np.ndarray] = field(default_factory=list, repr=False)
     _buffered: int = 0
     _batch: tuple[int, int] = (0, 0)
     shards: list[dict[str, Any]] = field(default_factory=list)
@@ -77,6 +80,7 @@ class LatentWriter:
         mirrored: Float[Tensor, "b c hh ww"],
         labels: Int[Tensor, "b"],
         batch: int = 0,
+        features: Float[Tensor, "b 2 e fh fw"] | None = None,
     ) -> list[dict[str, Any]]:
         """Append a batch: the latents of the images, of their mirrors, and the labels.
 
@@ -85,6 +89,8 @@ class LatentWriter:
             mirrored: scaled latents of the horizontally flipped images.
             labels: integer class labels.
             batch: the batch's index, for the resume point recorded with each shard.
+            features: an alignment encoder's feature maps of the images and their mirrors
+                (stored as float16 beside the latents); give them with every batch or never.
 
         Returns:
             The entries of the shards this batch completed (their files are written).
@@ -92,6 +98,8 @@ class LatentWriter:
         pair = torch.stack([latents, mirrored], dim=1).float().cpu().numpy()  # (b, 2, c, h, w)
         self._buffer.append(pair)
         self._labels.append(labels.cpu().numpy().astype(np.int64))
+        if features is not None:
+            self._features.append(features.to(torch.float16).cpu().numpy())
         self._buffered += len(pair)
         self._batch = (batch, len(pair))
         written = []
@@ -104,6 +112,11 @@ class LatentWriter:
         stem = f"{self.prefix}{len(self.shards):05d}"
         _save_npy(self.root / f"{stem}.npy", np.ascontiguousarray(data[:count]))
         _save_npy(self.root / f"{stem}-labels.npy", np.ascontiguousarray(labels[:count]))
+        features = np.concatenate(self._features) if self._features else None
+        if features is not None:
+            if len(features) != len(data):
+                raise ValueError(f"features were given for {len(features)} of {len(data)} buffered images: give them with every batch")
+            _save_npy(self.root / f"{stem}-align.npy", np.ascontiguousarray(features[:count]))
         # Where the data after this shard starts: every leftover latent comes from the newest batch
         # (the buffer held fewer than shard_size before it), so re-encoding that batch and dropping
         # its first `skip` latents rebuilds the buffer exactly.
@@ -111,6 +124,9 @@ class LatentWriter:
         left = len(data) - count
         resume = {"batch": batch, "skip": size - left} if left else {"batch": batch + 1, "skip": 0}
         entry = {"file": f"{stem}.npy", "labels": f"{stem}-labels.npy", "count": int(count), "resume": resume}
+        if features is not None:
+            entry["align"] = f"{stem}-align.npy"
+            self._features = [features[count:]] if left else []
         self.shards.append(entry)
         self._buffer = [data[count:]] if left else []
         self._labels = [labels[count:]] if left else []
@@ -125,7 +141,7 @@ class LatentWriter:
         """
         if self._buffered:
             self._flush(self._buffered)
-        return [{k: s[k] for k in ("file", "labels", "count")} for s in self.shards]
+        return [{k: s[k] for k in ("file", "labels", "count", "align") if k in s} for s in self.shards]
 
 
 def shard_is_complete(root: str | os.PathLike, entry: dict[str, Any], latent_shape: tuple[int, ...] | None = None) -> bool:
@@ -138,6 +154,12 @@ def shard_is_complete(root: str | os.PathLike, entry: dict[str, Any], latent_sha
         return False
     count = int(entry["count"])
     shape_ok = latent_shape is None or tuple(data.shape[2:]) == tuple(latent_shape)
+    if "align" in entry:
+        try:
+            features = np.load(root / entry["align"], mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return False
+        shape_ok = shape_ok and features.ndim == 5 and features.shape[:2] == (count, 2)
     return data.ndim == 5 and data.shape[:2] == (count, 2) and shape_ok and labels.shape == (count,)
 
 
@@ -177,6 +199,11 @@ class LatentDataset(Dataset):
     Args:
         root: the cache folder.
         flip: use the mirrored latents too.
+        align_encoder: the ``record()`` of the alignment encoder training expects
+            (e.g. ``Dinov2Encoder(...).record()``): items become ``(latent, label,
+            features)`` with the stored ``(e, fh, fw)`` float32 feature map of that image
+            (or of its mirror). A cache made without features, or with another encoder,
+            is refused.
 
     Attributes:
         num_classes: number of classes (labels are ``0..num_classes-1``).
@@ -188,7 +215,7 @@ class LatentDataset(Dataset):
 
     num_skipped = 0
 
-    def __init__(self, root: str | os.PathLike, flip: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike, flip: bool = True, align_encoder: dict[str, Any] | None = None) -> None:
         self.root = Path(root)
         meta_path = self.root / "meta.json"
         if not meta_path.is_file():
@@ -226,7 +253,15 @@ class LatentDataset(Dataset):
                     f"latent shard {str(path)!r} holds an array of shape {tuple(shape)} but meta.json says {expected}; "
                     "the cache is damaged (re-extract it)"
                 )
+        self.align_encoder = align_encoder
+        if align_encoder is not None:
+            stored = self.meta.get("align_encoder")
+            if stored is None or any("align" not in s for s in self.meta["shards"]):
+                raise ValueError(f"{str(self.root)!r} stores no alignment features; extract it with the encoder {align_encoder}")
+            if stored != align_encoder:
+                raise ValueError(f"{str(self.root)!r} stores features of the encoder {stored}, not of {align_encoder}")
         self._maps: dict[int, np.ndarray] = {}  # opened lazily, so each DataLoader worker maps its own
+        self._align_maps: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return 2 * self.num_images if self.flip else self.num_images
@@ -236,13 +271,18 @@ class LatentDataset(Dataset):
             self._maps[k] = np.load(self._files[k], mmap_mode="r", allow_pickle=False)
         return self._maps[k]
 
-    def __getitem__(self, index: int) -> tuple[Float[Tensor, "c hh ww"], int]:
+    def __getitem__(self, index: int) -> tuple[Float[Tensor, "c hh ww"], int] | tuple[Float[Tensor, "c hh ww"], int, Float[Tensor, "e fh fw"]]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of length {len(self)}")
         image, mirrored = index % self.num_images, index >= self.num_images
         k = bisect.bisect_right(self._starts, image) - 1
         latent = np.array(self._shard(k)[image - self._starts[k], int(mirrored)], dtype=np.float32)
-        return torch.from_numpy(latent), int(self.labels[image])
+        if self.align_encoder is None:
+            return torch.from_numpy(latent), int(self.labels[image])
+        if k not in self._align_maps:
+            self._align_maps[k] = np.load(self.root / self.meta["shards"][k]["align"], mmap_mode="r", allow_pickle=False)
+        features = np.array(self._align_maps[k][image - self._starts[k], int(mirrored)], dtype=np.float32)
+        return torch.from_numpy(latent), int(self.labels[image]), torch.from_numpy(features)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_maps": {}}  # memory maps are not sent to worker processes
+        return {**self.__dict__, "_maps": {}, "_align_maps": {}}  # memory maps are not sent to worker processes

@@ -103,6 +103,25 @@ class DiffusionBackbone(ModelMixin):
         """Classifier-free-guidance label dropout with an explicit generator (training only)."""
         return self.y_embedder.drop(y, generator)
 
+    # --- feature taps -------------------------------------------------------------------
+    def trunk(self) -> list[nn.Module]:
+        """The transformer blocks in the order ``forward`` runs them (token maps ``(b, *, d) -> (b, *, d)``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not list its blocks")
+
+    kept_only_blocks: int = 0
+    """Leading :meth:`trunk` blocks that see only the kept tokens in the masked pass (MDT's encoder)."""
+
+    def block_at(self, depth: int) -> nn.Module:
+        """The block whose output is the tokens after ``depth`` blocks (1-based): where a feature tap attaches.
+
+        Raises:
+            ValueError: ``depth`` is not in ``[1, depth of the network]``.
+        """
+        blocks = self.trunk()
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= len(blocks):
+            raise ValueError(f"depth {depth!r} is past {type(self).__name__}'s {len(blocks)} blocks; expected 1..{len(blocks)}")
+        return blocks[depth - 1]
+
     # --- diffusers ----------------------------------------------------------------------
     def to(self, *args: Any, **kwargs: Any) -> DiffusionBackbone:
         """``nn.Module.to``: skips diffusers' quantisation checks (these models are never

@@ -43,6 +43,10 @@ class DiT(DiffusionBackbone):
         for block in self.blocks:
             block.reset_parameters()
 
+    def trunk(self) -> list[nn.Module]:
+        """The ``depth`` adaLN-Zero blocks."""
+        return list(self.blocks)
+
     def forward(
         self,
         x: Float[Tensor, "b c hh ww"],

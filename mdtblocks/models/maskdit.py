@@ -76,6 +76,15 @@ class MaskDiT(DiffusionBackbone):
         nn.init.normal_(self.mask_token, std=0.02)
         self.decoder_pos_embed.data.copy_(sincos_2d(self.config.decoder_hidden_size, self.config.grid).unsqueeze(0))
 
+    def trunk(self) -> list[nn.Module]:
+        """Encoder blocks (width ``hidden_size``) then decoder blocks (width ``decoder_hidden_size``)."""
+        return [*self.blocks, *self.decoder_blocks]
+
+    @property
+    def kept_only_blocks(self) -> int:  # type: ignore[override]
+        """The encoder blocks: with ``ids_keep`` they see only the kept tokens, in ``ids_keep`` order."""
+        return len(self.blocks)
+
     def encode(self, h: Float[Tensor, "b k d"], c: Float[Tensor, "b d"]) -> Float[Tensor, "b k d"]:
         """Run the encoder blocks over the tokens present (all, or the kept ones)."""
         for blk in self.blocks:

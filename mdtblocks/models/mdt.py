@@ -69,6 +69,15 @@ class MaskedDiffusionTransformer(DiffusionBackbone):
         self.side_interpolater.reset_parameters()
         self.decoder_pos_embed.data.copy_(sincos_2d(self.config.hidden_size, self.config.grid).unsqueeze(0))
 
+    def trunk(self) -> list[nn.Module]:
+        """Encoder then decoder blocks (the side-interpolater, masked pass only, is not counted)."""
+        return [*self.encoder, *self.decoder]
+
+    @property
+    def kept_only_blocks(self) -> int:  # type: ignore[override]
+        """The encoder blocks: in the masked pass they see only the kept tokens, in ``ids_keep`` order."""
+        return len(self.encoder)
+
     def encode(
         self, h: Float[Tensor, "b k d"], c: Float[Tensor, "b d"], rel_index: Int[Tensor, "b k k"] | None = None
     ) -> Float[Tensor, "b k d"]:
