@@ -2,14 +2,17 @@
 
 The top level re-exports what most users call; every part is also importable from its
 subpackage (``mdtblocks.blocks``, ``mdtblocks.masking``, ``mdtblocks.models``,
-``mdtblocks.compat``, ``mdtblocks.diffusion``, ``mdtblocks.sampling``, ``mdtblocks.data``,
-``mdtblocks.training``, ``mdtblocks.evaluation``, ``mdtblocks.pipelines``).
+``mdtblocks.compat``, ``mdtblocks.diffusion``, ``mdtblocks.objectives``, ``mdtblocks.tokens``,
+``mdtblocks.criterion``, ``mdtblocks.sampling``, ``mdtblocks.data``, ``mdtblocks.training``,
+``mdtblocks.evaluation``, ``mdtblocks.pipelines``).
 """
 
 from typing import TYPE_CHECKING, Any
 
 from .compat import load_official
-from .diffusion import GaussianDiffusion, MaskedDiffusionObjective, create_diffusion
+from .criterion import Criterion, MaskedDiffusionObjective
+from .diffusion import GaussianDiffusion, create_diffusion
+from .objectives import GaussianObjective
 from .models import PRESETS, DiT, DiTConfig, MaskedDiffusionTransformer, MDTConfig, forward_flops, load_pretrained
 from .sampling import classifier_free_guidance
 
@@ -28,6 +31,8 @@ __all__ = [
     "create_diffusion",
     "GaussianDiffusion",
     "MaskedDiffusionObjective",
+    "Criterion",
+    "GaussianObjective",
     "classifier_free_guidance",
     "MDTPipeline",
 ]

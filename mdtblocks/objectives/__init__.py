@@ -1,5 +1,6 @@
 """Training objectives, one module each, behind one interface (:class:`~mdtblocks.objectives.base.Objective`)."""
 
 from .base import OBJECTIVES, Objective, objective_from_record, register_objective
+from .gaussian import GaussianObjective
 
-__all__ = ["Objective", "OBJECTIVES", "register_objective", "objective_from_record"]
+__all__ = ["Objective", "GaussianObjective", "OBJECTIVES", "register_objective", "objective_from_record"]

@@ -14,7 +14,7 @@ from ..diffusion.noise import gaussian_noise
 from ..diffusion.process import check_prediction
 from ..diffusion.schedules import TRAINING_STEPS, named_betas
 
-__all__ = ["SCHEDULER_KINDS", "make_scheduler", "diffusers_sample_loop", "scheduler_model_output"]
+__all__ = ["SCHEDULER_KINDS", "make_scheduler", "diffusers_scheduler", "diffusers_sample_loop", "scheduler_model_output"]
 
 SCHEDULER_KINDS: tuple[str, ...] = ("dpm_solver++", "ddim", "ddpm")
 """Kinds :func:`make_scheduler` builds: ``DPMSolverMultistepScheduler`` (DPM-Solver++, 2nd order),
@@ -179,3 +179,14 @@ def diffusers_sample_loop(
         out = scheduler_model_output(scheduler, out.to(x.dtype), x.shape[1])
         x = scheduler.step(out, t, x, **step_kwargs).prev_sample
     return x
+
+
+def diffusers_scheduler(objective: Any, kind: str = "ddim") -> Any:
+    """The diffusers scheduler ``kind`` of ``objective`` (its optional ``diffusers_scheduler``); refused for one without."""
+    make = getattr(objective, "diffusers_scheduler", None)
+    if make is None:
+        raise ValueError(
+            f"the {getattr(objective, 'kind', type(objective).__name__)!r} objective has no diffusers scheduler; "
+            "sample its checkpoints with recipes/sample.py"
+        )
+    return make(kind)
