@@ -8,7 +8,7 @@ then calls the criterion on each micro batch with that batch's rows, and logs
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -42,7 +42,7 @@ class ExtraLoss(Protocol):
     weight: float
 
     def __call__(
-        self, net: nn.Module, x_start: Image, y: Labels, draws: StepRandomness, terms: Mapping[str, Tensor]
+        self, net: Callable[..., Tensor], x_start: Image, y: Labels, draws: StepRandomness, terms: Mapping[str, Tensor]
     ) -> Float[Tensor, "b"]:
         """The per-sample term, given the step's draws and the passes' terms so far."""
         ...
@@ -57,7 +57,7 @@ class StepLoss(Protocol):
     """What the optimizer step calls: a :class:`Criterion`, or the older ``MaskedDiffusionObjective``."""
 
     def __call__(
-        self, net: nn.Module, x_start: Image, y: Labels, draws: StepRandomness, model_kwargs: Mapping[str, Any] | None = None
+        self, net: Callable[..., Tensor], x_start: Image, y: Labels, draws: StepRandomness, model_kwargs: Mapping[str, Any] | None = None
     ) -> dict[str, Shaped[Tensor, "b"]]:
         """Per-sample loss terms, ``"loss"`` among them."""
         ...
@@ -179,7 +179,7 @@ class Criterion:
     # --- loss ---------------------------------------------------------------------------
     def __call__(
         self,
-        net: nn.Module,
+        net: Callable[..., Tensor],
         x_start: Image,
         y: Labels,
         draws: StepRandomness,

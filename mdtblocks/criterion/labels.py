@@ -24,7 +24,7 @@ class LabelDropout:
         prob: the drop probability in ``[0, 1)``; 0 draws nothing and drops nothing.
     """
 
-    prob: float = 0.1
+    prob: float | int = 0.1
 
     def __post_init__(self) -> None:
         if isinstance(self.prob, bool) or not isinstance(self.prob, (int, float)) or not 0.0 <= self.prob < 1.0:

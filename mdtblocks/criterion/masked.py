@@ -8,7 +8,7 @@ dropout from the model it draws for, as before. New code builds a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
@@ -83,7 +83,7 @@ class MaskedDiffusionObjective:
         return Criterion(self.objective, tokens, labels)
 
     def __call__(
-        self, net: nn.Module, x_start: Image, y: Labels, draws: StepRandomness, model_kwargs: Mapping[str, Any] | None = None
+        self, net: Callable[..., Tensor], x_start: Image, y: Labels, draws: StepRandomness, model_kwargs: Mapping[str, Any] | None = None
     ) -> dict[str, Tensor]:
         """Per-sample losses of one batch (see :meth:`Criterion.__call__`); the passes follow ``draws.mask``."""
         return self._any_model(net, x_start, y, draws, model_kwargs)

@@ -31,7 +31,7 @@ class GaussianObjective:
     """The Gaussian diffusion of DiT, MDT and MDTv2, with the options of :func:`~mdtblocks.create_diffusion`.
 
     Attributes:
-        noise_schedule: ``"linear"`` or ``"cosine"``.
+        noise_schedule: ``"linear"`` or ``"cosine"`` (``None`` only for a wrapped process of other betas).
         diffusion_steps: steps ``T`` of the training process (the times are ``0 .. T-1``).
         learn_sigma: the network outputs learned-range variance channels.
         predict: ``"epsilon"``, ``"x0"`` or ``"v"``.
@@ -46,17 +46,19 @@ class GaussianObjective:
     kind: ClassVar[str] = "gaussian"
     samplers: ClassVar[tuple[str, ...]] = ("ddpm", "ddim", "dpm_solver++")
 
-    noise_schedule: str = "linear"
+    noise_schedule: str | None = "linear"
     diffusion_steps: int = 1000
     learn_sigma: bool = True
     predict: str = "epsilon"
-    snr_gamma: float | None = None
+    snr_gamma: float | int | None = None
     sigma_small: bool = False
     use_kl: bool = False
     rescale_learned_sigmas: bool = False
-    diffusion: GaussianDiffusion = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+    diffusion: GaussianDiffusion | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.snr_gamma is not None:
+            object.__setattr__(self, "snr_gamma", float(self.snr_gamma))
         if self.diffusion is None:
             object.__setattr__(self, "diffusion", create_diffusion("", **self._options()))
         elif not isinstance(self.diffusion, GaussianDiffusion):

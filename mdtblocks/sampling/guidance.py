@@ -157,6 +157,7 @@ def classifier_free_guidance(
     scale_pow: float | int | None = None,
     guided_channels: int | None = None,
     diffusion_steps: int = TRAINING_STEPS,
+    data_fraction: DataFraction | None = None,
 ) -> ClassifierFreeGuidance:
     """Wrap ``model`` with classifier-free guidance for sampling (see :class:`ClassifierFreeGuidance`).
 
@@ -166,12 +167,15 @@ def classifier_free_guidance(
         scale_pow: ``None`` for a constant scale (DiT); MDT uses the power-cosine schedule with 4.
         guided_channels: channels to guide (``None``: all; 3 reproduces the official evaluation).
         diffusion_steps: steps of the original process.
+        data_fraction: the objective's ``data_fraction``; the schedule then follows it
+            instead of ``1 - t / diffusion_steps``.
 
     Returns:
         A callable with the model's signature ``(x, t, y)`` for the stacked batch ``[cond; uncond]``.
     """
     return ClassifierFreeGuidance(
-        model, cfg_scale, scale_pow=scale_pow, guided_channels=guided_channels, diffusion_steps=diffusion_steps
+        model, cfg_scale, scale_pow=scale_pow, guided_channels=guided_channels, diffusion_steps=diffusion_steps,
+        data_fraction=data_fraction,
     )
 
 

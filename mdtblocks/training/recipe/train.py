@@ -171,7 +171,7 @@ class TrainRecipe:
         model = _MODEL_CLASSES[cls_name].from_preset(
             cfg.model, input_size=side, in_channels=channels, num_classes=num_classes, learn_sigma=True, **overrides
         )
-        criterion = build_criterion(cfg, model)
+        criterion = build_criterion(model, snr_gamma=cfg.snr_gamma, masked_draws=cfg.masked_draws)
         write_run_config(
             cfg.out, cfg, dist, vae=data.vae, image_size=data.image_size, num_classes=num_classes,
             model_preset=cfg.model, model_overrides=overrides, model_config=model.config.to_dict(),
@@ -243,15 +243,17 @@ def write_pipeline(checkpoint: Path, folder: Path, vae: Any) -> Path:
     return folder
 
 
-def build_criterion(cfg: RecipeConfig, model: torch.nn.Module) -> Criterion:
-    """The recipes' criterion: the Gaussian diffusion (linear, 1000 steps, learned sigma, ``cfg.snr_gamma``),
-    the token rule of the model's preset (MDT's two passes with its mask ratios and ``cfg.masked_draws``;
+def build_criterion(
+    model: torch.nn.Module, *, snr_gamma: float | None = None, masked_draws: str = "independent"
+) -> Criterion:
+    """The recipes' criterion: the Gaussian diffusion (linear, 1000 steps, learned sigma, ``snr_gamma``),
+    the token rule of the model's preset (MDT's two passes with its mask ratios and ``masked_draws``;
     DiT: the plain rule) and the label dropout of its config."""
-    objective = GaussianObjective("linear", 1000, learn_sigma=True, snr_gamma=cfg.snr_gamma)
+    objective = GaussianObjective("linear", 1000, learn_sigma=True, snr_gamma=snr_gamma)
     ratio = getattr(model.config, "mask_ratio", None)
     tokens: TokenRule = PlainRule()
     if ratio is not None:
-        tokens = MaskedTwoPassRule(ratio, model.config.mask_ratio_range, masked_draws=cfg.masked_draws)
+        tokens = MaskedTwoPassRule(ratio, model.config.mask_ratio_range, masked_draws=masked_draws)  # type: ignore[arg-type]
     return Criterion(objective, tokens, LabelDropout(model.config.class_dropout_prob))
 
 
