@@ -134,7 +134,7 @@ class GaussianObjective:
         if sampler == "dpm_solver++":
             if clip:
                 raise ValueError("clip_denoised=True is supported by the 'ddpm' and 'ddim' samplers, not 'dpm_solver++'")
-            from ..sampling.schedulers import diffusers_sample_loop  # diffusers: only when asked
+            from ..diffusion.schedulers import diffusers_sample_loop
 
             scheduler = self.diffusers_scheduler("dpm_solver++")
             return diffusers_sample_loop(net, scheduler, noise.shape, noise, num_steps, kwargs, progress, generator)
@@ -147,7 +147,7 @@ class GaussianObjective:
 
     def diffusers_scheduler(self, kind: str = "ddim") -> Any:
         """The diffusers scheduler ``kind`` over exactly this process's betas (:func:`~mdtblocks.sampling.make_scheduler`)."""
-        from ..sampling.schedulers import make_scheduler  # diffusers: only when asked
+        from ..diffusion.schedulers import make_scheduler
 
         return make_scheduler(
             kind, noise_schedule=self.noise_schedule, diffusion_steps=self.diffusion_steps, predict=self.predict,
