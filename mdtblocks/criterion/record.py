@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..objectives.base import objective_from_record
+from ..registry import Registry
 from ..objectives.gaussian import GaussianObjective
 from ..tokens.rules import MaskedTwoPassRule, PlainRule, TokenRule, rule_from_record
 from .criterion import Criterion, ExtraLoss
@@ -20,27 +21,20 @@ from .labels import LabelDropout
 
 __all__ = ["criterion_from_record", "read_criterion", "legacy_criterion", "EXTRA_LOSSES", "register_extra_loss"]
 
-EXTRA_LOSSES: dict[str, Callable[[Mapping[str, Any]], ExtraLoss]] = {}
+EXTRA_LOSSES: Registry[ExtraLoss] = Registry("extra loss")
 """``kind`` -> a function that rebuilds an extra loss from its record (none in the package yet)."""
 
 
 def register_extra_loss(kind: str, from_record: Callable[[Mapping[str, Any]], ExtraLoss]) -> None:
     """Make :func:`criterion_from_record` rebuild extra losses of ``kind``."""
-    if not isinstance(kind, str) or not kind:
-        raise ValueError(f"kind must be a non-empty string, got {kind!r}")
-    EXTRA_LOSSES[kind] = from_record
+    EXTRA_LOSSES.register(kind, from_record)
 
 
 def criterion_from_record(record: Mapping[str, Any]) -> Criterion:
     """Rebuild a :class:`Criterion` from :meth:`Criterion.to_record`'s output."""
     if not isinstance(record, Mapping) or "objective" not in record:
         raise ValueError(f"a criterion record is a mapping with an 'objective' entry, got {record!r}")
-    extras = []
-    for extra in record.get("extra_losses", []):
-        kind = extra.get("kind") if isinstance(extra, Mapping) else None
-        if kind not in EXTRA_LOSSES:
-            raise ValueError(f"unknown extra loss {kind!r} in the run record; known: {sorted(EXTRA_LOSSES)}")
-        extras.append(EXTRA_LOSSES[kind](extra))
+    extras = [EXTRA_LOSSES.build(extra) for extra in record.get("extra_losses", [])]
     dropout = record.get("label_dropout", {"prob": 0.1})
     return Criterion(
         objective=objective_from_record(record["objective"]),

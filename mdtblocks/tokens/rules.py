@@ -18,6 +18,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from ..masking import MaskPlan, MaskSampler
+from ..registry import Registry
 
 __all__ = [
     "TokenPass", "TokenRule", "PlainRule", "MaskedTwoPassRule", "TOKEN_RULES", "register_token_rule", "rule_from_record",
@@ -151,27 +152,22 @@ class MaskedTwoPassRule:
         }
 
 
-TOKEN_RULES: dict[str, Callable[[Mapping[str, Any]], TokenRule]] = {
-    PlainRule.kind: lambda record: PlainRule(),
-    MaskedTwoPassRule.kind: lambda record: MaskedTwoPassRule(**{k: v for k, v in record.items() if k != "kind"}),
-}
+TOKEN_RULES: Registry[TokenRule] = Registry("token rule")
 """``kind`` -> a function that rebuilds the rule from its record."""
+TOKEN_RULES.register(PlainRule.kind, lambda record: PlainRule())
+TOKEN_RULES.register(
+    MaskedTwoPassRule.kind, lambda record: MaskedTwoPassRule(**{k: v for k, v in record.items() if k != "kind"})
+)
 
 
 def register_token_rule(kind: str, from_record: Callable[[Mapping[str, Any]], TokenRule]) -> None:
     """Make :func:`rule_from_record` rebuild records of ``kind`` (also for rules outside the package)."""
-    if not isinstance(kind, str) or not kind:
-        raise ValueError(f"kind must be a non-empty string, got {kind!r}")
-    TOKEN_RULES[kind] = from_record
+    TOKEN_RULES.register(kind, from_record)
 
 
 def rule_from_record(record: Mapping[str, Any]) -> TokenRule:
     """Rebuild a token rule from its ``to_record`` output; unknown kinds are refused with the known ones."""
-    if not isinstance(record, Mapping) or "kind" not in record:
-        raise ValueError(f"a token rule record is a mapping with a 'kind' entry, got {record!r}")
-    if record["kind"] not in TOKEN_RULES:
-        raise ValueError(f"unknown token rule {record['kind']!r}; known: {sorted(TOKEN_RULES)}")
     try:
-        return TOKEN_RULES[record["kind"]](record)
+        return TOKEN_RULES.build(record)
     except TypeError as err:
         raise ValueError(f"bad token rule record {dict(record)!r}: {err}") from None
