@@ -288,6 +288,7 @@ def main(argv: list[str] | None = None) -> Path:
         grid = torch.from_numpy(all_images[:64, ..., :channels]).permute(0, 3, 1, 2).float()
         save_image_grid((grid + 0.5) / 127.5 - 1.0, out / "grid.png")
         write_json(out / "sample_config.json", {**dataclasses.asdict(cfg), "vae": vae, "image_size": image_size,
+                                                "objective": objective.to_record(),
                                                 "world_size": dist.world_size})
         shutil.rmtree(batches, ignore_errors=True)  # the outputs are complete: the batch files are not needed
         log.info("wrote %s (arr_0 %s uint8, arr_1 labels) and %s", out / "samples.npz", all_images.shape, out / "grid.png")
