@@ -137,3 +137,22 @@ def test_a_recipe_run_records_its_criterion(tmp_path: Path) -> None:
     assert criterion.objective == GaussianObjective(snr_gamma=5.0)  # MDTv2's min-SNR weighting
     assert criterion.tokens == MaskedTwoPassRule(0.3, 0.2, masked_draws="independent")
     assert criterion.label_dropout == LabelDropout(0.1)
+
+
+def test_the_pipeline_export_follows_the_record(tmp_path: Path) -> None:
+    """The exported pipeline's scheduler is the recorded objective's; an objective without diffusers schedulers is refused."""
+    from mdtblocks.pipelines import pipeline_from_checkpoint
+
+    run = tmp_path / "run"
+    model = tiny_mdt(v2=True)
+    ckpt = run / "checkpoints" / "0000001"
+    model.save_pretrained(ckpt)
+    save_file(model.state_dict(), str(ckpt / "ema.safetensors"))
+    cosine = Criterion(GaussianObjective(noise_schedule="cosine"), MaskedTwoPassRule(0.3))
+    write_json(run / "config.json", {"criterion": cosine.to_record()})
+    pipe = pipeline_from_checkpoint(ckpt)
+    linear = GaussianObjective().diffusers_scheduler("ddim")
+    assert pipe.scheduler.config.trained_betas != linear.config.trained_betas
+    write_json(run / "config.json", {"criterion": {"objective": {"kind": _OtherFamily.kind}}})
+    with pytest.raises(ValueError, match="'test_other_family' objective has no diffusers scheduler"):
+        pipeline_from_checkpoint(ckpt)

@@ -22,9 +22,8 @@ from typing import Any
 
 import torch
 
-from ...criterion import Criterion, LabelDropout
+from ...criterion import Criterion, LabelDropout, rule_of_model
 from ...objectives import GaussianObjective
-from ...tokens import MaskedTwoPassRule, PlainRule, TokenRule
 from ...models import PRESETS, DiT, MaskedDiffusionTransformer
 from ..adan import Adan
 from ..checkpoint import CheckpointWriteError
@@ -244,17 +243,14 @@ def write_pipeline(checkpoint: Path, folder: Path, vae: Any) -> Path:
 
 
 def build_criterion(
-    model: torch.nn.Module, *, snr_gamma: float | None = None, masked_draws: str = "independent"
+    model: torch.nn.Module, *, snr_gamma: float | int | None = None, masked_draws: str = "independent"
 ) -> Criterion:
     """The recipes' criterion: the Gaussian diffusion (linear, 1000 steps, learned sigma, ``snr_gamma``),
     the token rule of the model's preset (MDT's two passes with its mask ratios and ``masked_draws``;
     DiT: the plain rule) and the label dropout of its config."""
     objective = GaussianObjective("linear", 1000, learn_sigma=True, snr_gamma=snr_gamma)
-    ratio = getattr(model.config, "mask_ratio", None)
-    tokens: TokenRule = PlainRule()
-    if ratio is not None:
-        tokens = MaskedTwoPassRule(ratio, model.config.mask_ratio_range, masked_draws=masked_draws)  # type: ignore[arg-type]
-    return Criterion(objective, tokens, LabelDropout(model.config.class_dropout_prob))
+    tokens = rule_of_model(model, masked_draws)
+    return Criterion(objective, tokens, LabelDropout.of_model(model))
 
 
 def build_optimizer(cfg: RecipeConfig, params: Any) -> torch.optim.Optimizer:
