@@ -79,7 +79,12 @@ class Objective(Protocol):
         progress: bool = False,
         **options: Any,
     ) -> Image:
-        """Integrate from ``noise`` to data with one of :attr:`samplers`; ``net`` may be a guided model."""
+        """Integrate from ``noise`` to data with one of :attr:`samplers`; ``net`` may be a guided model.
+
+        ``clip_denoised=True`` among ``options`` asks to keep data estimates in ``[-1, 1]``
+        (pixel-space models; the training loop's sample grids pass it there); an objective
+        without data estimates to clip may ignore it.
+        """
         ...
 
     def to_record(self) -> dict[str, Any]:
