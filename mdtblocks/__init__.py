@@ -2,14 +2,17 @@
 
 The top level re-exports what most users call; every part is also importable from its
 subpackage (``mdtblocks.blocks``, ``mdtblocks.masking``, ``mdtblocks.models``,
-``mdtblocks.compat``, ``mdtblocks.diffusion``, ``mdtblocks.sampling``, ``mdtblocks.data``,
-``mdtblocks.training``, ``mdtblocks.evaluation``, ``mdtblocks.pipelines``).
+``mdtblocks.compat``, ``mdtblocks.diffusion``, ``mdtblocks.objectives``, ``mdtblocks.tokens``,
+``mdtblocks.criterion``, ``mdtblocks.sampling``, ``mdtblocks.data``, ``mdtblocks.training``,
+``mdtblocks.evaluation``, ``mdtblocks.pipelines``).
 """
 
 from typing import TYPE_CHECKING, Any
 
 from .compat import load_official
-from .diffusion import GaussianDiffusion, MaskedDiffusionObjective, create_diffusion
+from .criterion import Criterion, MaskedDiffusionObjective
+from .diffusion import GaussianDiffusion, create_diffusion
+from .objectives import GaussianObjective
 from .objectives.flow import FlowMatching, TransportSampler, create_transport
 from .models import PRESETS, DiT, DiTConfig, MaskDiT, MaskDiTConfig, SiT, MaskedDiffusionTransformer, MDTConfig, forward_flops, load_pretrained
 from .sampling import classifier_free_guidance
@@ -32,6 +35,8 @@ __all__ = [
     "create_diffusion",
     "GaussianDiffusion",
     "MaskedDiffusionObjective",
+    "Criterion",
+    "GaussianObjective",
     "classifier_free_guidance",
     "create_transport",
     "TransportSampler",

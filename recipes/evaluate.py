@@ -37,7 +37,7 @@ from mdtblocks.evaluation import (
     small_set_warnings,
     unavailable_metrics,
 )
-from mdtblocks.io import write_json
+from mdtblocks.io import read_json, write_json
 from mdtblocks.training.recipe import build_parser, flag
 
 log = logging.getLogger("mdtblocks.evaluate")
@@ -130,6 +130,10 @@ def run(cfg: EvaluateConfig, features: InceptionFeatures | None = None) -> dict[
         "unavailable": unavailable_metrics(samples, reference, cfg.k),
         "warnings": small_set_warnings(samples, reference, cfg.k),
     }
+    sampled = Path(cfg.samples).parent / "sample_config.json"  # written beside samples.npz by recipes/sample.py
+    if sampled.is_file():  # what made the samples: the checkpoint's objective and sampler, from the run's record
+        made = read_json(sampled)
+        report["sampled_with"] = {k: made[k] for k in ("ckpt", "objective", "sampler", "steps", "cfg_scale") if k in made}
     out = Path(cfg.out) if cfg.out is not None else Path(cfg.samples).with_suffix(".metrics.json")
     write_json(out, report)
     for name, value in metrics.items():

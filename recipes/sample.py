@@ -7,7 +7,9 @@ Usage::
     torchrun --nproc-per-node 8 recipes/sample.py --ckpt ... --num-samples 50000
 
 The run's recipe config (``CKPT/../../config.json``) tells the VAE (``null``: pixel
-space) and image size; flags override it. Samples are drawn in global batches of
+space) and image size; flags override it. Its criterion record tells the objective the
+model was trained with (a run without one was trained with the Gaussian diffusion), which
+decides the sampling math; a sampler of another objective is refused. Samples are drawn in global batches of
 ``--batch-size``; batch ``j`` uses a generator seeded from ``(--seed, j)`` and rank
 ``r`` of ``W`` draws batches ``r, r + W, ...``. Every rank thus draws different seeds,
 the gathered set has no duplicates, and the result does not depend on the number of processes.
@@ -39,7 +41,8 @@ from mdtblocks.blocks import compile_blocks
 from mdtblocks.data import grid_scale, load_autoencoder, recorded_vae_source, save_image_grid, to_uint8
 from mdtblocks.io import atomic_write, read_json, write_json
 from mdtblocks.progress import ProgressRecord, check_settings
-from mdtblocks.sampling import sample
+from mdtblocks.criterion import read_criterion
+from mdtblocks.sampling import check_sampler, sample
 from mdtblocks.training import setup_distributed
 from mdtblocks.training.randomness import derive_seed
 from mdtblocks.training.recipe import exit_on_bad_input, flag, parse_flags, setup_logging
@@ -243,6 +246,10 @@ def main(argv: list[str] | None = None) -> Path:
     if cfg.cfg_scale != 1.0 and getattr(mc, "class_dropout_prob", 0.0) <= 0:
         raise ValueError(f"--cfg-scale {cfg.cfg_scale} needs a model trained with label dropout (it has no null class)")
     fixed_labels = parse_labels(cfg.labels, mc.num_classes)
+    # What trained the checkpoint: the run's record (or, for a bare checkpoint, the model's own config).
+    objective = read_criterion({"model_config": mc.to_dict(), **run}).objective
+    sampler = SAMPLER_NAMES.get(cfg.sampler, cfg.sampler)
+    check_sampler(objective, sampler)
 
     num_batches = math.ceil(cfg.num_samples / cfg.batch_size)
     mine = list(range(dist.rank, num_batches, dist.world_size))
@@ -267,11 +274,9 @@ def main(argv: list[str] | None = None) -> Path:
             y = torch.tensor([fixed_labels[(first + i) % len(fixed_labels)] for i in range(b)], device=dist.device)
         with torch.no_grad():
             z = sample(
-                model, y, sampler=SAMPLER_NAMES[cfg.sampler], num_steps=cfg.steps, cfg_scale=cfg.cfg_scale,
+                model, y, sampler=sampler, num_steps=cfg.steps, cfg_scale=cfg.cfg_scale,
                 scale_pow=cfg.scale_pow or None, guided_channels=cfg.guided_channels, generator=gen,
-                progress=cfg.progress and dist.is_main,
-                noise_schedule=run.get("noise_schedule", "linear"), diffusion_steps=run.get("diffusion_steps", 1000),
-                predict=run.get("predict", "epsilon"),
+                progress=cfg.progress and dist.is_main, objective=objective,
             )
             x = autoencoder.decode(z).float()
         u8 = to_uint8(x)
@@ -291,6 +296,7 @@ def main(argv: list[str] | None = None) -> Path:
         grid = torch.from_numpy(all_images[:64, ..., :channels]).permute(0, 3, 1, 2).float()
         save_image_grid((grid + 0.5) / 127.5 - 1.0, out / "grid.png", scale=grid_scale(image_size))  # small ones enlarged
         write_json(out / "sample_config.json", {**dataclasses.asdict(cfg), "vae": vae, "image_size": image_size,
+                                                "objective": objective.to_record(),
                                                 "world_size": dist.world_size})
         shutil.rmtree(batches, ignore_errors=True)  # the outputs are complete: the batch files are not needed
         log.info("wrote %s (arr_0 %s uint8, arr_1 labels) and %s", out / "samples.npz", all_images.shape, out / "grid.png")

@@ -35,7 +35,8 @@ from typing import Any, Literal
 
 import torch
 
-from mdtblocks import DiT, MaskedDiffusionObjective, MaskedDiffusionTransformer, create_diffusion, load_pretrained
+from mdtblocks import DiT, MaskedDiffusionTransformer, load_pretrained
+from mdtblocks.criterion import read_criterion
 from mdtblocks.data import MNIST5kDataset, PixelSpace, save_image_grid
 from mdtblocks.evaluation import (
     Curve,
@@ -54,7 +55,7 @@ from mdtblocks.models.config import config_from_dict, config_problems
 from mdtblocks.models.presets import preset
 from mdtblocks.sampling import sample
 from mdtblocks.training import TrainConfig, latest_checkpoint, setup_distributed, train
-from mdtblocks.training.recipe import flag, parse_flags
+from mdtblocks.training.recipe import build_criterion, flag, parse_flags
 
 log = logging.getLogger("study")
 
@@ -192,16 +193,16 @@ def train_until(
         disturbed by other work on a shared machine.
     """
     model = build_model(cfg, name, seed)
-    objective = MaskedDiffusionObjective(
-        create_diffusion("", "linear", 1000, learn_sigma=True, snr_gamma=cfg.snr_gamma), masked_draws=cfg.masked_draws
-    )
+    criterion = build_criterion(model, snr_gamma=cfg.snr_gamma, masked_draws=cfg.masked_draws)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", {"model_config": model.config.to_dict(), "criterion": criterion.to_record()})
     loop = TrainConfig(
         steps=step, global_batch_size=cfg.batch_size, seed=seed, ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip,
         ckpt_every=cfg.eval_every, log_every=min(cfg.eval_every, 50), num_workers=0, num_samples=0,
     )
     start, cpu = time.perf_counter(), time.process_time()
     train(
-        loop, model=model, objective=objective, dataset=dataset, autoencoder=PixelSpace(1),
+        loop, model=model, criterion=criterion, dataset=dataset, autoencoder=PixelSpace(1),
         make_optimizer=lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0),
         out=run_dir, dist=dist,
     )
@@ -218,12 +219,15 @@ def evaluate(
         The metrics, the samples and the model's parameter count.
     """
     ema = load_pretrained(checkpoint, weights_name="ema.safetensors").to(device).eval()
+    run_file = checkpoint / ".." / ".." / "config.json"
+    run = read_json(run_file) if run_file.is_file() else {}
+    objective = read_criterion({"model_config": ema.config.to_dict(), **run}).objective  # what trained it
     labels = torch.arange(cfg.eval_samples) % 10
     noise = torch.randn(cfg.eval_samples, 1, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(12345))
     images = sample(
         ema, labels.to(device), sampler=cfg.sampler, num_steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale,
         noise=noise.to(device), generator=torch.Generator(device).manual_seed(54321),
-        clip_denoised=cfg.sampler != "dpm_solver++",
+        clip_denoised=cfg.sampler != "dpm_solver++", objective=objective,
     ).float().cpu()
     return domain_metrics(reference, images, labels), images, sum(p.numel() for p in ema.parameters())
 

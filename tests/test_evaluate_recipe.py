@@ -93,3 +93,15 @@ def test_cli_error_in_a_subprocess(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "error: " in proc.stderr and "neither a folder nor an .npz" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_report_names_the_objective_that_made_the_samples(sets, tmp_path: Path) -> None:
+    """recipes/sample.py writes sample_config.json beside samples.npz; the report carries its objective record."""
+    samples, reference = sets
+    made = {"ckpt": "run/checkpoints/0000100", "sampler": "ddpm", "steps": 250, "cfg_scale": 1.5,
+            "objective": {"kind": "gaussian", "noise_schedule": "linear", "diffusion_steps": 1000}}
+    (samples.parent / "sample_config.json").write_text(json.dumps(made))
+    out = tmp_path / "r.json"
+    argv = [str(samples), str(reference), "--device", "cpu", "--no-progress", "--out", str(out)]
+    assert load_recipe("evaluate").main(argv, features=tiny_features()) == 0
+    assert json.loads(out.read_text())["sampled_with"] == made

@@ -6,7 +6,6 @@ from .gaussian import GaussianDiffusion
 from .likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .losses import losses_from_output, training_losses, vb_terms_bpd
 from .noise import gaussian_noise
-from .objective import MaskedDiffusionObjective, StepRandomness
 from .loops import ddim_sample_loop, p_sample_loop
 from .process import (
     LOSS_TYPES,
@@ -30,8 +29,6 @@ __all__ = [
     "p_sample_loop",
     "ddim_sample_loop",
     "fp32_math",
-    "MaskedDiffusionObjective",
-    "StepRandomness",
     "LOSS_TYPES",
     "PREDICTIONS",
     "SCHEDULES",
@@ -56,3 +53,12 @@ __all__ = [
     "min_snr_weight",
     "snr",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``MaskedDiffusionObjective`` and ``StepRandomness`` moved to :mod:`mdtblocks.criterion`; found there on first use."""
+    if name in ("MaskedDiffusionObjective", "StepRandomness"):
+        from .. import criterion
+
+        return getattr(criterion, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

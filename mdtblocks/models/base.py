@@ -38,7 +38,7 @@ class DiffusionBackbone(ModelMixin):
     methods below; see ``docs/diffusers.md``.
 
     Attributes:
-        check_values: validate tensor values (label range, timestep sign, mask indices)
+        check_values: validate tensor values (label range, finite times, mask indices)
             in ``forward``. On by default; a training loop on CUDA may turn it off to
             avoid the host sync it costs.
     """

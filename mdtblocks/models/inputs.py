@@ -13,7 +13,7 @@ __all__ = ["check_inputs"]
 def check_inputs(cfg: DiTConfig, x: object, t: object, y: object, has_null: bool, check_values: bool) -> None:
     """Raise ``TypeError``/``ValueError`` for malformed ``(x, t, y)`` before any kernel runs.
 
-    Value checks (label range, finite float times, the sign of integer step indices) read tensor data, which costs a host
+    Value checks (label range, finite times) read tensor data, which costs a host
     sync on CUDA; they are skipped when ``check_values`` is false.
     """
     for name, value in (("x", x), ("t", t), ("y", y)):
@@ -42,11 +42,8 @@ def check_inputs(cfg: DiTConfig, x: object, t: object, y: object, has_null: bool
         if lo < 0 or hi > hi_allowed:
             null = f" (the null class {cfg.num_classes} included)" if has_null else " (this model has no null class)"
             raise ValueError(f"labels y span [{lo}, {hi}], expected values in [0, {hi_allowed}]{null}")
-        if t.is_floating_point():
-            if not bool(torch.isfinite(t).all()):
-                bad = t[~torch.isfinite(t)]
-                raise ValueError(f"timesteps t must be finite, got {float(bad[0])} ({bad.numel()} non-finite)")
-        # Integer times are diffusion step indices and cannot be negative; float times are the
-        # objective's own (EDM feeds ln(sigma) / 4, negative below sigma = 1).
-        elif float(t.min()) < 0:
-            raise ValueError(f"timesteps t must be non-negative, got minimum {float(t.min())}")
+        # Any finite time is embedded: each objective owns its time's range and units (discrete
+        # steps, continuous t in [0, 1], log-sigma that may be negative).
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = t[~torch.isfinite(t)]
+            raise ValueError(f"timesteps t must be finite, got {float(bad[0])} ({bad.numel()} non-finite)")

@@ -106,7 +106,7 @@ class MaskedDiffusionTransformer(DiffusionBackbone):
 
         Args:
             x: noisy latents (or images), ``(b, in_channels, input_size, input_size)``.
-            t: diffusion timesteps (step indices, integer or float valued, non-negative).
+            t: the objective's times (integer or float valued, any finite value: Gaussian step indices, flow t, ...).
             y: class labels in ``[0, num_classes]`` (``num_classes`` is the null class).
             ids_keep: for the masked training pass, the ``(b, k)`` kept-token indices in
                 row-major patch order (e.g. ``model.mask_sampler(...).ids_keep``). The

@@ -2,5 +2,6 @@
 
 from .base import OBJECTIVES, Objective, objective_from_record, register_objective
 from .edm import EDMObjective
+from .gaussian import GaussianObjective
 
-__all__ = ["Objective", "OBJECTIVES", "register_objective", "objective_from_record", "EDMObjective"]
+__all__ = ["Objective", "GaussianObjective", "EDMObjective", "OBJECTIVES", "register_objective", "objective_from_record"]

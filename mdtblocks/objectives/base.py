@@ -21,6 +21,8 @@ import torch
 from jaxtyping import Float, Shaped
 from torch import Tensor
 
+from ..registry import Registry
+
 __all__ = ["Objective", "register_objective", "objective_from_record", "OBJECTIVES"]
 
 Image = Float[Tensor, "b c hh ww"]
@@ -77,7 +79,12 @@ class Objective(Protocol):
         progress: bool = False,
         **options: Any,
     ) -> Image:
-        """Integrate from ``noise`` to data with one of :attr:`samplers`; ``net`` may be a guided model."""
+        """Integrate from ``noise`` to data with one of :attr:`samplers`; ``net`` may be a guided model.
+
+        ``clip_denoised=True`` among ``options`` asks to keep data estimates in ``[-1, 1]``
+        (pixel-space models; the training loop's sample grids pass it there); an objective
+        without data estimates to clip may ignore it.
+        """
         ...
 
     def to_record(self) -> dict[str, Any]:
@@ -85,22 +92,15 @@ class Objective(Protocol):
         ...
 
 
-OBJECTIVES: dict[str, Callable[[Mapping[str, Any]], Objective]] = {}
+OBJECTIVES: Registry[Objective] = Registry("objective")
 """``kind`` -> a function that rebuilds the objective from its record."""
 
 
 def register_objective(kind: str, from_record: Callable[[Mapping[str, Any]], Objective]) -> None:
     """Make ``objective_from_record`` rebuild records of ``kind`` with ``from_record`` (also for objectives outside the package)."""
-    if not isinstance(kind, str) or not kind:
-        raise ValueError(f"kind must be a non-empty string, got {kind!r}")
-    OBJECTIVES[kind] = from_record
+    OBJECTIVES.register(kind, from_record)
 
 
 def objective_from_record(record: Mapping[str, Any]) -> Objective:
     """Rebuild an objective from :meth:`Objective.to_record`'s output; unknown kinds are refused with the known ones."""
-    if not isinstance(record, Mapping) or "kind" not in record:
-        raise ValueError(f"an objective record is a mapping with a 'kind' entry, got {record!r}")
-    kind = record["kind"]
-    if kind not in OBJECTIVES:
-        raise ValueError(f"unknown objective kind {kind!r}; known: {sorted(OBJECTIVES)}")
-    return OBJECTIVES[kind](record)
+    return OBJECTIVES.build(record)

@@ -9,9 +9,10 @@ from typing import Any
 from torch import nn
 
 from ..data import KLAutoencoder, load_autoencoder, recorded_vae_source, vae_mismatch
+from ..criterion.record import read_criterion
 from ..io import read_json
 from ..models.pretrained import load_pretrained
-from ..sampling.schedulers import make_scheduler
+from ..sampling.schedulers import diffusers_scheduler, make_scheduler
 from ..training.checkpoint import latest_checkpoint
 from .mdt_pipeline import MDTPipeline
 
@@ -68,8 +69,8 @@ def pipeline_from_checkpoint(
     scheduler: Any = None,
     id2label: dict[str, str] | dict[int, str] | None = None,
     weights_name: str = "ema.safetensors",
-    noise_schedule: str = "linear",
-    predict: str = "epsilon",
+    noise_schedule: str | None = None,
+    predict: str | None = None,
 ) -> MDTPipeline:
     """An :class:`MDTPipeline` over a trainer checkpoint's EMA weights, ready for
     ``save_pretrained`` (the sampling weights of a run, in diffusers' folder layout).
@@ -85,12 +86,13 @@ def pipeline_from_checkpoint(
         vae: the run's VAE: an ``AutoencoderKL``, an mdtblocks autoencoder around one, or
             its folder; ``None``: the one the run records (pixel space for a pixel run, and
             for a bare checkpoint without a run).
-        scheduler: a diffusers scheduler; default DDIM over the training betas
-            (:func:`~mdtblocks.sampling.make_scheduler`).
+        scheduler: a diffusers scheduler; default: the DDIM scheduler of the objective the run
+            records in its ``config.json`` (a run without the record, or a bare checkpoint:
+            the Gaussian diffusion); an objective without diffusers schedulers is refused.
         id2label: class names, for names as labels.
         weights_name: ``"ema.safetensors"`` (sampling weights) or ``"model.safetensors"`` (raw).
-        noise_schedule: the run's training schedule (for the default scheduler).
-        predict: the run's prediction (``"epsilon"``, ``"x0"``, ``"v"``; for the default scheduler).
+        noise_schedule: overrides the record: DDIM over the Gaussian diffusion of this schedule.
+        predict: overrides the record: the prediction (``"epsilon"``, ``"x0"``, ``"v"``) of that DDIM.
 
     Raises:
         FileNotFoundError: for a run folder without a complete checkpoint, or a latent run
@@ -121,7 +123,10 @@ def pipeline_from_checkpoint(
                 f"the VAE given for the run {str(run)!r} makes other latents than the one it trained on: its "
                 f"{', '.join(changed)} (vae_provenance in its config.json); pass the run's VAE"
             )
-    if scheduler is None:
-        scheduler = make_scheduler("ddim", noise_schedule=noise_schedule, predict=predict,
+    if scheduler is None and (noise_schedule is not None or predict is not None):
+        scheduler = make_scheduler("ddim", noise_schedule=noise_schedule or "linear", predict=predict or "epsilon",
                                    learn_sigma=model.config.learn_sigma)
+    elif scheduler is None:
+        objective = read_criterion({"model_config": model.config.to_dict(), **settings}).objective
+        scheduler = diffusers_scheduler(objective, "ddim")
     return MDTPipeline(transformer=model, scheduler=scheduler, vae=vae, id2label=id2label, latent_space=latent_space)

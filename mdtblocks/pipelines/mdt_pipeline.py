@@ -13,7 +13,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from ..models.base import DiffusionBackbone
-from ..sampling.guidance import classifier_free_guidance
+from ..sampling.guidance import guide
 from ..sampling.schedulers import scheduler_model_output
 from .labels import label_table, resolve_labels
 
@@ -176,14 +176,10 @@ class MDTPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape} for {b} labels")
-        net: Any = model
-        if guided:
-            latents = torch.cat([latents, latents])
-            y = torch.cat([y, torch.full_like(y, cfg.num_classes)])
-            net = classifier_free_guidance(
-                model, guidance_scale, scale_pow=guidance_power, guided_channels=guided_channels,
-                diffusion_steps=self.scheduler.config.num_train_timesteps,
-            )
+        net, latents, y = guide(
+            model, latents, y, cfg.num_classes, guidance_scale if guided else 1.0, scale_pow=guidance_power,
+            guided_channels=guided_channels, diffusion_steps=self.scheduler.config.num_train_timesteps,
+        )
         x = latents.to(device) * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         if "generator" in inspect.signature(self.scheduler.step).parameters:

@@ -26,17 +26,21 @@ or in one call, with any of :data:`SAMPLERS`::
 """
 
 from ..diffusion.loops import ddim_sample_loop, p_sample_loop
-from .guidance import ClassifierFreeGuidance, classifier_free_guidance, power_cosine_scale
-from .sample import SAMPLERS, sample
-from .schedulers import SCHEDULER_KINDS, diffusers_sample_loop, make_scheduler, scheduler_model_output
+from .guidance import ClassifierFreeGuidance, classifier_free_guidance, guide, power_cosine_of_fraction, power_cosine_scale
+from .sample import SAMPLERS, check_sampler, sample
+from .schedulers import SCHEDULER_KINDS, diffusers_sample_loop, diffusers_scheduler, make_scheduler, scheduler_model_output
 
 __all__ = [
     "classifier_free_guidance",
     "ClassifierFreeGuidance",
     "power_cosine_scale",
+    "power_cosine_of_fraction",
+    "guide",
+    "check_sampler",
     "p_sample_loop",
     "ddim_sample_loop",
     "make_scheduler",
+    "diffusers_scheduler",
     "diffusers_sample_loop",
     "scheduler_model_output",
     "SCHEDULER_KINDS",

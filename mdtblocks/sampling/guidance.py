@@ -12,7 +12,10 @@ from torch import Tensor, nn
 
 from ..diffusion.schedules import TRAINING_STEPS
 
-__all__ = ["ClassifierFreeGuidance", "classifier_free_guidance", "power_cosine_scale"]
+__all__ = ["ClassifierFreeGuidance", "classifier_free_guidance", "power_cosine_scale", "power_cosine_of_fraction", "guide"]
+
+DataFraction = Callable[[Shaped[Tensor, "b"]], Float[Tensor, "b"]]
+"""An objective's ``data_fraction``: its time -> ``[0, 1]``, 0 at pure noise and 1 at clean data."""
 
 
 def power_cosine_scale(
@@ -32,8 +35,17 @@ def power_cosine_scale(
     Returns:
         ``(b,)`` float32 guidance scales.
     """
-    progress = 1.0 - t.float() / diffusion_steps
-    return (cfg_scale - 1.0) * (1.0 - torch.cos(progress.pow(scale_pow) * math.pi)) / 2.0 + 1.0
+    return power_cosine_of_fraction(1.0 - t.float() / diffusion_steps, cfg_scale, scale_pow)
+
+
+def power_cosine_of_fraction(
+    fraction: Float[Tensor, "b"], cfg_scale: float | int, scale_pow: float | int
+) -> Float[Tensor, "b"]:
+    """MDT's power-cosine schedule as a function of the data fraction ``f`` (1 - t/T for the Gaussian diffusion).
+
+    ``1 + (cfg_scale - 1) (1 - cos(pi f^scale_pow)) / 2``: 1 at pure noise (``f = 0``), ``cfg_scale`` at data.
+    """
+    return (cfg_scale - 1.0) * (1.0 - torch.cos(fraction.pow(scale_pow) * math.pi)) / 2.0 + 1.0
 
 
 class ClassifierFreeGuidance(nn.Module):
@@ -54,7 +66,9 @@ class ClassifierFreeGuidance(nn.Module):
         guided_channels: output channels to guide (at most all of them); ``None`` guides
             all channels of the prediction (the input's channel count). The official
             checkpoints were evaluated with 3.
-        diffusion_steps: steps of the original process (for the schedule).
+        diffusion_steps: steps of the original process (for the schedule, when no ``data_fraction``).
+        data_fraction: the objective's time -> ``[0, 1]`` (its ``data_fraction``); the schedule
+            is then a function of it, whatever the objective's time. ``None``: ``1 - t / diffusion_steps``.
     """
 
     def __init__(
@@ -65,6 +79,7 @@ class ClassifierFreeGuidance(nn.Module):
         scale_pow: float | int | None = None,
         guided_channels: int | None = None,
         diffusion_steps: int = TRAINING_STEPS,
+        data_fraction: DataFraction | None = None,
     ) -> None:
         super().__init__()
         if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not math.isfinite(cfg_scale):
@@ -82,6 +97,7 @@ class ClassifierFreeGuidance(nn.Module):
         self.scale_pow = None if scale_pow is None else float(scale_pow)
         self.guided_channels = guided_channels
         self.diffusion_steps = diffusion_steps
+        self.data_fraction = data_fraction
 
     def extra_repr(self) -> str:
         """The guidance settings, shown in the module's ``repr``."""
@@ -101,6 +117,8 @@ class ClassifierFreeGuidance(nn.Module):
         """
         if self.scale_pow is None:
             return torch.full(t.shape, self.cfg_scale, device=t.device)
+        if self.data_fraction is not None:
+            return power_cosine_of_fraction(self.data_fraction(t).float(), self.cfg_scale, self.scale_pow)
         return power_cosine_scale(t, self.cfg_scale, self.scale_pow, self.diffusion_steps)
 
     def forward(
@@ -139,6 +157,7 @@ def classifier_free_guidance(
     scale_pow: float | int | None = None,
     guided_channels: int | None = None,
     diffusion_steps: int = TRAINING_STEPS,
+    data_fraction: DataFraction | None = None,
 ) -> ClassifierFreeGuidance:
     """Wrap ``model`` with classifier-free guidance for sampling (see :class:`ClassifierFreeGuidance`).
 
@@ -148,10 +167,41 @@ def classifier_free_guidance(
         scale_pow: ``None`` for a constant scale (DiT); MDT uses the power-cosine schedule with 4.
         guided_channels: channels to guide (``None``: all; 3 reproduces the official evaluation).
         diffusion_steps: steps of the original process.
+        data_fraction: the objective's ``data_fraction``; the schedule then follows it
+            instead of ``1 - t / diffusion_steps``.
 
     Returns:
         A callable with the model's signature ``(x, t, y)`` for the stacked batch ``[cond; uncond]``.
     """
     return ClassifierFreeGuidance(
-        model, cfg_scale, scale_pow=scale_pow, guided_channels=guided_channels, diffusion_steps=diffusion_steps
+        model, cfg_scale, scale_pow=scale_pow, guided_channels=guided_channels, diffusion_steps=diffusion_steps,
+        data_fraction=data_fraction,
     )
+
+
+def guide(
+    model: Callable[..., Float[Tensor, "b c2 hh ww"]],
+    noise: Float[Tensor, "b c hh ww"],
+    labels: Int[Tensor, "b"],
+    null_class: int,
+    cfg_scale: float | int,
+    *,
+    scale_pow: float | int | None = None,
+    guided_channels: int | None = None,
+    data_fraction: DataFraction | None = None,
+    diffusion_steps: int = TRAINING_STEPS,
+) -> tuple[Callable[..., Tensor], Float[Tensor, "b2 c hh ww"], Int[Tensor, "b2"]]:
+    """The one place a sampling loop's batch is set up for guidance: ``(net, noise, labels)`` to integrate.
+
+    With ``cfg_scale == 1`` they are ``model``, ``noise`` and ``labels`` unchanged; otherwise
+    the batch is stacked as ``[cond; uncond]`` (``null_class`` for the second half) and
+    ``net`` is the :class:`ClassifierFreeGuidance` wrapper; keep the first ``b`` rows of
+    the result.
+    """
+    if cfg_scale == 1.0:
+        return model, noise, labels
+    net = ClassifierFreeGuidance(
+        model, cfg_scale, scale_pow=scale_pow, guided_channels=guided_channels, diffusion_steps=diffusion_steps,
+        data_fraction=data_fraction,
+    )
+    return net, torch.cat([noise, noise]), torch.cat([labels, torch.full_like(labels, null_class)])

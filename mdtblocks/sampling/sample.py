@@ -8,13 +8,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from ..diffusion.factory import create_diffusion
 from ..diffusion.noise import gaussian_noise
 from ..diffusion.schedules import TRAINING_STEPS
-from .guidance import classifier_free_guidance
-from .schedulers import diffusers_sample_loop, make_scheduler
+from ..objectives.base import Objective
+from .guidance import guide
 
-__all__ = ["SAMPLERS", "sample"]
+__all__ = ["SAMPLERS", "sample", "check_sampler"]
 
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm_solver++")
 """``ddpm``: ancestral sampling on the respaced process (the papers use 250 steps);
@@ -38,19 +37,20 @@ def sample(
     diffusion_steps: int = TRAINING_STEPS,
     predict: str = "epsilon",
     clip_denoised: bool = False,
+    objective: Objective | None = None,
 ) -> Float[Tensor, "b c hh ww"]:
     """Sample latents for ``labels`` from a DiT or MDT (e.g. a loaded official checkpoint).
 
     With ``cfg_scale != 1`` the batch is stacked as ``[cond; uncond]`` (null class
-    ``model.config.num_classes``), the model is wrapped by
-    :func:`~mdtblocks.classifier_free_guidance`, and the conditional half is returned.
+    ``model.config.num_classes``) and the model wrapped for guidance by
+    :func:`~mdtblocks.sampling.guidance.guide`, and the conditional half is returned.
     ``x_0`` estimates are not clipped unless ``clip_denoised`` (latents are not bounded
     to ``[-1, 1]``; pixel-space models are).
 
     Args:
         model: the denoiser; its ``config`` gives channels, size and ``learn_sigma``.
         labels: ``(b,)`` class labels.
-        sampler: one of :data:`SAMPLERS`.
+        sampler: one of the objective's samplers (Gaussian: :data:`SAMPLERS`).
         num_steps: sampling steps.
         cfg_scale: guidance scale; 1 samples without guidance.
         scale_pow: MDT's power-cosine schedule power (MDT: 4), or ``None`` for a constant scale.
@@ -64,14 +64,22 @@ def sample(
         predict: the model's prediction type.
         clip_denoised: clip each ``x_0`` estimate to ``[-1, 1]`` (``ddpm`` and ``ddim``; for
             pixel-space models).
+        objective: the objective the model was trained with (e.g. a run's, from
+            :func:`~mdtblocks.criterion.read_criterion`); ``None``: the Gaussian diffusion of
+            ``noise_schedule``, ``diffusion_steps`` and ``predict``. Its samplers are the ones
+            accepted; the guidance schedule follows its ``data_fraction``.
 
     Returns:
         ``(b, c, hh, ww)`` samples (latents for a latent model).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
-    if clip_denoised and sampler == "dpm_solver++":
-        raise ValueError("clip_denoised=True is supported by the 'ddpm' and 'ddim' samplers, not 'dpm_solver++'")
+    if objective is None:
+        from ..objectives.gaussian import GaussianObjective  # the default family
+
+        objective = GaussianObjective(
+            noise_schedule=noise_schedule, diffusion_steps=diffusion_steps, learn_sigma=model.config.learn_sigma,
+            predict=predict,
+        )
+    check_sampler(objective, sampler)
     cfg = model.config
     b = labels.shape[0]
     device = next(model.parameters()).device
@@ -80,31 +88,23 @@ def sample(
         noise = gaussian_noise(torch.empty(shape, device=device), generator)
     elif tuple(noise.shape) != shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape} for this model and {b} labels")
-    net: Any = model
-    y = labels.to(device)
-    if cfg_scale != 1.0:
-        noise = torch.cat([noise, noise])
-        y = torch.cat([y, torch.full_like(y, cfg.num_classes)])
-        net = classifier_free_guidance(
-            model, cfg_scale, scale_pow=scale_pow, guided_channels=guided_channels, diffusion_steps=diffusion_steps
-        )
-    kwargs = {"y": y}
-    if sampler == "dpm_solver++":
-        scheduler = make_scheduler(
-            "dpm_solver++",
-            noise_schedule=noise_schedule,
-            diffusion_steps=diffusion_steps,
-            predict=predict,
-            learn_sigma=cfg.learn_sigma,
-        )
-        out = diffusers_sample_loop(net, scheduler, noise.shape, noise, num_steps, kwargs, progress, generator)
-    else:
-        respacing = f"ddim{num_steps}" if sampler == "ddim" else str(num_steps)
-        diffusion = create_diffusion(
-            respacing, noise_schedule, diffusion_steps, learn_sigma=cfg.learn_sigma, predict=predict
-        )
-        if sampler == "ddim":
-            out = diffusion.ddim_sample_loop(net, noise.shape, noise, clip_denoised, kwargs, eta, progress, generator)
-        else:
-            out = diffusion.p_sample_loop(net, noise.shape, noise, clip_denoised, kwargs, progress, generator)
+    net, x, y = guide(
+        model, noise, labels.to(device), cfg.num_classes, cfg_scale, scale_pow=scale_pow,
+        guided_channels=guided_channels, data_fraction=objective.data_fraction,
+    )
+    options: dict[str, Any] = {"clip_denoised": True} if clip_denoised else {}
+    if eta != 0.0:
+        options["eta"] = eta
+    out = objective.sample(
+        net, x, {"y": y}, sampler=sampler, num_steps=num_steps, generator=generator, progress=progress, **options
+    )
     return out[:b]
+
+
+def check_sampler(objective: Objective, sampler: str) -> None:
+    """Refuse a sampler of another family: a checkpoint's objective decides which samplers fit it."""
+    if sampler not in objective.samplers:
+        raise ValueError(
+            f"sampler {sampler!r} does not belong to the {objective.kind!r} objective this model was trained with; "
+            f"its samplers are {tuple(objective.samplers)}"
+        )

@@ -6,7 +6,7 @@ from .config import TrainConfig
 from .distributed import Distributed, resolve_device, setup_distributed
 from .ema import make_ema, update_ema
 from .loop import TrainResult, optimizer_step, train
-from .randomness import StepRandomness, derive_seed, draw_step_randomness, step_generator
+from .randomness import StepRandomness, derive_seed, draw_step_randomness, step_generator, step_streams
 
 __all__ = [
     "Adan",
@@ -27,4 +27,5 @@ __all__ = [
     "derive_seed",
     "draw_step_randomness",
     "step_generator",
+    "step_streams",
 ]

@@ -1,7 +1,9 @@
 """The training loop: one straight-line function over small named helpers (DiT ``train.py``, edm2 ``training_loop``).
 
-The loop receives everything it trains (backbone, objective, dataset, autoencoder,
-optimizer factory) and never builds a model or an autoencoder itself; recipes do.
+The loop receives everything it trains (backbone, criterion, dataset, autoencoder,
+optimizer factory) and never builds a model or an autoencoder itself; recipes do. It
+knows no objective and no token rule: the criterion draws each step's randomness
+(:meth:`~mdtblocks.criterion.Criterion.draw_step`) and turns a micro batch into loss terms.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch.utils.data import Dataset
 
 from ..blocks import compile_blocks
 from ..data import Autoencoder
-from ..diffusion import GaussianDiffusion, MaskedDiffusionObjective
+from ..criterion import Criterion, StepLoss, StepRandomness
 from ..masking import mark_kept_dynamic
 from .batches import BatchStream
 from .checkpoint import latest_checkpoint, model_config_json
@@ -31,7 +33,7 @@ from .guard import NonFiniteGuard, step_is_finite
 from .parallel import enable_activation_checkpointing, wrap_model
 from .precision import AutocastForward
 from .progress import Meter, MetricsWriter, progress_bar
-from .randomness import StepRandomness, draw_step_randomness, step_generator
+from .randomness import step_generator, step_streams
 from .samples import save_samples
 from .saving import resume, save
 from .signals import StopRequest
@@ -66,20 +68,21 @@ def train(
     cfg: TrainConfig,
     *,
     model: nn.Module,
-    objective: MaskedDiffusionObjective,
+    criterion: Criterion,
     dataset: Dataset,
     autoencoder: Autoencoder,
     make_optimizer: OptimizerFactory,
     out: str | os.PathLike,
     dist: Distributed,
-    sample_diffusion: GaussianDiffusion | None = None,
+    sampler: tuple[str, int] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``dataset`` until ``cfg.steps``, resuming from the newest checkpoint in ``out``.
 
     Args:
         cfg: loop settings.
         model: the backbone (a freshly initialised one, identical on every rank).
-        objective: the training loss (``MaskedDiffusionObjective``; DiT gets its unmasked part).
+        criterion: the training loss (:class:`~mdtblocks.criterion.Criterion`: objective, token
+            rule, label dropout, extra losses); it also draws each step's randomness.
         dataset: ``(x, y)`` pairs: images for ``autoencoder`` to encode, or cached latents
             (with an autoencoder whose ``encode`` is the identity, e.g.
             :class:`~mdtblocks.training.recipe.CachedLatents`).
@@ -87,8 +90,8 @@ def train(
         make_optimizer: builds the optimizer from the trainable parameters.
         out: run folder (``checkpoints/``, ``samples/``, ``metrics.jsonl``).
         dist: this process's place in the job (:func:`~mdtblocks.training.setup_distributed`).
-        sample_diffusion: process for the sample grids (e.g. ``create_diffusion("ddim50")``);
-            ``None`` skips them.
+        sampler: ``(name, steps)`` of the criterion's objective's sampler for the sample grids
+            (e.g. ``("ddim", 50)``); ``None`` skips them.
 
     Faults: a step with a non-finite loss or gradient is skipped exactly and counted
     (``bad_steps`` in ``metrics.jsonl``); ``cfg.max_bad_steps`` in a row raise
@@ -133,10 +136,10 @@ def train(
     step, ckpt_dir = start, latest_checkpoint(out)
     with StopRequest() as stop:
         step, ckpt_dir, stopped_by = run_steps(
-            cfg, step, ckpt_dir, stop, guard, model=model, denoiser=denoiser, ema=ema, objective=objective,
+            cfg, step, ckpt_dir, stop, guard, model=model, denoiser=denoiser, ema=ema, criterion=criterion,
             optimizer=optimizer, batches=batches, autoencoder=autoencoder, dataset=dataset, dist=dist, out=out,
             model_config=model_config, sample_shape=sample_shape, rows=rows, micro=micro, accum=accum, meter=meter,
-            metrics=metrics, bar=bar, sample_diffusion=sample_diffusion,
+            metrics=metrics, bar=bar, sampler=sampler,
         )
     bar.close()
     dist.barrier()
@@ -154,7 +157,7 @@ def run_steps(
     model: nn.Module,
     denoiser: AutocastForward,
     ema: nn.Module,
-    objective: MaskedDiffusionObjective,
+    criterion: Criterion,
     optimizer: torch.optim.Optimizer,
     batches: BatchStream,
     autoencoder: Autoencoder,
@@ -169,7 +172,7 @@ def run_steps(
     meter: Meter,
     metrics: MetricsWriter,
     bar: Any,
-    sample_diffusion: GaussianDiffusion | None,
+    sampler: tuple[str, int] | None,
 ) -> tuple[int, Path | None, int | None]:
     """The steps of :func:`train` from ``step`` to ``cfg.steps``; returns ``(step, last checkpoint, stopping signal)``."""
     device = dist.device
@@ -177,14 +180,13 @@ def run_steps(
     while step < cfg.steps:
         x, y = batches.next()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        randomness = draw_step_randomness(
-            model, seed=cfg.seed, step=step, global_batch=cfg.global_batch_size,
-            sample_shape=sample_shape, num_timesteps=objective.diffusion.num_timesteps, device=device,
-            independent_masked_pass=objective.independent,
+        randomness = criterion.draw_step(
+            model, streams=step_streams(cfg.seed, step), global_batch=cfg.global_batch_size,
+            sample_shape=sample_shape, device=device,
         ).rows(rows)
         latents = encode(autoencoder, x, step_generator(cfg.seed, f"vae-rank{dist.rank}", step, device))
         losses, grad_norm = optimizer_step(
-            denoiser, model, ema, objective, optimizer, latents, y, randomness,
+            denoiser, model, ema, criterion, optimizer, latents, y, randomness,
             micro=micro, accum=accum, grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay, guard=guard, step=step + 1,
         )
         step += 1
@@ -206,8 +208,8 @@ def run_steps(
             if not logging_step:
                 guard.check(step, reset=False)  # never checkpoint past a run of bad steps that should have stopped
             ckpt_dir = save(out, step, model, model_config, ema, optimizer, batches, cfg, dist, guard.in_a_row_now())
-            if sample_diffusion is not None and cfg.num_samples > 0 and stopped_by is None:
-                save_samples(out / "samples" / f"{step:07d}.png", ema, sample_diffusion, autoencoder, cfg, dist)
+            if sampler is not None and cfg.num_samples > 0 and stopped_by is None:
+                save_samples(out / "samples" / f"{step:07d}.png", ema, criterion.objective, sampler, autoencoder, cfg, dist)
         if stopped_by is not None:
             if dist.is_main:
                 log.warning("signal %d: checkpointed step %d to %s and stopping; rerun the command to resume",
@@ -264,7 +266,7 @@ def encode(autoencoder: Autoencoder, x: Tensor, generator: torch.Generator) -> T
 
 def accumulate_gradients(
     denoiser: AutocastForward,
-    objective: MaskedDiffusionObjective,
+    criterion: StepLoss,
     latents: Tensor,
     y: Tensor,
     randomness: StepRandomness,
@@ -276,7 +278,8 @@ def accumulate_gradients(
     Each micro loss is the mean over its samples divided by ``accum``, and DDP averages
     over ranks, so the summed gradient is that of the global-batch mean loss whatever
     the split. Gradients are synchronised only on the last micro batch. The terms are
-    ``loss`` and, for masked models, ``loss_unmasked`` and ``loss_masked``.
+    those the criterion logs (:meth:`~mdtblocks.criterion.Criterion.logged`): ``loss``
+    and, for MDT's two passes, ``loss_unmasked`` and ``loss_masked``.
     """
     totals: dict[str, Tensor] = {}
     for i in range(accum):
@@ -286,13 +289,12 @@ def accumulate_gradients(
         if rows.mask is not None:
             mark_kept_dynamic(rows.mask)  # one compiled graph for every kept-token count
         with contextlib.nullcontext() if sync else denoiser.no_sync():
-            terms = objective(denoiser, latents[part], y[part], rows)
+            terms = criterion(denoiser, latents[part], y[part], rows)
             loss = terms["loss"].mean() / accum
             loss.backward()
-        for name in ("loss", "loss_unmasked", "loss_masked"):
-            if name in terms and (name == "loss" or "loss_masked" in terms):
-                value = terms[name].detach().mean() / accum
-                totals[name] = totals[name] + value if name in totals else value
+        for name in criterion.logged(terms):
+            value = terms[name].detach().mean() / accum
+            totals[name] = totals[name] + value if name in totals else value
     return totals
 
 
@@ -300,7 +302,7 @@ def optimizer_step(
     denoiser: AutocastForward,
     model: nn.Module,
     ema: nn.Module | Sequence[tuple[nn.Module, float]],
-    objective: MaskedDiffusionObjective,
+    criterion: StepLoss,
     optimizer: torch.optim.Optimizer,
     latents: Tensor,
     y: Tensor,
@@ -316,11 +318,12 @@ def optimizer_step(
     """One optimizer step, in the order of the official trainers: gradients, clip, update, EMA.
 
     Args:
-        denoiser: what the objective calls (``model`` wrapped for DDP / compile / autocast).
+        denoiser: what the criterion calls (``model`` wrapped for DDP / compile / autocast).
         model: the backbone whose parameters ``optimizer`` updates.
         ema: the EMA model, updated with ``ema_decay``; or ``[(ema_model, decay), ...]`` for
             several averages (the official ``--ema_rate 0.9999,0.9``).
-        objective: the loss.
+        criterion: the loss (a :class:`~mdtblocks.criterion.Criterion`, or anything with its
+            ``__call__`` and ``logged``, such as ``MaskedDiffusionObjective``).
         optimizer: built over ``model``'s trainable parameters.
         latents: this rank's clean batch.
         y: its labels, before dropout.
@@ -336,7 +339,7 @@ def optimizer_step(
     Returns:
         ``(losses, grad_norm)``: the mean loss terms and the gradient norm before clipping, on device.
     """
-    losses = accumulate_gradients(denoiser, objective, latents, y, randomness, micro, accum)
+    losses = accumulate_gradients(denoiser, criterion, latents, y, randomness, micro, accum)
     grad_norm = clip_gradients(model, grad_clip)
     averages = [(ema, ema_decay)] if isinstance(ema, nn.Module) else list(ema)
 

@@ -10,14 +10,14 @@ is what makes 1 process and N processes give the same update for the same global
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import torch
-from torch import Tensor
 
-from ..diffusion.objective import StepRandomness
-from ..masking import MaskPlan
+from ..criterion import Criterion, LabelDropout, StepRandomness, rule_of_model
+from ..objectives.gaussian import GaussianObjective
 
-__all__ = ["derive_seed", "step_generator", "StepRandomness", "draw_step_randomness"]
+__all__ = ["derive_seed", "step_generator", "step_streams", "StepRandomness", "draw_step_randomness"]
 
 
 def derive_seed(seed: int, *keys: int | str) -> int:
@@ -31,6 +31,11 @@ def step_generator(seed: int, stream: str, step: int, device: torch.device | str
     return torch.Generator(device=device).manual_seed(derive_seed(seed, stream, step))
 
 
+def step_streams(seed: int, step: int) -> Callable[[str, torch.device], torch.Generator]:
+    """The random streams of training ``step``: ``(name, device) -> step_generator(seed, name, step, device)``."""
+    return lambda stream, device: step_generator(seed, stream, step, device)
+
+
 def draw_step_randomness(
     model: torch.nn.Module,
     *,
@@ -42,46 +47,18 @@ def draw_step_randomness(
     device: torch.device,
     independent_masked_pass: bool = False,
 ) -> StepRandomness:
-    """Draw the randomness of global batch ``step`` (identical on every rank).
+    """Draw the randomness of global batch ``step`` as the Gaussian diffusion with the model's own mask and label dropout.
 
-    With ``independent_masked_pass`` (the objective's ``masked_draws="independent"``, the
-    official protocol) the masked pass also gets its own label drops (drawn after the
-    mask) and its own noise (a separate stream); every other draw is unchanged.
-
-    Small draws (timesteps, label flips, mask plan) come from CPU generators, so that the
-    per-batch mask ratio is read without a device sync; the noise is drawn on ``device``.
-    ``model`` is the backbone (passed in, not found through wrappers): its ``y_embedder``
-    and ``mask_sampler`` define the label dropout and masking.
+    The draws of :meth:`~mdtblocks.criterion.Criterion.draw_step` for the criterion that
+    trained every run before the criterion existed: times uniform in ``[0, num_timesteps)``,
+    the token rule of ``model``'s mask fields (with ``independent_masked_pass`` the masked
+    pass has its own label drops and noise) and the label dropout of its config. The
+    loop calls its criterion's ``draw_step`` directly.
     """
-    g_small = step_generator(seed, "t-labels-mask", step)
-    t = torch.randint(0, num_timesteps, (global_batch,), generator=g_small)
-    # The model's own label-dropout coins, one per sample of the global batch.
-    drop_label = model.y_embedder.draw_drops(global_batch, generator=g_small)
-    sampler = getattr(model, "mask_sampler", None)
-    mask = None
-    if sampler is not None:
-        plan = sampler(global_batch, model.num_tokens, generator=g_small)
-        mask = MaskPlan(
-            ids_keep=_to(plan.ids_keep, device), ids_restore=_to(plan.ids_restore, device), mask=_to(plan.mask, device)
-        )
-    masked_drop = masked_noise = None
-    if mask is not None and independent_masked_pass:
-        masked_drop = _to(model.y_embedder.draw_drops(global_batch, generator=g_small), device)
-        masked_noise = torch.randn(
-            (global_batch, *sample_shape), generator=step_generator(seed, "noise-masked", step, device), device=device
-        )
-    noise = torch.randn(
-        (global_batch, *sample_shape), generator=step_generator(seed, "noise", step, device), device=device
+    masked_draws = "independent" if independent_masked_pass else "shared"
+    criterion = Criterion(
+        GaussianObjective(diffusion_steps=num_timesteps), rule_of_model(model, masked_draws), LabelDropout.of_model(model)
     )
-    null_class = model.y_embedder.num_classes
-    return StepRandomness(
-        t=_to(t, device), noise=noise, drop_label=_to(drop_label, device), mask=mask, null_class=null_class,
-        masked_noise=masked_noise, masked_drop_label=masked_drop,
+    return criterion.draw_step(
+        model, streams=step_streams(seed, step), global_batch=global_batch, sample_shape=sample_shape, device=device
     )
-
-
-def _to(x: Tensor, device: torch.device) -> Tensor:
-    """Copy a CPU draw to ``device`` without a host sync (a copy from pageable memory waits for the GPU)."""
-    if device.type != "cuda":
-        return x.to(device)
-    return x.pin_memory().to(device, non_blocking=True)

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from ..data import Autoencoder, PixelSpace, grid_scale, save_image_grid
-from ..diffusion import GaussianDiffusion
-from ..sampling import classifier_free_guidance
+from ..objectives.base import Objective
+from ..sampling.guidance import guide
 from .config import TrainConfig
 from .distributed import Distributed
 from .randomness import step_generator
@@ -22,15 +22,17 @@ __all__ = ["save_samples"]
 def save_samples(
     path: Path,
     ema: nn.Module,
-    diffusion: GaussianDiffusion,
+    objective: Objective,
+    sampler: tuple[str, int],
     autoencoder: Autoencoder,
     cfg: TrainConfig,
     dist: Distributed,
 ) -> None:
     """A grid of EMA samples with classes ``0, 1, 2, ...`` and fixed noise, so grids compare across checkpoints.
 
-    With ``cfg.sample_cfg_scale != 1`` the samples use classifier-free guidance (a
-    constant scale). Every rank samples (the EMA may be sharded); rank 0 writes the PNG.
+    ``sampler`` is ``(name, steps)`` of one of ``objective``'s samplers. With
+    ``cfg.sample_cfg_scale != 1`` the samples use classifier-free guidance (a constant
+    scale). Every rank samples (the EMA may be sharded); rank 0 writes the PNG.
     """
     conf = ema.config
     device = dist.device
@@ -38,14 +40,13 @@ def save_samples(
     labels = torch.arange(n, device=device) % conf.num_classes
     generator = step_generator(cfg.seed, "samples", 0)
     noise = torch.randn(n, conf.in_channels, conf.input_size, conf.input_size, generator=generator).to(device)
-    model: Any = ema
-    if cfg.sample_cfg_scale != 1.0 and getattr(ema.y_embedder, "has_null", False):
-        model = classifier_free_guidance(ema, cfg.sample_cfg_scale)
-        labels = torch.cat([labels, torch.full_like(labels, conf.num_classes)])  # [cond; uncond]
-        noise = torch.cat([noise, noise])
-    latents = diffusion.ddim_sample_loop(
-        model, tuple(noise.shape), noise=noise, clip_denoised=isinstance(autoencoder, PixelSpace),
-        model_kwargs={"y": labels}, generator=generator, device=device,
+    scale = cfg.sample_cfg_scale if getattr(ema.y_embedder, "has_null", False) else 1.0
+    model, noise, labels = guide(ema, noise, labels, conf.num_classes, scale, data_fraction=objective.data_fraction)
+    # Pixel-space samples are clipped to the data range where the sampler can (the Gaussian ones).
+    options: dict[str, Any] = {"clip_denoised": True} if isinstance(autoencoder, PixelSpace) else {}
+    name, steps = sampler
+    latents = objective.sample(
+        model, noise, {"y": labels}, sampler=name, num_steps=steps, generator=generator, **options
     )[:n]
     images = autoencoder.decode(latents)
     for module in ema.modules():  # FSDP keeps the root's parameters gathered after a forward without backward

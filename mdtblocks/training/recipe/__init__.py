@@ -4,7 +4,7 @@ folder and logs (:mod:`~mdtblocks.training.recipe.run`), and the one training re
 from .cli import RecipeConfig, build_parser, choose_config, exit_on_bad_input, flag, parse_flags, presets_of
 from .data import CachedLatents, RunData, load_run_data
 from .run import announce_builtin, model_overrides, setup_logging, train_config, write_run_config
-from .train import DEMO, MODEL_OVERRIDES, OFFICIAL_FIELDS, TrainRecipe, build_optimizer
+from .train import DEMO, MODEL_OVERRIDES, OFFICIAL_FIELDS, TrainRecipe, build_criterion, build_optimizer
 
 __all__ = [
     "flag",
@@ -26,5 +26,6 @@ __all__ = [
     "MODEL_OVERRIDES",
     "OFFICIAL_FIELDS",
     "build_optimizer",
+    "build_criterion",
     "DEMO",
 ]

@@ -3,8 +3,9 @@
 ``recipes/mdtv2_imagenet256.py``, ``mdt_imagenet256.py`` and ``dit_imagenet256.py`` are
 each a row: the model family, the paper's flags, the built-in demo's flags and the
 per-size learning rates. The path of one training step from here: :meth:`TrainRecipe.main`
-builds model, objective and data, :func:`~mdtblocks.training.train` runs the loop, which
-calls :class:`~mdtblocks.diffusion.MaskedDiffusionObjective` on each micro batch.
+builds model, criterion (objective x token rule x label dropout) and data, records the
+criterion in ``config.json``, and :func:`~mdtblocks.training.train` runs the loop, which
+calls the :class:`~mdtblocks.criterion.Criterion` on each micro batch.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 
 import torch
 
-from ...diffusion import MaskedDiffusionObjective, create_diffusion
+from ...criterion import Criterion, LabelDropout, rule_of_model
+from ...objectives import GaussianObjective
 from ...models import PRESETS, DiT, MaskedDiffusionTransformer
 from ..adan import Adan
 from ..checkpoint import CheckpointWriteError
@@ -35,7 +37,7 @@ from .cli import RecipeConfig, build_parser, choose_config, parse_flags, presets
 from .data import load_run_data
 from .run import announce_builtin, model_overrides, setup_logging, train_config, write_run_config
 
-__all__ = ["TrainRecipe", "MODEL_OVERRIDES", "OFFICIAL_FIELDS", "DEMO", "build_optimizer"]
+__all__ = ["TrainRecipe", "MODEL_OVERRIDES", "OFFICIAL_FIELDS", "DEMO", "build_optimizer", "build_criterion"]
 
 log = logging.getLogger("mdtblocks.recipe")
 
@@ -180,25 +182,25 @@ class TrainRecipe:
         model = _MODEL_CLASSES[cls_name].from_preset(
             cfg.model, input_size=side, in_channels=channels, num_classes=num_classes, learn_sigma=True, **overrides
         )
-        diffusion = create_diffusion("", "linear", 1000, learn_sigma=True, snr_gamma=cfg.snr_gamma)
+        criterion = build_criterion(model, snr_gamma=cfg.snr_gamma, masked_draws=cfg.masked_draws)
         write_run_config(
             cfg.out, cfg, dist, vae=data.vae, image_size=data.image_size, num_classes=num_classes,
             model_preset=cfg.model, model_overrides=overrides, model_config=model.config.to_dict(),
             vae_provenance=data.vae_provenance,
             id2label=class_names(data.dataset),
+            criterion=criterion.to_record(),
         )
         try:
             result = train(
                 train_config(cfg),
                 model=model,
-                # Without a mask sampler (DiT) the objective is the plain loss.
-                objective=MaskedDiffusionObjective(diffusion, masked_draws=cfg.masked_draws),
+                criterion=criterion,
                 dataset=data.dataset,
                 autoencoder=data.autoencoder,
                 make_optimizer=lambda params: build_optimizer(cfg, params),
                 out=cfg.out,
                 dist=dist,
-                sample_diffusion=create_diffusion(f"ddim{cfg.sample_steps}"),
+                sampler=("ddim", cfg.sample_steps),
             )
         except (NonFiniteSteps, CheckpointWriteError) as err:
             # Faults of the run itself, not bugs: one line, no traceback, a non-zero exit.
@@ -300,6 +302,17 @@ def write_pipeline(
     tmp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def build_criterion(
+    model: torch.nn.Module, *, snr_gamma: float | int | None = None, masked_draws: str = "independent"
+) -> Criterion:
+    """The recipes' criterion: the Gaussian diffusion (linear, 1000 steps, learned sigma, ``snr_gamma``),
+    the token rule of the model's preset (MDT's two passes with its mask ratios and ``masked_draws``;
+    DiT: the plain rule) and the label dropout of its config."""
+    objective = GaussianObjective("linear", 1000, learn_sigma=True, snr_gamma=snr_gamma)
+    tokens = rule_of_model(model, masked_draws)
+    return Criterion(objective, tokens, LabelDropout.of_model(model))
 
 
 def build_optimizer(cfg: RecipeConfig, params: Any) -> torch.optim.Optimizer:

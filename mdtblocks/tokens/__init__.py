@@ -1,0 +1,21 @@
+"""Token choices: the mask plan (:mod:`mdtblocks.masking`) and the rules over it that a training step follows."""
+
+from ..masking import MaskPlan, MaskSampler, SideInterpolater, mark_kept_dynamic, plan_from_ids_keep, scatter_kept, validate_ids_keep
+from .rules import TOKEN_RULES, MaskedTwoPassRule, PlainRule, TokenPass, TokenRule, register_token_rule, rule_from_record
+
+__all__ = [
+    "MaskPlan",
+    "MaskSampler",
+    "SideInterpolater",
+    "mark_kept_dynamic",
+    "plan_from_ids_keep",
+    "scatter_kept",
+    "validate_ids_keep",
+    "TokenRule",
+    "TokenPass",
+    "PlainRule",
+    "MaskedTwoPassRule",
+    "TOKEN_RULES",
+    "register_token_rule",
+    "rule_from_record",
+]
