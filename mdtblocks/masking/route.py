@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .plan import MaskPlan, plan_from_ids_keep, validate_ids_keep
 
-__all__ = ["Route", "RoutePlan", "route_from_ids_keep", "check_span", "as_routes"]
+__all__ = ["Route", "RoutePlan", "route_from_ids_keep", "check_span", "as_routes", "default_span"]
 
 
 def check_span(start: object, end: object, depth: int | None = None) -> None:
@@ -147,19 +147,17 @@ class Route:
         return self.plan_from_draws(noise, device)
 
     def plan_from_draws(self, noise: Float[Tensor, "b m"], device: torch.device | str | None = None) -> RoutePlan:
-        """The plan given one uniform draw per token: the tokens of smallest draw go through the span."""
+        """The plan given one uniform draw per token: the tokens of smallest draw go through the span.
+
+        The kept ids are sorted (grid order), which the output does not depend on; at ratio 0
+        they are ``0 .. m-1`` and the routed forward is the plain one exactly.
+        """
         if noise.ndim != 2:
             raise ValueError(f"route noise must have shape (batch, num_tokens), got {tuple(noise.shape)}")
         k = self.num_kept(noise.shape[1])
-        ids_shuffle = noise.argsort(dim=1)
-        ids_restore = ids_shuffle.argsort(dim=1)
+        ids_keep = noise.argsort(dim=1)[:, :k].sort(dim=1).values
         target = torch.device(device) if device is not None else noise.device
-        plan = MaskPlan(
-            ids_keep=ids_shuffle[:, :k].to(target),
-            ids_restore=ids_restore.to(target),
-            mask=(ids_restore >= k).float().to(target),
-        )
-        return RoutePlan(self.start, self.end, plan)
+        return RoutePlan(self.start, self.end, plan_from_ids_keep(ids_keep.to(target), noise.shape[1]))
 
 
 def route_from_ids_keep(start: int, end: int, ids_keep: Int[Tensor, "b k"], num_tokens: int) -> RoutePlan:
@@ -202,3 +200,23 @@ def as_routes(route: object) -> tuple[RoutePlan, ...]:
                 "give disjoint spans in block order"
             )
     return tuple(routes)
+
+
+def default_span(num_blocks: int, encoder_blocks: int | None = None) -> tuple[int, int]:
+    """TREAD's span for a stack of ``num_blocks`` blocks: from block 2 up to and including block ``num_blocks - 4``.
+
+    That is ``[2, num_blocks - 3)``: TREAD's DiT setting (blocks 2 to 8 of DiT-B/2's 12)
+    keeps the first two and the last three blocks at full length. For an MDT, pass its
+    ``encoder_blocks``: the span then also ends at the encoder's end at the latest
+    (spans may not cross into the decoder; see ``MaskedDiffusionTransformer.check_route``).
+
+    Raises:
+        ValueError: fewer than 6 blocks (or a 2-block encoder), which leaves no such span.
+    """
+    end = num_blocks - 3 if encoder_blocks is None else min(num_blocks - 3, encoder_blocks)
+    if end <= 2:
+        raise ValueError(
+            f"no default route span for {num_blocks} blocks" + ("" if encoder_blocks is None else f" ({encoder_blocks} in the encoder)")
+            + "; it needs at least 6 blocks (3 in an encoder); give start and end yourself"
+        )
+    return 2, end

@@ -76,7 +76,8 @@ class DiT(DiffusionBackbone):
 
         All ``n`` tokens (or ``num_kept`` where a pass keeps fewer): DiT's blocks all see the same tokens.
         """
-        check_span(start, start + 1, len(self.blocks))
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < len(self.blocks):
+            raise ValueError(f"route start {start!r} is not a block index in [0, {len(self.blocks)})")
         return self.num_tokens if num_kept is None else num_kept
 
     def check_route(self, route: object, batch_size: int) -> tuple[RoutePlan, ...]:

@@ -151,7 +151,8 @@ class MaskedDiffusionTransformer(DiffusionBackbone):
         the masked pass (routing applies to the tokens that pass keeps), every other block
         all ``n``.
         """
-        check_span(start, start + 1, len(self.encoder) + len(self.decoder))
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < len(self.encoder) + len(self.decoder):
+            raise ValueError(f"route start {start!r} is not a block index in [0, {len(self.encoder) + len(self.decoder)})")
         return num_kept if num_kept is not None and start < len(self.encoder) else self.num_tokens
 
     def check_route(self, route: object, batch_size: int, num_kept: int | None = None) -> tuple[RoutePlan, ...]:
