@@ -3,14 +3,22 @@ the FLOP count falls by what the routed tokens skip, and bad routes are refused 
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
+from helpers import inputs, tiny_dit, tiny_mdt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import inputs, tiny_dit, tiny_mdt
 from mdtblocks import DiT, DiTConfig, MaskedDiffusionTransformer, forward_flops
-from mdtblocks.masking.route import Route, RoutePlan, as_routes, default_span, route_from_ids_keep
+from mdtblocks.masking.route import (
+    Route,
+    RoutePlan,
+    as_routes,
+    default_span,
+    route_from_ids_keep,
+)
 
 SETTINGS = settings(max_examples=15, deadline=None)
 
@@ -177,11 +185,11 @@ def test_flops_are_linear_in_the_span_and_in_the_routed_share_of_the_linear_part
     model = small_dit()
     plain = forward_flops(model)
     saved = [plain - forward_flops(model, route=Route(1, 1 + blocks, 0.5)) for blocks in range(1, 6)]
-    assert len({b - a for a, b in zip(saved, saved[1:])}) == 1  # the same saving per routed block
+    assert len({b - a for a, b in pairwise(saved)}) == 1  # the same saving per routed block
     # With attention's quadratic term removed, the saving is linear in the routed count.
     d, n = 64, 64
     linear = [plain - forward_flops(model, route=Route(0, 6, r / n)) - 6 * 2 * d * (n * n - (n - r) ** 2) for r in range(0, 40, 8)]
-    assert len({b - a for a, b in zip(linear, linear[1:])}) == 1 and linear[0] == 0
+    assert len({b - a for a, b in pairwise(linear)}) == 1 and linear[0] == 0
 
 
 def test_flops_of_dit_s2_at_the_tread_setting():

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import rel_err
 from safetensors.torch import load_file
 
-from conftest import rel_err
 from mdtblocks import DiT, load_official
 from mdtblocks.masking.route import route_from_ids_keep
 

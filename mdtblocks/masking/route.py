@@ -11,6 +11,7 @@ run the plain (unrouted) model at inference.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from jaxtyping import Float, Int
@@ -193,7 +194,7 @@ def as_routes(route: object) -> tuple[RoutePlan, ...]:
             "route must be a RoutePlan (draw one with Route(start, end, ratio)(batch, n, generator=g)) or a list of them, "
             f"got {type(route).__name__}"
         )
-    for a, b in zip(routes, routes[1:]):
+    for a, b in pairwise(routes):
         if b.start < a.end:
             raise ValueError(
                 f"route spans [{a.start}, {a.end}) and [{b.start}, {b.end}) overlap or are out of order; "
