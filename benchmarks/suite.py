@@ -14,6 +14,10 @@ For each combination of ``--models``, ``--batch``, ``--precision``, ``--backend`
 - achieved FLOP/s of the training step from :func:`mdtblocks.forward_flops` (a backward
   counted as two forwards, a multiply-add as two operations) against the matrix-multiply
   ceiling that the suite measures itself at the same precision;
+- with ``--route RATIO``, each configuration once more with TREAD token routing: ``RATIO``
+  of the tokens skip the default span (:func:`mdtblocks.masking.route.default_span`) in
+  every training pass (sampling is never routed), its FLOPs counted with the route, and its
+  training step against the same configuration without routing;
 - the ratio against the reference path (``math`` attention, fp32, eager) of the same model
   and, with ``--official DIR`` (a sail-sg/MDT checkout, branch main), against the official
   MDTv2 model run the same way in the same process.
@@ -27,6 +31,7 @@ writes every number to ``--json``.
     python benchmarks/suite.py                                   # MDTv2-S/2, 32x32 latents, batch 8, CPU
     python benchmarks/suite.py --precision fp32 bf16 --backend sdpa math --official ../MDT
     python benchmarks/suite.py --models MDTv2-XL/2 --batch 32 --precision bf16 --device cuda --compile off on
+    python benchmarks/suite.py --models DiT-S/2 MDTv2-S/2 --precision fp32 --route 0.5    # with and without routing
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from official_model import load_official_mdtv2
 from mdtblocks import MaskedDiffusionTransformer, forward_flops
 from mdtblocks.blocks import compile_blocks
 from mdtblocks.masking import MaskSampler, mark_kept_dynamic
+from mdtblocks.masking.route import Route, default_span
 from mdtblocks.models import PRESETS, DiT
 from mdtblocks.sampling import classifier_free_guidance
 
@@ -67,12 +73,14 @@ class Config:
     input_size: int
     device: str
     official: str | None = None  # a checkout path: this row runs the official model
+    route: float = 0.0  # share of tokens routed past the default span in training (0: no routing)
 
     @property
     def name(self) -> str:
         if self.official:
             return f"official {self.model} b{self.batch} fp32 eager"
-        return f"{self.model} b{self.batch} {self.precision} {self.backend}{'' if self.compile == 'off' else ' compile' if self.compile == 'on' else ' compile-blocks'}"
+        routed = f" route{self.route:g}" if self.route else ""
+        return f"{self.model} b{self.batch} {self.precision} {self.backend}{'' if self.compile == 'off' else ' compile' if self.compile == 'on' else ' compile-blocks'}{routed}"
 
 
 def build(cfg: Config, seed: int = 0) -> torch.nn.Module:
@@ -106,6 +114,8 @@ class Runner:
         if cfg.compile == "blocks":  # regional compilation: identical blocks share their compiled graphs
             compile_blocks(self.model)
         self.masked = cfg.official is not None or getattr(self.model, "mask_sampler", None) is not None
+        self.route = route_rule(self.model, cfg.route)
+        self.route_generator = torch.Generator().manual_seed(seed + 1)  # apart: masks stay paired across rows
         self.kept: list[int] = []
         if cfg.official:
             # The official forward draws its own mask ratio; pair it with ours instead, so that in
@@ -134,11 +144,18 @@ class Runner:
         model = self.model
         plan = mark_kept_dynamic(model.mask_sampler(self.cfg.batch, model.num_tokens, generator=self.generator, device=self.device))
         self.kept.append(plan.num_kept)
-        return self.net(self.x, self.t, self.y, ids_keep=plan.ids_keep)
+        return self.net(self.x, self.t, self.y, ids_keep=plan.ids_keep, **self.routing(plan.num_kept))
+
+    def routing(self, kept: int | None = None) -> dict:
+        """The ``route=`` argument of one training pass: a fresh draw over the tokens it routes."""
+        if self.route is None:
+            return {}
+        m = self.model.route_tokens(self.route.start, kept)
+        return {"route": self.route(self.cfg.batch, m, generator=self.route_generator, device=self.device)}
 
     def train_step(self) -> None:
         with self.autocast():
-            out = self.net(self.x, self.t, self.y)
+            out = self.net(self.x, self.t, self.y, **self.routing())
             loss = out.float().pow(2).mean()
             if self.masked:
                 loss = loss + self.masked_forward().float().pow(2).mean()
@@ -165,10 +182,19 @@ class Runner:
     def train_flops(self, kept: int | None) -> float:
         """Floating-point operations of one training step (2 per multiply-add, backward = 2 forwards)."""
         probe = build(Config(**{**asdict(self.cfg), "official": None, "backend": "math", "device": "meta"}))
-        macs = forward_flops(probe)
+        macs = forward_flops(probe, route=self.route)
         if self.masked and kept is not None:
-            macs += forward_flops(probe, kept)
+            macs += forward_flops(probe, kept, route=self.route)
         return 2 * 3 * macs * self.cfg.batch
+
+
+def route_rule(model: torch.nn.Module, ratio: float) -> Route | None:
+    """TREAD routing of ``ratio`` of the tokens over the model's default span (``None`` for ratio 0)."""
+    if not ratio:
+        return None
+    if isinstance(model, DiT):
+        return Route(*default_span(len(model.blocks)), ratio)
+    return Route(*default_span(len(model.encoder) + len(model.decoder), len(model.encoder)), ratio)
 
 
 def timed(fn, runner: Runner) -> float:
@@ -269,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (each configuration once per round)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (compile happens here)")
     p.add_argument("--loop", type=int, default=2, help="timed sampling steps in a row per configuration and round of the sampling loop (0: none)")
+    p.add_argument("--route", type=float, default=0.0, metavar="RATIO",
+                   help="also run every configuration with this share of tokens routed past the default span (TREAD)")
     p.add_argument("--official", metavar="DIR", help="a sail-sg/MDT checkout (branch main): add the official MDTv2")
     p.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory probes")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
@@ -283,11 +311,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.rounds < 1 or args.warmup < 0 or args.loop < 0 or any(b < 1 for b in args.batch):
         p.error(f"--rounds {args.rounds}, --warmup {args.warmup}, --loop {args.loop} and --batch {args.batch} must be positive")
+    if not 0.0 <= args.route < 1.0:
+        p.error(f"--route {args.route} is outside [0, 1): the share of tokens that skip the span")
 
     configs = [
         Config(m, b, prec, backend, comp, args.input_size, args.device)
         for m, b, prec, backend, comp in itertools.product(args.models, args.batch, args.precision, args.backend, args.compile)
     ]
+    if args.route:
+        configs = [r for c in configs for r in (c, Config(**{**asdict(c), "route": args.route}))]
     references = {c.model + str(c.batch): Config(c.model, c.batch, "fp32", "math", "off", args.input_size, args.device) for c in configs}
     officials = {}
     if args.official:
@@ -345,6 +377,9 @@ def main(argv: list[str] | None = None) -> None:
                 if series in res:
                     row[f"{key}_speedup_vs_official_paired"] = statistics.median(
                         o / m for o, m in zip(results[off][series], res[series], strict=True))
+        if c.route:
+            unrouted = results[Config(**{**asdict(c), "route": 0.0})]
+            row["train_speedup_vs_unrouted"] = statistics.median(unrouted["train_ms"]) / train_ms
         if not args.no_memory:
             row["peak_mib"] = peak_memory_mib(c, args.threads, runner)
         rows.append(row)
@@ -380,6 +415,9 @@ def main(argv: list[str] | None = None) -> None:
             paired = ", ".join(f"{k} {row[f'{k}_speedup_vs_official_paired']:.2f}x" for k in ("train", "sample", "loop_sample")
                                if f"{k}_speedup_vs_official_paired" in row)
             print(f"{row['name']:44s} vs official, median of the per-round ratios: {paired}")
+    for row in rows:
+        if "train_speedup_vs_unrouted" in row:
+            print(f"{row['name']:44s} training step {row['train_speedup_vs_unrouted']:.2f}x the unrouted one's speed")
     print(f"wrote {args.json}")
 
 

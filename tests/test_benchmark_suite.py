@@ -52,3 +52,16 @@ def test_official_row_keeps_the_same_tokens_in_every_round(suite, tmp_path):
     for key in ("train", "sample", "loop_sample"):
         assert ours[f"{key}_speedup_vs_official_paired"] > 0
     assert official["train_speedup_vs_official_paired"] == 1.0
+
+
+def test_route_adds_a_routed_row_per_configuration(suite, tmp_path):
+    out = tmp_path / "bench.json"
+    suite.main(["--models", "DiT-S/2", "MDTv2-S/2", "--input-size", "8", "--batch", "2", "--rounds", "1", "--warmup", "0",
+                "--loop", "0", "--no-memory", "--threads", "1", "--precision", "fp32", "--route", "0.5", "--json", str(out)])
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    for model in ("DiT-S/2", "MDTv2-S/2"):
+        plain, routed = rows[f"{model} b2 fp32 sdpa"], rows[f"{model} b2 fp32 sdpa route0.5"]
+        assert routed["route"] == 0.5 and routed["train_speedup_vs_unrouted"] > 0
+        # the FLOPs of the step fall by what the routed tokens skip (per ms: compare FLOPs themselves)
+        assert routed["train_tflops"] * routed["train_ms"] < plain["train_tflops"] * plain["train_ms"]
+    assert rows["MDTv2-S/2 b2 fp32 sdpa route0.5"]["kept_all"] == rows["MDTv2-S/2 b2 fp32 sdpa"]["kept_all"]

@@ -7,6 +7,8 @@ from diffusers import ModelMixin  # noqa: F401 - diffusers' pipeline loader look
 from torch import Tensor, nn
 
 from ..blocks import AdaLNBlock
+from ..masking.route import RoutePlan, as_routes, check_span
+from ..masking.router import SpanRouter
 from .base import DiffusionBackbone
 from .config import DiTConfig
 
@@ -53,18 +55,39 @@ class DiT(DiffusionBackbone):
         t: Shaped[Tensor, "b"],
         y: Int[Tensor, "b"],
         ids_keep: Int[Tensor, "b k"] | None = None,
+        route: RoutePlan | list[RoutePlan] | tuple[RoutePlan, ...] | None = None,
     ) -> Float[Tensor, "b c2 hh ww"]:
         """Predict the model output for ``x`` at timesteps ``t`` with labels ``y``.
 
         ``ids_keep`` exists only for signature compatibility with
         :class:`~mdtblocks.MaskedDiffusionTransformer`; DiT has no masked pass and
-        rejects it.
+        rejects it. ``route`` (training only; see :class:`~mdtblocks.masking.route.Route`),
+        one drawn route or a list with disjoint spans, lets its routed tokens skip the
+        blocks ``[route.start, route.end)``; without it the model is the plain DiT.
         """
         if ids_keep is not None:
             raise ValueError("DiT has no masked pass; ids_keep must be None")
         self.check_inputs(x, t, y)
         h = self.x_embedder(x) + self.pos_embed
         c = self.condition(t, y)
-        for blk in self.blocks:
-            h = blk(h, c)
+        router = SpanRouter(self.check_route(route, x.shape[0]))
+        for i, blk in enumerate(self.blocks):
+            h = router.leave(i, blk(router.enter(i, h), c))
         return self.head(h, c)
+
+    def route_tokens(self, start: int, num_kept: int | None = None) -> int:
+        """Tokens reaching block ``start``, which a :class:`~mdtblocks.masking.route.Route` is drawn for.
+
+        All ``n`` tokens (or ``num_kept`` where a pass keeps fewer): DiT's blocks all see the same tokens.
+        """
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < len(self.blocks):
+            raise ValueError(f"route start {start!r} is not a block index in [0, {len(self.blocks)})")
+        return self.num_tokens if num_kept is None else num_kept
+
+    def check_route(self, route: object, batch_size: int) -> tuple[RoutePlan, ...]:
+        """Raise ``TypeError``/``ValueError`` unless ``route`` fits this model and batch; return its routes."""
+        routes = as_routes(route)
+        for r in routes:
+            check_span(r.start, r.end, len(self.blocks))
+            r.validate(batch_size, self.num_tokens, self.check_values)
+        return routes

@@ -9,16 +9,21 @@ double the count to get floating-point operations.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..masking.plan import MaskPlan
+from ..masking.route import Route, RoutePlan
 from .base import DiffusionBackbone
 
 __all__ = ["forward_flops"]
 
 
-def forward_flops(model: DiffusionBackbone, kept_tokens: int | None = None) -> int:
+def forward_flops(
+    model: DiffusionBackbone, kept_tokens: int | None = None, route: Route | Sequence[Route] | None = None
+) -> int:
     """Multiply-adds of one image's forward pass of ``model``'s architecture.
 
     The count is taken by running a copy of the architecture (built from ``model.config``
@@ -31,6 +36,10 @@ def forward_flops(model: DiffusionBackbone, kept_tokens: int | None = None) -> i
             :class:`~mdtblocks.MaskDiT`.
         kept_tokens: ``None`` for the plain pass over all ``n`` tokens; for MDT and MaskDiT
             models, the masked pass keeping this many tokens (``1 <= kept_tokens <= n``).
+        route: token routing (one :class:`~mdtblocks.masking.route.Route` or a list with
+            disjoint spans): the blocks of each span see only the tokens that go through it,
+            ``m - int(m * ratio)`` of the ``m`` reaching it (``m`` as the model's
+            ``route_tokens`` says: the kept tokens in an MDT encoder during the masked pass).
 
     Returns:
         Multiply-adds (one per multiply-add; matrix products, convolution and attention).
@@ -44,13 +53,31 @@ def forward_flops(model: DiffusionBackbone, kept_tokens: int | None = None) -> i
             raise ValueError(f"kept_tokens={kept_tokens}: a {type(model).__name__} has no masked pass")
         if not 1 <= kept_tokens <= n:
             raise ValueError(f"kept_tokens={kept_tokens} is outside [1, {n}] (the model has {n} tokens)")
+    routes = () if route is None else (route,) if isinstance(route, Route) else route
+    if not isinstance(routes, (list, tuple)) or not all(isinstance(r, Route) for r in routes):
+        raise TypeError(f"route must be a Route or a list of Routes, got {type(route).__name__}")
     with torch.device("meta"):
         copy = type(model)(dataclasses.replace(cfg, attention_backend="math")).eval()
     copy.check_values = False
+    plans = [_meta_plan(r, copy.route_tokens(r.start, kept_tokens)) for r in routes]
     x = torch.zeros(1, cfg.in_channels, cfg.input_size, cfg.input_size, device="meta")
     t = torch.zeros(1, dtype=torch.long, device="meta")
     y = torch.zeros(1, dtype=torch.long, device="meta")
-    kwargs = {} if kept_tokens is None else {"ids_keep": torch.zeros(1, kept_tokens, dtype=torch.long, device="meta")}
+    kwargs: dict[str, object] = {} if kept_tokens is None else {"ids_keep": torch.zeros(1, kept_tokens, dtype=torch.long, device="meta")}
+    if plans:
+        kwargs["route"] = plans
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         copy(x, t, y, **kwargs)
     return counter.get_total_flops() // 2  # the counter counts a multiply-add as two
+
+
+def _meta_plan(route: Route, num_tokens: int) -> RoutePlan:
+    """A shape-only plan of ``route`` over ``num_tokens`` tokens (meta tensors: nothing computed)."""
+    k = route.num_kept(num_tokens)
+    meta = torch.device("meta")
+    plan = MaskPlan(
+        ids_keep=torch.zeros(1, k, dtype=torch.long, device=meta),
+        ids_restore=torch.zeros(1, num_tokens, dtype=torch.long, device=meta),
+        mask=torch.zeros(1, num_tokens, device=meta),
+    )
+    return RoutePlan(route.start, route.end, plan)

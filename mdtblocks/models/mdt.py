@@ -9,6 +9,8 @@ from torch import Tensor, nn
 
 from ..blocks import AdaLNBlock, gather_relative_index, relative_position_index, sincos_2d
 from ..masking import MaskSampler, SideInterpolater, validate_ids_keep
+from ..masking.route import RoutePlan, as_routes, check_span
+from ..masking.router import SpanRouter
 from .base import DiffusionBackbone
 from .config import MDTConfig
 
@@ -79,20 +81,24 @@ class MaskedDiffusionTransformer(DiffusionBackbone):
         return len(self.encoder)
 
     def encode(
-        self, h: Float[Tensor, "b k d"], c: Float[Tensor, "b d"], rel_index: Int[Tensor, "b k k"] | None = None
+        self,
+        h: Float[Tensor, "b k d"],
+        c: Float[Tensor, "b d"],
+        rel_index: Int[Tensor, "b k k"] | None = None,
+        routes: tuple[RoutePlan, ...] = (),
     ) -> Float[Tensor, "b k d"]:
-        """Run the encoder over the tokens present (all, or the kept ones)."""
-        if not self.config.long_skip:
-            for blk in self.encoder:
-                h = blk(h, c, rel_index=rel_index)
-            return h
-        half = len(self.encoder) // 2
+        """Run the encoder over the tokens present (all, or the kept ones), routing the spans of ``routes``."""
+        router = SpanRouter(routes, rel_index=rel_index, full_index=self.rel_index)
+        depth = len(self.encoder)
+        half = depth // 2 if self.config.long_skip else depth
         skips = []
-        for blk in self.encoder[:half]:
-            h = blk(h, c, rel_index=rel_index)
-            skips.append(h)
-        for blk in self.encoder[half:]:
-            h = blk(h, c, skip=skips.pop(), rel_index=rel_index)
+        for i, blk in enumerate(self.encoder):
+            h = router.enter(i, h)
+            skip = router.side(i, skips.pop(), produced_at=depth - 1 - i) if i >= half else None
+            h = blk(h, c, skip=skip, rel_index=router.rel_index(i))
+            if i < half and self.config.long_skip:
+                skips.append(h)
+            h = router.leave(i, h)
         return h
 
     def forward(
@@ -101,6 +107,7 @@ class MaskedDiffusionTransformer(DiffusionBackbone):
         t: Shaped[Tensor, "b"],
         y: Int[Tensor, "b"],
         ids_keep: Int[Tensor, "b k"] | None = None,
+        route: RoutePlan | list[RoutePlan] | tuple[RoutePlan, ...] | None = None,
     ) -> Float[Tensor, "b c2 hh ww"]:
         """Predict the model output for noisy input ``x`` at timesteps ``t`` with labels ``y``.
 
@@ -111,6 +118,10 @@ class MaskedDiffusionTransformer(DiffusionBackbone):
             ids_keep: for the masked training pass, the ``(b, k)`` kept-token indices in
                 row-major patch order (e.g. ``model.mask_sampler(...).ids_keep``). The
                 result does not depend on their order within a row.
+            route: token routing for training (see :class:`~mdtblocks.masking.route.Route`
+                and :meth:`route_tokens`), one drawn route or a list with disjoint spans: its
+                routed tokens skip the blocks ``[route.start, route.end)``, numbered over the
+                encoder then the decoder. Without it the model is the plain one.
 
         Returns:
             ``(b, out_channels, input_size, input_size)``: epsilon (and the variance
@@ -119,19 +130,62 @@ class MaskedDiffusionTransformer(DiffusionBackbone):
         self.check_inputs(x, t, y)
         tokens = self.x_embedder(x) + self.pos_embed
         c = self.condition(t, y)
+        if ids_keep is not None:
+            validate_ids_keep(ids_keep, x.shape[0], self.num_tokens, self.check_values)
+        routes = self.check_route(route, x.shape[0], None if ids_keep is None else ids_keep.shape[1])
+        enc_routes = tuple(r for r in routes if r.end <= len(self.encoder))
         if ids_keep is None:
-            h = self.encode(tokens, c)
+            h = self.encode(tokens, c, routes=enc_routes)
             # The decoder position table marks the encoder/decoder boundary. MDT v1 adds it
             # before its first decoder block, so a v1 model without decoder blocks never
             # does; MDTv2 adds it after the encoder unconditionally (official behaviour).
             if len(self.decoder) > 0 or self.config.long_skip:
                 h = h + self.decoder_pos_embed
         else:
-            validate_ids_keep(ids_keep, x.shape[0], self.num_tokens, self.check_values)
             kept = tokens.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-            h = self.encode(kept, c, gather_relative_index(self.rel_index, ids_keep))
+            h = self.encode(kept, c, gather_relative_index(self.rel_index, ids_keep), routes=enc_routes)
             h = self.side_interpolater(h, c, ids_keep, self.decoder_pos_embed)
         skip = tokens if self.config.dense_skip else None
-        for blk in self.decoder:
-            h = blk(h, c, skip=skip)
+        router = SpanRouter(routes[len(enc_routes):], len(self.encoder), full_index=self.rel_index)
+        for i, blk in enumerate(self.decoder):
+            h = router.enter(i, h)
+            h = router.leave(i, blk(h, c, skip=None if skip is None else router.side(i, skip), rel_index=router.rel_index(i)))
         return self.head(h, c)
+
+    def route_tokens(self, start: int, num_kept: int | None = None) -> int:
+        """Tokens reaching block ``start``, which a :class:`~mdtblocks.masking.route.Route` is drawn for.
+
+        Blocks are numbered over the encoder (``0 .. encoder_depth - 1``), then the decoder;
+        the side-interpolater is never routed. An encoder block sees ``num_kept`` tokens in
+        the masked pass (routing applies to the tokens that pass keeps), every other block
+        all ``n``.
+        """
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < len(self.encoder) + len(self.decoder):
+            raise ValueError(f"route start {start!r} is not a block index in [0, {len(self.encoder) + len(self.decoder)})")
+        return num_kept if num_kept is not None and start < len(self.encoder) else self.num_tokens
+
+    def check_route(self, route: object, batch_size: int, num_kept: int | None = None) -> tuple[RoutePlan, ...]:
+        """Raise ``TypeError``/``ValueError`` unless ``route`` fits this model and pass; return its routes.
+
+        A span lies in the encoder or in the decoder, never across the side-interpolater
+        and decoder position table between them. In MDTv2 a span that starts in the first
+        encoder half must reach past the blocks that consume the long shortcuts it
+        produces (``start + end >= encoder_depth``); shortcuts entering a span from
+        outside are reduced to the tokens going through.
+        """
+        enc, dec = len(self.encoder), len(self.decoder)
+        routes = as_routes(route)
+        for r in routes:
+            check_span(r.start, r.end, enc + dec)
+            if r.start < enc < r.end:
+                raise ValueError(
+                    f"route span [{r.start}, {r.end}) crosses the encoder/decoder boundary at block {enc} "
+                    f"(side-interpolater and decoder positions); route within [0, {enc}) or [{enc}, {enc + dec})"
+                )
+            if self.config.long_skip and r.start < enc // 2 and r.start + r.end < enc:
+                raise ValueError(
+                    f"route span [{r.start}, {r.end}) produces MDTv2 long shortcuts (blocks {r.start}.."
+                    f"{min(r.end, enc // 2) - 1}) that blocks after it consume; end it at block {enc - r.start} or later"
+                )
+            r.validate(batch_size, self.route_tokens(r.start, num_kept), self.check_values)
+        return routes
