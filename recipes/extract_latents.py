@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mdtblocks.data import DEFAULT_VAE, DigitsDataset, ImageFolderDataset, encode_dataset, load_autoencoder, merge_parts
+from mdtblocks.folderlock import hold_output_folder
 from mdtblocks.io import read_json
-from mdtblocks.training import setup_distributed
+from mdtblocks.training import Distributed, setup_distributed
 from mdtblocks.training.recipe import exit_on_bad_input, flag, parse_flags
 
 
@@ -66,6 +67,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """
     cfg = ExtractConfig(**parse_flags(ExtractConfig, argv, description=__doc__))
     dist = setup_distributed(cfg.device)
+    with hold_output_folder(cfg.out, dist):  # one extraction per --out; a second one stops here, on every rank
+        return extract(cfg, dist)
+
+
+def extract(cfg: ExtractConfig, dist: Distributed) -> dict[str, Any]:
+    """The extraction of :func:`main` while ``cfg.out`` is held; returns the cache's metadata."""
     if cfg.data is None:
         dataset = DigitsDataset(image_size=cfg.image_size, channels=3, flip=False)
     else:
