@@ -11,7 +11,8 @@ then train with ``--latents latents/in256``. Under torchrun each process encodes
 contiguous part of the (sorted) files; batch ``k`` of rank ``r`` draws its posterior
 noise from ``(--seed, r, k)``. Rank 0 writes ``meta.json`` when all are done. A killed
 extraction resumes: rerun the same command and it continues after the last complete
-shard (other flags on a part-done folder are refused). With no ``--data`` the built-in
+shard (other flags on a part-done folder are refused). One extraction at a time holds
+``OUT`` (``OUT/.lock``): a second one exits 2 at once. With no ``--data`` the built-in
 digits dataset (RGB, upscaled) is encoded, which is only useful for tests.
 """
 
