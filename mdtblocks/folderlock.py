@@ -2,7 +2,7 @@
 
 Two trainings (or samplings, or extractions) writing one ``--out`` at the same time
 overwrite each other's checkpoints and progress records. A run therefore holds an
-exclusive :func:`fcntl.flock` on ``OUT/.lock`` while it works, and writes its pid, host
+exclusive ``fcntl.flock`` on ``OUT/.lock`` while it works, and writes its pid, host
 and start time into that file. The operating system releases the lock when the holder
 exits in any way, ``kill -9`` included, so there is never a stale lock to remove by hand:
 the same command resumes at once. A second run is refused without waiting.
@@ -14,7 +14,7 @@ holder (DataLoader workers) drop their copy of the lock's descriptor, so a kille
 frees the folder even while its workers are still shutting down.
 
 On a network file system the lock is as good as the file system's own locking (Linux
-NFS clients lock across hosts); where :mod:`fcntl` does not exist (Windows) no lock is
+NFS clients lock across hosts); where ``fcntl`` does not exist (Windows) no lock is
 taken.
 """
 
@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 try:
-    import fcntl
+    import fcntl as _fcntl
 except ImportError:  # Windows: no flock
-    fcntl = None  # type: ignore[assignment]
+    _fcntl = None  # type: ignore[assignment]
 
 __all__ = ["LOCK_NAME", "FolderInUse", "FolderLock", "hold_output_folder", "EXIT_FOLDER_IN_USE"]
 
@@ -117,9 +117,9 @@ class FolderLock:
             return self
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # no O_TRUNC: the holder's record must survive a refusal
-        if fcntl is not None:
+        if _fcntl is not None:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
             except OSError:
                 holder = _read_holder(fd)
                 os.close(fd)
