@@ -25,6 +25,7 @@ import os
 import socket
 import sys
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,18 +44,20 @@ LOCK_NAME = ".lock"
 EXIT_FOLDER_IN_USE = 2
 """Exit status of a recipe refused because its ``--out`` is in use (a usage error: choose another folder)."""
 
-_HELD_FDS: set[int] = set()
+_HELD: weakref.WeakSet[FolderLock] = weakref.WeakSet()
 
 
 def _close_in_child() -> None:
     # A forked child (a DataLoader worker) shares the open file the lock lives on; closing its
     # descriptor keeps the lock tied to the holder alone (the holder's own descriptor still holds it).
-    for fd in list(_HELD_FDS):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _HELD_FDS.clear()
+    for lock in list(_HELD):
+        fd, lock._fd = lock._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _HELD.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -133,7 +136,7 @@ class FolderLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         self._fd = fd
-        _HELD_FDS.add(fd)
+        _HELD.add(self)
         return self
 
     def release(self) -> None:
@@ -141,7 +144,7 @@ class FolderLock:
         fd, self._fd = self._fd, None
         if fd is None:
             return
-        _HELD_FDS.discard(fd)
+        _HELD.discard(self)
         try:
             os.ftruncate(fd, 0)  # an empty file: nobody holds it
         except OSError:

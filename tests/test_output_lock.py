@@ -138,3 +138,24 @@ def test_a_second_torchrun_job_stops_on_every_rank_with_one_line(tmp_path: Path)
     assert f"(pid {holder.pid} on host " in proc.stderr
     assert "exitcode  : 2" in proc.stderr or "exitcode: 2" in proc.stderr.replace(" ", ""), proc.stderr[-3000:]
     assert set(os.listdir(out)) == {LOCK_NAME}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_does_not_keep_the_lock(tmp_path: Path) -> None:
+    """A DataLoader worker forked from the holder must not hold the folder after the holder is gone."""
+    lock = FolderLock(tmp_path).acquire()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the lock is dropped; it lives on until told to exit
+        os.close(write)
+        os.read(read, 1)
+        os._exit(0 if not lock.held else 1)
+    os.close(read)
+    try:
+        lock.release()  # the holder lets go while its child still runs
+        FolderLock(tmp_path).acquire().release()
+    finally:
+        os.write(write, b"x")
+        os.close(write)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
