@@ -145,17 +145,22 @@ def test_a_forked_child_does_not_keep_the_lock(tmp_path: Path) -> None:
     """A DataLoader worker forked from the holder must not hold the folder after the holder is gone."""
     lock = FolderLock(tmp_path).acquire()
     read, write = os.pipe()
+    ready_read, ready_write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: its copy of the lock is dropped; it lives on until told to exit
+    if pid == 0:  # the child (its at-fork hooks have run): its copy of the lock is dropped; it lives until told to exit
         os.close(write)
+        os.write(ready_write, b"r")
         os.read(read, 1)
         os._exit(0 if not lock.held else 1)
     os.close(read)
+    os.close(ready_write)
     try:
+        assert os.read(ready_read, 1) == b"r"
         lock.release()  # the holder lets go while its child still runs
         FolderLock(tmp_path).acquire().release()
     finally:
         os.write(write, b"x")
         os.close(write)
+        os.close(ready_read)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
