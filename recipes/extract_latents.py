@@ -11,7 +11,8 @@ then train with ``--latents latents/in256``. Under torchrun each process encodes
 contiguous part of the (sorted) files; batch ``k`` of rank ``r`` draws its posterior
 noise from ``(--seed, r, k)``. Rank 0 writes ``meta.json`` when all are done. A killed
 extraction resumes: rerun the same command and it continues after the last complete
-shard (other flags on a part-done folder are refused). With no ``--data`` the built-in
+shard (other flags on a part-done folder are refused). One extraction at a time holds
+``OUT`` (``OUT/.lock``): a second one exits 2 at once. With no ``--data`` the built-in
 digits dataset (RGB, upscaled) is encoded, which is only useful for tests.
 """
 
@@ -26,8 +27,9 @@ from typing import Any, Literal
 from mdtblocks.data import (
     DEFAULT_VAE, DigitsDataset, ImageFolderDataset, encode_dataset, load_autoencoder, merge_parts, upsampling_warning,
 )
+from mdtblocks.folderlock import hold_output_folder
 from mdtblocks.io import read_json
-from mdtblocks.training import setup_distributed
+from mdtblocks.training import Distributed, setup_distributed
 from mdtblocks.training.recipe import exit_on_bad_input, flag, parse_flags
 from mdtblocks.training.recipe.cli import default_num_workers
 from mdtblocks.training.recipe.data import describe
@@ -75,6 +77,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """
     cfg = ExtractConfig(**parse_flags(ExtractConfig, argv, description=__doc__))
     dist = setup_distributed(cfg.device)
+    with hold_output_folder(cfg.out, dist):  # one extraction per --out; a second one stops here, on every rank
+        return extract(cfg, dist)
+
+
+def extract(cfg: ExtractConfig, dist: Distributed) -> dict[str, Any]:
+    """The extraction of :func:`main` while ``cfg.out`` is held; returns the cache's metadata."""
     if cfg.data is None:
         dataset = DigitsDataset(image_size=cfg.image_size, channels=3, flip=False)
     else:

@@ -17,7 +17,10 @@ the gathered set has no duplicates, and the result does not depend on the number
 Each finished batch is written at once (atomically) to ``OUT/.batches/``, so a killed run
 resumes: rerun the same command and only the missing batches are drawn, giving the same
 ``samples.npz`` as an uninterrupted run (with any number of processes). A part-done
-``OUT`` started with other flags is refused.
+``OUT`` started with other flags is refused. A finished ``OUT`` is kept: the same command
+says so and exits 0, another one is refused; ``--overwrite`` discards what ``OUT`` holds
+and draws anew. Ctrl-C stops at once with one line (``interrupted at N of M images; the
+same command resumes``) and exit code 130. One run at a time holds ``OUT`` (``OUT/.lock``).
 """
 
 from __future__ import annotations
@@ -38,12 +41,14 @@ import torch
 
 from mdtblocks import load_pretrained
 from mdtblocks.blocks import compile_blocks
-from mdtblocks.data import grid_scale, load_autoencoder, recorded_vae_source, save_image_grid, to_uint8
-from mdtblocks.io import atomic_write, read_json, write_json
-from mdtblocks.progress import ProgressRecord, check_settings
 from mdtblocks.criterion import read_criterion
+from mdtblocks.data import grid_scale, load_autoencoder, recorded_vae_source, save_image_grid, to_uint8
+from mdtblocks.folderlock import hold_output_folder
+from mdtblocks.interrupt import exit_on_interrupt
+from mdtblocks.io import atomic_write, read_json, write_json
+from mdtblocks.progress import ProgressRecord, check_settings, settings_disagreement
 from mdtblocks.sampling import check_sampler, sample
-from mdtblocks.training import setup_distributed
+from mdtblocks.training import Distributed, setup_distributed
 from mdtblocks.training.randomness import derive_seed
 from mdtblocks.training.recipe import exit_on_bad_input, flag, parse_flags, setup_logging
 from mdtblocks.training.recipe.run_vae import check_run_vae
@@ -82,6 +87,7 @@ class SampleConfig:
     compile_blocks: bool = flag(
         False, "torch.compile each transformer block: a compile first (seconds to a minute), then faster steps (the same function)"
     )
+    overwrite: bool = flag(False, "discard what --out holds (finished samples or a part-done draw) and draw anew")
 
     def __post_init__(self) -> None:
         if not self.ckpt:
@@ -158,7 +164,7 @@ def output_settings(cfg: SampleConfig, vae: str | None, image_size: int) -> dict
     The number of processes is left out on purpose: batch ``j`` does not depend on it, so a
     killed 8-GPU run may be finished on one.
     """
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "device", "progress")}
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "device", "progress", "overwrite")}
     return {**settings, "ckpt": str(Path(cfg.ckpt).resolve()), "vae": vae, "image_size": image_size}
 
 
@@ -220,7 +226,15 @@ def main(argv: list[str] | None = None) -> Path:
     run = run_settings(cfg)
     vae = cfg.vae if cfg.vae is not None else recorded_vae_source(run.get("vae"), run.get("vae_provenance"))
     out = Path(cfg.out) if cfg.out is not None else default_out(cfg)
+    with exit_on_interrupt(lambda signum: report_interrupt(out, cfg, dist)), hold_output_folder(out, dist):
+        if keep_finished(out, cfg, vae, dist):
+            dist.close()
+            return out
+        return draw(cfg, dist, run, vae, out)
 
+
+def draw(cfg: SampleConfig, dist: Distributed, run: dict[str, Any], vae: str | None, out: Path) -> Path:
+    """The sampling of :func:`main` while ``out`` is held: load, draw the missing batches, write the outputs."""
     model = load_pretrained(cfg.ckpt, weights_name=f"{cfg.weights}.safetensors").to(dist.device).eval()
     if cfg.compile_blocks:
         compile_blocks(model)
@@ -285,8 +299,9 @@ def main(argv: list[str] | None = None) -> Path:
         save_npz(batch_path(batches, j), images=u8.numpy(), labels=y.cpu().numpy().astype(np.int64),
                  channels=np.asarray(x.shape[1]))
         drawn += 1
-    log.info("rank %d drew %d of its %d batches in %.1fs (the rest were done before)", dist.rank, drawn, len(mine),
-             time.perf_counter() - start)
+    earlier = f"; {len(mine) - drawn} were finished by an earlier run of this command" if drawn < len(mine) else ""
+    log.info("rank %d drew %d of its %d batches in %.1fs%s", dist.rank, drawn, len(mine), time.perf_counter() - start,
+             earlier)
 
     dist.barrier()
     if dist.is_main:
@@ -297,12 +312,76 @@ def main(argv: list[str] | None = None) -> Path:
         save_image_grid((grid + 0.5) / 127.5 - 1.0, out / "grid.png", scale=grid_scale(image_size))  # small ones enlarged
         write_json(out / "sample_config.json", {**dataclasses.asdict(cfg), "vae": vae, "image_size": image_size,
                                                 "objective": objective.to_record(),
-                                                "world_size": dist.world_size})
+                                                "world_size": dist.world_size, "settings": command_settings(cfg, vae)})
         shutil.rmtree(batches, ignore_errors=True)  # the outputs are complete: the batch files are not needed
         log.info("wrote %s (arr_0 %s uint8, arr_1 labels) and %s", out / "samples.npz", all_images.shape, out / "grid.png")
     dist.barrier()
     dist.close()
     return out
+
+
+def command_settings(cfg: SampleConfig, vae: str | None) -> dict[str, Any]:
+    """What decides the samples, known before the model is loaded: :func:`output_settings` less the image size."""
+    settings = output_settings(cfg, vae, 0)
+    del settings["image_size"]  # follows from the checkpoint and the VAE
+    return settings
+
+
+OUTPUTS = ("samples.npz", "grid.png", "sample_config.json", ".batches")
+"""What a sampling run writes into ``--out`` (``sample_config.json`` last: the mark of a finished run)."""
+
+
+def keep_finished(out: Path, cfg: SampleConfig, vae: str | None, dist: Distributed) -> bool:
+    """Whether ``out`` holds this command's finished samples, which are kept (``--overwrite``: cleared first).
+
+    Raises:
+        ValueError: ``out`` holds the finished samples of another command (and no ``--overwrite``).
+    """
+    if cfg.overwrite:
+        dist.barrier()
+        if dist.is_main:
+            for name in OUTPUTS:
+                if (out / name).is_dir():
+                    shutil.rmtree(out / name)
+                else:
+                    (out / name).unlink(missing_ok=True)
+        dist.barrier()
+        return False
+    record = out / "sample_config.json"
+    if not (record.is_file() and (out / "samples.npz").is_file()):
+        return False  # new, or part-done: the batches resume
+    recorded = read_json(record)
+    mine = command_settings(cfg, vae)
+    if "settings" in recorded:
+        diff = settings_disagreement(recorded["settings"], mine)
+    else:  # written before the settings were recorded: compare the flags it has
+        same_keys = [k for k in mine if k in recorded and k not in ("ckpt", "vae")]
+        diff = settings_disagreement({k: recorded[k] for k in same_keys}, {k: mine[k] for k in same_keys})
+    if diff:
+        raise ValueError(
+            f"{str(out)!r} holds the finished samples of another command: {diff}; choose another --out for a new "
+            f"draw, or give --overwrite to replace them"
+        )
+    log.info("%s already holds the %d samples of this command (samples.npz, grid.png): kept, nothing drawn; "
+             "for a new draw choose another --out or give --overwrite", out, cfg.num_samples)
+    return True
+
+
+def images_done(out: Path, cfg: SampleConfig) -> int:
+    """How many of the ``--num-samples`` images ``out`` holds in finished form (batch files or ``samples.npz``)."""
+    batches = out / ".batches"
+    if not batches.is_dir():
+        return cfg.num_samples if (out / "sample_config.json").is_file() else 0
+    num_batches = math.ceil(cfg.num_samples / cfg.batch_size)
+    return sum(min(cfg.batch_size, cfg.num_samples - j * cfg.batch_size)
+               for j in range(num_batches) if batch_path(batches, j).is_file())
+
+
+def report_interrupt(out: Path, cfg: SampleConfig, dist: Distributed) -> None:
+    """The one line of an interrupted job (rank 0 prints it; finished batches are on disk for the resume)."""
+    if dist.is_main:
+        again = "the same command without --overwrite resumes" if cfg.overwrite else "the same command resumes"
+        print(f"interrupted at {images_done(out, cfg)} of {cfg.num_samples} images; {again}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

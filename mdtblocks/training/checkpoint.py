@@ -30,7 +30,7 @@ from jaxtyping import Shaped
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..io import read_json, write_json
+from ..io import default_file_mode, read_json, write_json
 
 __all__ = [
     "TrainState",
@@ -159,6 +159,7 @@ def write_checkpoint(out: str | os.PathLike, ckpt: Checkpoint) -> Path:
         write_json(tmp / "config.json", ckpt.model_config)
         write_json(tmp / "state.json", asdict(ckpt.state))
         for f in tmp.iterdir():
+            os.chmod(f, default_file_mode())  # safetensors writes 0600 through its own temporary file
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
     except (OSError, RuntimeError) as err:  # safetensors and torch.save report a full disk as RuntimeError too

@@ -24,10 +24,11 @@ import torch
 
 from ...criterion import Criterion, LabelDropout, rule_of_model
 from ...objectives import GaussianObjective
+from ...folderlock import hold_output_folder
 from ...models import PRESETS, DiT, MaskedDiffusionTransformer
 from ..adan import Adan
 from ..checkpoint import CheckpointWriteError
-from ..distributed import setup_distributed
+from ..distributed import Distributed, setup_distributed
 from ..guard import NonFiniteSteps
 from ..loop import train
 from ..signals import EXIT_CODES
@@ -149,6 +150,11 @@ class TrainRecipe:
             print(f"error: {disagreement}", file=sys.stderr)
             dist.close()
             raise SystemExit(2)
+        with hold_output_folder(cfg.out, dist):  # a second run on this --out stops here, on every rank
+            self.run(cfg, builtin, dist, argv)
+
+    def run(self, cfg: RecipeConfig, builtin: bool, dist: Distributed, argv: Sequence[str] | None) -> None:
+        """The run of :meth:`main` once the flags are checked and ``cfg.out`` is held: data, model, loop, pipeline."""
         if builtin:
             announce_builtin(self.script, self.real_run)
 
