@@ -108,6 +108,7 @@ class FolderLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
         self._fd: int | None = None
+        self._created = False
 
     @property
     def held(self) -> bool:
@@ -118,6 +119,7 @@ class FolderLock:
         """Take the lock at once or raise :class:`FolderInUse` naming the holder; then record this process in the file."""
         if self._fd is not None:
             return self
+        created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # no O_TRUNC: the holder's record must survive a refusal
         if _fcntl is not None:
@@ -136,6 +138,7 @@ class FolderLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         self._fd = fd
+        self._created = created
         _HELD.add(self)
         return self
 
@@ -147,6 +150,11 @@ class FolderLock:
         _HELD.discard(self)
         try:
             os.ftruncate(fd, 0)  # an empty file: nobody holds it
+            if self._created and os.listdir(self.folder) == [LOCK_NAME]:
+                # A run that made the folder and wrote nothing (refused on its input) leaves no trace;
+                # removed while still held, so no other run holds a lock on the removed file.
+                self.path.unlink()
+                self.folder.rmdir()
         except OSError:
             pass
         os.close(fd)  # closing the last descriptor releases the flock

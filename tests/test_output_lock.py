@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from training_utils import RECIPES, ROOT, TINY, load_recipe
+from training_utils import RECIPES, ROOT, TINY, load_recipe, save_tiny_vae
 
 from mdtblocks.folderlock import LOCK_NAME, FolderInUse, FolderLock
 from mdtblocks.training import latest_checkpoint
@@ -63,7 +63,7 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("script", "args"), [
     ("mdtv2_imagenet256", TINY),
     ("sample", ["--ckpt", "CKPT", "--device", "cpu"]),
-    ("extract_latents", ["--vae", "none", "--device", "cpu"]),
+    ("extract_latents", ["--vae", "VAE", "--device", "cpu"]),
 ])
 def test_each_recipe_refuses_a_folder_in_use(tmp_path: Path, capsys, script: str, args: list[str]) -> None:
     """The other process holds --out: the recipe exits 2 with one line naming the folder, pid and host, writing nothing."""
@@ -75,6 +75,9 @@ def test_each_recipe_refuses_a_folder_in_use(tmp_path: Path, capsys, script: str
                                                decode_layer=1, in_channels=1, num_classes=2).save_pretrained(ckpt)
         shutil.copy(ckpt / "model.safetensors", ckpt / "ema.safetensors")
         args = [str(ckpt) if a == "CKPT" else a for a in args]
+    if script == "extract_latents":
+        vae = save_tiny_vae(tmp_path / "vae")
+        args = [str(vae) if a == "VAE" else a for a in args]
     out = tmp_path / "out"
     holder = start_holder(out)
     capsys.readouterr()
@@ -128,7 +131,7 @@ def test_a_second_torchrun_job_stops_on_every_rank_with_one_line(tmp_path: Path)
     holder = start_holder(out)
     try:
         proc = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", str(RECIPES / "extract_latents.py"),
-                               "--vae", "none", "--device", "cpu", "--out", str(out)],
+                               "--vae", str(save_tiny_vae(tmp_path / "vae")), "--device", "cpu", "--out", str(out)],
                               env=ENV, capture_output=True, text=True, timeout=180)
     finally:
         holder.kill()
