@@ -46,7 +46,7 @@ class ExtractConfig:
     batch_size: int = flag(64, "images per encoder call (their mirrors are encoded in the same call)")
     seed: int = flag(0, "seed of the posterior samples")
     device: Literal["auto", "cpu", "cuda"] = flag("auto", "encoding device")
-    num_workers: int = flag(default_num_workers(), "image-decoding worker processes (default: the cores available)")
+    num_workers: int = flag(default_num_workers(), "image-decoding worker processes (by default the cores available to it)")
     shard_size: int = flag(4096, "images per shard file")
 
     def __post_init__(self) -> None:

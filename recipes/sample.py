@@ -48,7 +48,7 @@ from mdtblocks.interrupt import exit_on_interrupt
 from mdtblocks.io import atomic_write, read_json, write_json
 from mdtblocks.progress import ProgressRecord, check_settings, settings_disagreement
 from mdtblocks.sampling import check_sampler, sample
-from mdtblocks.training import Distributed, setup_distributed
+from mdtblocks.training import Distributed, latest_checkpoint, setup_distributed
 from mdtblocks.training.randomness import derive_seed
 from mdtblocks.training.recipe import exit_on_bad_input, flag, parse_flags, setup_logging
 from mdtblocks.training.recipe.run_vae import check_run_vae
@@ -63,7 +63,7 @@ SAMPLER_NAMES = {"ddpm": "ddpm", "ddim": "ddim", "dpm-solver": "dpm_solver++"}
 class SampleConfig:
     """Every field is a ``--flag`` (``python recipes/sample.py --help``)."""
 
-    ckpt: str = flag("", "checkpoint folder (OUT/checkpoints/NNNNNNN) or any save_pretrained folder")
+    ckpt: str = flag("", "checkpoint folder (OUT/checkpoints/NNNNNNN), a run folder OUT (its newest checkpoint) or any save_pretrained folder")
     out: str | None = flag(
         None, "output folder; none: RUN/samples/<ckpt>-<weights>-<sampler><steps>-cfg<scale>[-pow<p>]-seed<seed> "
         "(RUN: the checkpoint's run folder; CKPT/samples/... for a folder outside a run)"
@@ -93,6 +93,12 @@ class SampleConfig:
         if not self.ckpt:
             raise ValueError("--ckpt is required (a checkpoint folder such as runs/x/checkpoints/0000100)")
         ckpt = Path(self.ckpt)
+        if (ckpt / "checkpoints").is_dir():  # a run folder: its newest complete checkpoint
+            newest = latest_checkpoint(ckpt)
+            if newest is None:
+                raise ValueError(f"--ckpt {self.ckpt!r} is a run folder without a complete checkpoint under checkpoints/")
+            object.__setattr__(self, "ckpt", str(newest))
+            ckpt = newest
         if not ckpt.is_dir() or not (ckpt / "config.json").is_file():
             raise ValueError(
                 f"--ckpt {self.ckpt!r} is not a checkpoint: expected a folder with config.json and "

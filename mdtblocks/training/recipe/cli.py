@@ -103,7 +103,7 @@ class RecipeConfig:
         False, "torch.compile each transformer block instead of the whole model (less to compile); not with --compile"
     )
     activation_checkpointing: bool = flag(False, "recompute block activations in backward to save memory")
-    num_workers: int = flag(default_num_workers(), "DataLoader workers per process (default: the cores available to it)")
+    num_workers: int = flag(default_num_workers(), "DataLoader workers per process (by default the cores available to it, divided among processes under torchrun)")
     num_samples: int = flag(16, "images in each checkpoint's sample grid")
     sample_steps: int = flag(50, "DDIM steps for the sample grids")
     sample_cfg_scale: float = flag(4.0, "classifier-free guidance scale of the sample grids (1: none)")
