@@ -49,6 +49,8 @@ def objective_problems(cfg: RecipeConfig, given: Mapping[str, Any]) -> list[str]
     """Why the objective flags do not fit together: ``--flow-*`` without ``--objective flow``, ``--snr-gamma`` given
     with it (a recipe's own default is dropped by :func:`for_objective`), a bad option."""
     problems = []
+    if cfg.model.startswith("SiT-") and cfg.objective != "flow":
+        problems.append(f"{cfg.model} is trained as a flow (its forward drops the variance channels); use --objective flow")
     if cfg.objective != "flow":
         stray = [f"--{n.replace('_', '-')}" for n in FLOW_FLAGS if n in given]
         if stray:
