@@ -169,7 +169,7 @@ def choose_sampler(cfg: SampleConfig, objective: Any, given: dict[str, Any]) -> 
         if stray:
             raise ValueError(f"{', '.join(stray)} apply to flow-matching runs; {cfg.ckpt} was trained with the {kind!r} objective")
     if cfg.sampler is None:
-        return "sde_euler" if kind == "flow" else "ddpm"
+        return default_sampler(objective)
     names = [name for name, ours in SAMPLER_NAMES.items() if ours in objective.samplers] if kind == "gaussian" else list(objective.samplers)
     if kind in ("gaussian", "flow") and cfg.sampler not in names:
         raise ValueError(
@@ -177,6 +177,11 @@ def choose_sampler(cfg: SampleConfig, objective: Any, given: dict[str, Any]) -> 
             f"(its config.json), whose samplers are {', '.join(names)}"
         )
     return cfg.sampler
+
+
+def default_sampler(objective: Any) -> str:
+    """The sampler without ``--sampler``: ``sde_euler`` for flow matching (SiT's evaluation), ``ddpm`` otherwise (the papers')."""
+    return "sde_euler" if objective.kind == "flow" else "ddpm"
 
 
 def flow_options(cfg: SampleConfig) -> dict[str, Any]:
@@ -200,7 +205,8 @@ def default_out(cfg: SampleConfig) -> Path:
     """``RUN/samples/<ckpt>-<weights>-<sampler><steps>-cfg<scale>[-pow<p>]-seed<seed>`` (``CKPT/samples/...`` without a run)."""
     ckpt = Path(cfg.ckpt).resolve()
     pow_tag = f"-pow{cfg.scale_pow:g}" if cfg.scale_pow else ""
-    tag = f"{ckpt.name}-{cfg.weights}-{cfg.sampler}{cfg.steps}-cfg{cfg.cfg_scale:g}{pow_tag}-seed{cfg.seed}"
+    sampler = cfg.sampler or default_sampler(read_criterion(run_settings(cfg)).objective)
+    tag = f"{ckpt.name}-{cfg.weights}-{sampler}{cfg.steps}-cfg{cfg.cfg_scale:g}{pow_tag}-seed{cfg.seed}"
     run = ckpt.parent.parent
     return (run / "samples" / tag) if (run / "config.json").is_file() else (ckpt / "samples" / tag)
 
