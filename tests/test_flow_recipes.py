@@ -19,9 +19,9 @@ FLOW = ["--objective", "flow", "--flow-time-sampler", "logit_normal", "--flow-lo
 
 @pytest.fixture(scope="module")
 def flow_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """MDTv2 + flow on the TINY config for 60 steps (lr 2e-3), its pipeline written at the end."""
+    """MDTv2 + flow on the TINY config for 60 steps (lr 2e-3), sample grids at 30 and 60, its pipeline at the end."""
     out = tmp_path_factory.mktemp("flow")
-    run_tiny(out, 60, *FLOW, "--lr", "2e-3", "--ckpt-every", "30", "--pipeline")
+    run_tiny(out, 60, *FLOW, "--lr", "2e-3", "--ckpt-every", "30", "--pipeline", "--num-samples", "4")
     return out
 
 
@@ -37,6 +37,7 @@ def test_flow_run_learns_and_records_its_objective(flow_run: Path) -> None:
     objective = read_criterion(config).objective
     assert objective == FlowMatching(time_sampler="logit_normal", logit_mean=0.2)
     assert config["snr_gamma"] is None  # MDTv2's min-SNR default is Gaussian-only: not recorded for a flow run
+    assert len(list((flow_run / "samples").glob("*.png"))) == 2  # the sample grids (Euler ODE) of both checkpoints
     # MDT's masked pass runs with the flow objective (its own draws: both passes are logged).
     assert {"loss_masked", "loss_unmasked"} <= set(json.loads((flow_run / "metrics.jsonl").read_text().splitlines()[0]))
 
