@@ -69,6 +69,19 @@ def test_flow_pipeline_samples_the_euler_ode_in_sit_time(flow_run: Path) -> None
     assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
 
 
+def test_flow_pipeline_maps_a_shortened_interval(flow_run: Path) -> None:
+    pipe = MDTPipeline.from_pretrained(flow_run / "pipeline")
+    objective = FlowMatching(path="GVP", prediction="score")  # samples over [1e-3, 1 - 1e-3]
+    pipe = MDTPipeline(transformer=pipe.transformer, scheduler=objective.diffusers_scheduler(), objective=objective.to_record())
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    got = pipe([0, 1], guidance_scale=1.0, num_inference_steps=5, latents=noise, output_type="latent").images
+    t0, t1 = objective.interval(eval=True)
+    times = t0 + (t1 - t0) * (1 - pipe.scheduler.sigmas.float())
+    want = ode_sample(objective.velocity(pipe.transformer), noise, times, method="euler",
+                      model_kwargs={"y": torch.tensor([0, 1])})
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
 def test_sample_recipe_samples_a_flow_run(flow_run: Path, tmp_path: Path) -> None:
     ckpt = str(flow_run / "checkpoints" / "0000060")
     out = load_recipe("sample").main(["--ckpt", ckpt, "--num-samples", "4", "--batch-size", "2", "--steps", "3",

@@ -375,19 +375,14 @@ class FlowMatching:
         diffusers' flow schedulers run on the noise level ``sigma = 1 - t`` from 1 (noise) to
         0 and step ``x + (sigma_next - sigma) * out``: the pipeline calls the network at
         ``t = 1 - sigma`` and passes ``out = -velocity`` (:meth:`velocity`, so every path and
-        prediction fits). Refused where sampling does not span all of ``[0, 1]`` (a positive
-        ``sample_eps``): sample those runs with ``recipes/sample.py``.
+        prediction fits); a sampling interval ``[t0, t1]`` shorter than ``[0, 1]`` (a positive
+        ``sample_eps``) is mapped onto the sigma grid linearly (:mod:`mdtblocks.pipelines.flow`).
 
         Raises:
-            ValueError: for another ``kind``, or a sampling interval short of ``[0, 1]``.
+            ValueError: for another ``kind``.
         """
         if kind != "euler":
             raise ValueError(f"the flow objective's diffusers scheduler is 'euler' (FlowMatchEulerDiscreteScheduler), got {kind!r}")
-        if self.interval(eval=True) != (0.0, 1.0):
-            raise ValueError(
-                f"this flow objective samples over t in {self.interval(eval=True)} (sample_eps {self.sample_eps}), which "
-                "diffusers' flow scheduler (sigma from 1 to 0) does not; sample its checkpoints with recipes/sample.py"
-            )
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
