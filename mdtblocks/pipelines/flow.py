@@ -4,7 +4,9 @@ Conventions: the objective's time ``t`` is 0 at noise and 1 at data (SiT); diffu
 schedulers use the noise level ``sigma = 1 - t`` and step ``x + (sigma_next - sigma) * out``.
 So the network is called at ``t = 1 - sigma`` and the step gets ``out = -v``, where ``v`` is
 the objective's probability-flow velocity (:meth:`~mdtblocks.objectives.flow.FlowMatching.velocity`,
-any path and prediction). The result is the Euler ODE on diffusers' sigma grid.
+any path and prediction). The result is the Euler ODE on diffusers' sigma grid. An objective
+that samples over ``[t0, t1]`` (a positive ``sample_eps``) maps the grid linearly onto it:
+``t = t0 + (t1 - t0)(1 - sigma)`` and ``out = -(t1 - t0) v``.
 """
 
 from __future__ import annotations
@@ -51,10 +53,11 @@ def flow_denoise(
 ) -> Float[Tensor, "b c hh ww"]:
     """Integrate noise ``x`` to data with ``scheduler`` (a ``FlowMatchEulerDiscreteScheduler``) over ``objective``'s velocity."""
     velocity = objective.velocity(net)
+    t0, t1 = objective.interval(eval=True)  # (0, 1) unless sample_eps shortens it
     scheduler.set_timesteps(num_inference_steps, device=x.device)
     sigmas = scheduler.sigmas.to(x.device)
     for i, t in enumerate(progress_bar(scheduler.timesteps)):
-        flow_t = (1 - sigmas[i]).to(torch.float32).expand(x.shape[0])
+        flow_t = (t0 + (t1 - t0) * (1 - sigmas[i])).to(torch.float32).expand(x.shape[0])
         v = velocity(x, flow_t, y=y)
-        x = scheduler.step(-v.to(x.dtype), t, x, **step_kwargs).prev_sample
+        x = scheduler.step((-(t1 - t0) * v).to(x.dtype), t, x, **step_kwargs).prev_sample
     return x
