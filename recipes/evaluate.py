@@ -133,7 +133,8 @@ def run(cfg: EvaluateConfig, features: InceptionFeatures | None = None) -> dict[
     sampled = Path(cfg.samples).parent / "sample_config.json"  # written beside samples.npz by recipes/sample.py
     if sampled.is_file():  # what made the samples: the checkpoint's objective and sampler, from the run's record
         made = read_json(sampled)
-        report["sampled_with"] = {k: made[k] for k in ("ckpt", "objective", "sampler", "steps", "cfg_scale") if k in made}
+        report["sampled_with"] = {k: made[k] for k in ("ckpt", "objective", "sampler", "steps", "cfg_scale",
+                                                    "guidance_interval", "time_shift") if k in made}
     out = Path(cfg.out) if cfg.out is not None else Path(cfg.samples).with_suffix(".metrics.json")
     write_json(out, report)
     for name, value in metrics.items():

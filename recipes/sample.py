@@ -69,7 +69,10 @@ class SampleConfig:
         "(RUN: the checkpoint's run folder; CKPT/samples/... for a folder outside a run)"
     )
     num_samples: int = flag(64, "images to generate over all processes (50000 for FID)")
-    sampler: Literal["ddpm", "ddim", "dpm-solver"] = flag("ddpm", "sampler (the papers: ddpm, 250 steps)")
+    sampler: str | None = flag(
+        None, "sampler, one of the run's objective's samplers (Gaussian: ddpm, ddim, dpm-solver; flow: euler, heun, "
+        "dopri5, sde_euler, sde_heun); none: ddpm for a Gaussian run, sde_euler for a flow run (the papers' 250-step evaluations)"
+    )
     steps: int = flag(250, "sampling steps")
     cfg_scale: float = flag(1.0, "classifier-free guidance scale; 1 disables guidance")
     scale_pow: float = flag(0.0, "MDT's power-cosine guidance schedule power (MDT: 4); 0: constant scale (DiT)")
@@ -88,6 +91,18 @@ class SampleConfig:
         False, "torch.compile each transformer block: a compile first (seconds to a minute), then faster steps (the same function)"
     )
     overwrite: bool = flag(False, "discard what --out holds (finished samples or a part-done draw) and draw anew")
+    # --- flow-matching runs only (--objective flow, recipes/sit_imagenet256.py) -----------------------------
+    atol: float = flag(1e-6, "dopri5 absolute tolerance (flow runs)")
+    rtol: float = flag(1e-3, "dopri5 relative tolerance (flow runs)")
+    last_step: Literal["Mean", "Tweedie", "Euler", "none"] = flag("Mean", "last step of the SDE samplers (flow runs)")
+    last_step_size: float = flag(0.04, "length in time of the SDE's last step (flow runs)")
+    sde_noise: Literal["code", "paper"] = flag(
+        "code", "SDE noise scale: sqrt(2 w dt) as SiT's code (reproduces its numbers) or sqrt(w dt) as its paper (flow runs)"
+    )
+    time_shift: float | None = flag(None, "shift of the flow time grid towards noise (SD3, LightningDiT); none: no shift (flow runs)")
+    guidance_interval: tuple[float, ...] = flag(
+        (), "guide only for flow times t in [LO, HI] (0 noise, 1 data), e.g. 0.1 1.0; none given: every step (flow runs)"
+    )
 
     def __post_init__(self) -> None:
         if not self.ckpt:
@@ -113,8 +128,19 @@ class SampleConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.scale_pow < 0:
             raise ValueError(f"--scale-pow must be non-negative, got {self.scale_pow}")
-        if self.sampler not in SAMPLER_NAMES:
-            raise ValueError(f"--sampler {self.sampler!r} is not one of {sorted(SAMPLER_NAMES)}")
+        if self.guidance_interval:
+            lo_hi = self.guidance_interval
+            if len(lo_hi) != 2 or not 0 <= lo_hi[0] <= 1 or not 0 <= lo_hi[1] <= 1:
+                raise ValueError(f"--guidance-interval {' '.join(map(str, lo_hi))}: expected two flow times LO HI in [0, 1]")
+            if lo_hi[0] > lo_hi[1]:
+                raise ValueError(f"--guidance-interval {lo_hi[0]} {lo_hi[1]} is reversed: expected LO <= HI")
+            if self.scale_pow:
+                raise ValueError("--guidance-interval and --scale-pow are two guidance schedules; give one")
+        if not (self.atol > 0 and self.rtol > 0 and 0 <= self.last_step_size < 1):
+            raise ValueError(f"--atol {self.atol} and --rtol {self.rtol} must be positive, --last-step-size "
+                             f"{self.last_step_size} in [0, 1)")
+        if self.time_shift is not None and not self.time_shift > 0:
+            raise ValueError(f"--time-shift must be positive, got {self.time_shift}")
 
 
 def parse_labels(text: str | None, num_classes: int) -> list[int] | None:
@@ -139,6 +165,48 @@ def parse_labels(text: str | None, num_classes: int) -> list[int] | None:
     return labels
 
 
+FLOW_ONLY = ("atol", "rtol", "last_step", "last_step_size", "sde_noise", "time_shift", "guidance_interval")
+"""Flags of the flow samplers: refused for a Gaussian run."""
+
+
+def choose_sampler(cfg: SampleConfig, objective: Any, given: dict[str, Any]) -> str:
+    """The sampler flag for the checkpoint's objective: ``--sampler``, checked against its samplers, or its default.
+
+    Raises:
+        ValueError: a sampler or flow flag of another objective than the one the run records.
+    """
+    kind = objective.kind
+    if kind != "flow":
+        stray = [f"--{n.replace('_', '-')}" for n in FLOW_ONLY if n in given]
+        if stray:
+            raise ValueError(f"{', '.join(stray)} apply to flow-matching runs; {cfg.ckpt} was trained with the {kind!r} objective")
+    if cfg.sampler is None:
+        return default_sampler(objective)
+    names = [name for name, ours in SAMPLER_NAMES.items() if ours in objective.samplers] if kind == "gaussian" else list(objective.samplers)
+    if kind in ("gaussian", "flow") and cfg.sampler not in names:
+        raise ValueError(
+            f"--sampler {cfg.sampler} does not fit {cfg.ckpt}: its run was trained with the {kind!r} objective "
+            f"(its config.json), whose samplers are {', '.join(names)}"
+        )
+    return cfg.sampler
+
+
+def default_sampler(objective: Any) -> str:
+    """The sampler without ``--sampler``: ``sde_euler`` for flow matching (SiT's evaluation), ``ddpm`` otherwise (the papers')."""
+    return "sde_euler" if objective.kind == "flow" else "ddpm"
+
+
+def flow_options(cfg: SampleConfig) -> dict[str, Any]:
+    """The flow samplers' options from the flags (:meth:`~mdtblocks.objectives.flow.FlowMatching.sample`)."""
+    options: dict[str, Any] = {"shift": cfg.time_shift}
+    if cfg.sampler == "dopri5":
+        options.update(atol=cfg.atol, rtol=cfg.rtol)
+    if cfg.sampler in ("sde_euler", "sde_heun"):
+        options.update(last_step=None if cfg.last_step == "none" else cfg.last_step, last_step_size=cfg.last_step_size,
+                       noise_form=cfg.sde_noise)
+    return options
+
+
 def run_settings(cfg: SampleConfig) -> dict[str, Any]:
     """The run's recipe config (``CKPT/../../config.json``) if present, else ``{}``."""
     path = Path(cfg.ckpt) / ".." / ".." / "config.json"
@@ -149,7 +217,8 @@ def default_out(cfg: SampleConfig) -> Path:
     """``RUN/samples/<ckpt>-<weights>-<sampler><steps>-cfg<scale>[-pow<p>]-seed<seed>`` (``CKPT/samples/...`` without a run)."""
     ckpt = Path(cfg.ckpt).resolve()
     pow_tag = f"-pow{cfg.scale_pow:g}" if cfg.scale_pow else ""
-    tag = f"{ckpt.name}-{cfg.weights}-{cfg.sampler}{cfg.steps}-cfg{cfg.cfg_scale:g}{pow_tag}-seed{cfg.seed}"
+    sampler = cfg.sampler or default_sampler(read_criterion(run_settings(cfg)).objective)
+    tag = f"{ckpt.name}-{cfg.weights}-{sampler}{cfg.steps}-cfg{cfg.cfg_scale:g}{pow_tag}-seed{cfg.seed}"
     run = ckpt.parent.parent
     return (run / "samples" / tag) if (run / "config.json").is_file() else (ckpt / "samples" / tag)
 
@@ -171,6 +240,7 @@ def output_settings(cfg: SampleConfig, vae: str | None, image_size: int) -> dict
     killed 8-GPU run may be finished on one.
     """
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "device", "progress", "overwrite")}
+    settings["guidance_interval"] = list(cfg.guidance_interval)  # as JSON reads it back
     return {**settings, "ckpt": str(Path(cfg.ckpt).resolve()), "vae": vae, "image_size": image_size}
 
 
@@ -226,20 +296,24 @@ def main(argv: list[str] | None = None) -> Path:
     Returns:
         The output folder.
     """
-    cfg = SampleConfig(**parse_flags(SampleConfig, argv, description=__doc__))
+    given = parse_flags(SampleConfig, argv, description=__doc__)
+    cfg = SampleConfig(**given)
     dist = setup_distributed(cfg.device)
     setup_logging(dist)
     run = run_settings(cfg)
     vae = cfg.vae if cfg.vae is not None else recorded_vae_source(run.get("vae"), run.get("vae_provenance"))
+    # What trained the checkpoint: the run's record (or, for a bare checkpoint, the model's own config).
+    objective = read_criterion({"model_config": read_json(Path(cfg.ckpt) / "config.json"), **run}).objective
+    cfg = dataclasses.replace(cfg, sampler=choose_sampler(cfg, objective, given))
     out = Path(cfg.out) if cfg.out is not None else default_out(cfg)
     with exit_on_interrupt(lambda signum: report_interrupt(out, cfg, dist)), hold_output_folder(out, dist):
         if keep_finished(out, cfg, vae, dist):
             dist.close()
             return out
-        return draw(cfg, dist, run, vae, out)
+        return draw(cfg, dist, run, vae, out, objective)
 
 
-def draw(cfg: SampleConfig, dist: Distributed, run: dict[str, Any], vae: str | None, out: Path) -> Path:
+def draw(cfg: SampleConfig, dist: Distributed, run: dict[str, Any], vae: str | None, out: Path, objective: Any) -> Path:
     """The sampling of :func:`main` while ``out`` is held: load, draw the missing batches, write the outputs."""
     model = load_pretrained(cfg.ckpt, weights_name=f"{cfg.weights}.safetensors").to(dist.device).eval()
     if cfg.compile_blocks:
@@ -266,10 +340,9 @@ def draw(cfg: SampleConfig, dist: Distributed, run: dict[str, Any], vae: str | N
     if cfg.cfg_scale != 1.0 and getattr(mc, "class_dropout_prob", 0.0) <= 0:
         raise ValueError(f"--cfg-scale {cfg.cfg_scale} needs a model trained with label dropout (it has no null class)")
     fixed_labels = parse_labels(cfg.labels, mc.num_classes)
-    # What trained the checkpoint: the run's record (or, for a bare checkpoint, the model's own config).
-    objective = read_criterion({"model_config": mc.to_dict(), **run}).objective
     sampler = SAMPLER_NAMES.get(cfg.sampler, cfg.sampler)
     check_sampler(objective, sampler)
+    options = flow_options(cfg) if objective.kind == "flow" else {}
 
     num_batches = math.ceil(cfg.num_samples / cfg.batch_size)
     mine = list(range(dist.rank, num_batches, dist.world_size))
@@ -297,6 +370,7 @@ def draw(cfg: SampleConfig, dist: Distributed, run: dict[str, Any], vae: str | N
                 model, y, sampler=sampler, num_steps=cfg.steps, cfg_scale=cfg.cfg_scale,
                 scale_pow=cfg.scale_pow or None, guided_channels=cfg.guided_channels, generator=gen,
                 progress=cfg.progress and dist.is_main, objective=objective,
+                guidance_interval=tuple(cfg.guidance_interval) or None, **options,
             )
             x = autoencoder.decode(z).float()
         u8 = to_uint8(x)

@@ -224,10 +224,12 @@ def evaluate(
     objective = read_criterion({"model_config": ema.config.to_dict(), **run}).objective  # what trained it
     labels = torch.arange(cfg.eval_samples) % 10
     noise = torch.randn(cfg.eval_samples, 1, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(12345))
+    # A flow-matching model (--objective flow) is sampled with its own deterministic ODE (Euler), the Gaussian ones with --sampler.
+    sampler = "euler" if objective.kind == "flow" else cfg.sampler
     images = sample(
-        ema, labels.to(device), sampler=cfg.sampler, num_steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale,
+        ema, labels.to(device), sampler=sampler, num_steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale,
         noise=noise.to(device), generator=torch.Generator(device).manual_seed(54321),
-        clip_denoised=cfg.sampler != "dpm_solver++", objective=objective,
+        clip_denoised=sampler in ("ddim", "ddpm"), objective=objective,
     ).float().cpu()
     return domain_metrics(reference, images, labels), images, sum(p.numel() for p in ema.parameters())
 

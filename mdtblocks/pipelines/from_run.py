@@ -86,9 +86,11 @@ def pipeline_from_checkpoint(
         vae: the run's VAE: an ``AutoencoderKL``, an mdtblocks autoencoder around one, or
             its folder; ``None``: the one the run records (pixel space for a pixel run, and
             for a bare checkpoint without a run).
-        scheduler: a diffusers scheduler; default: the DDIM scheduler of the objective the run
-            records in its ``config.json`` (a run without the record, or a bare checkpoint:
-            the Gaussian diffusion); an objective without diffusers schedulers is refused.
+        scheduler: a diffusers scheduler; default: the one of the objective the run records in
+            its ``config.json`` (DDIM for the Gaussian diffusion, also for a run without the record
+            or a bare checkpoint; ``FlowMatchEulerDiscreteScheduler`` for flow matching, whose
+            record then goes into the pipeline's config); an objective without diffusers
+            schedulers is refused.
         id2label: class names, for names as labels.
         weights_name: ``"ema.safetensors"`` (sampling weights) or ``"model.safetensors"`` (raw).
         noise_schedule: overrides the record: DDIM over the Gaussian diffusion of this schedule.
@@ -123,10 +125,14 @@ def pipeline_from_checkpoint(
                 f"the VAE given for the run {str(run)!r} makes other latents than the one it trained on: its "
                 f"{', '.join(changed)} (vae_provenance in its config.json); pass the run's VAE"
             )
+    objective = read_criterion({"model_config": model.config.to_dict(), **settings}).objective
     if scheduler is None and (noise_schedule is not None or predict is not None):
         scheduler = make_scheduler("ddim", noise_schedule=noise_schedule or "linear", predict=predict or "epsilon",
                                    learn_sigma=model.config.learn_sigma)
     elif scheduler is None:
-        objective = read_criterion({"model_config": model.config.to_dict(), **settings}).objective
-        scheduler = diffusers_scheduler(objective, "ddim")
-    return MDTPipeline(transformer=model, scheduler=scheduler, vae=vae, id2label=id2label, latent_space=latent_space)
+        scheduler = diffusers_scheduler(objective, None)  # Gaussian: DDIM; flow: Euler (FlowMatchEulerDiscrete)
+    # A flow run's pipeline records its objective, so from_pretrained samples with the flow math.
+    overridden = noise_schedule is not None or predict is not None
+    record = objective.to_record() if objective.kind != "gaussian" and not overridden else None
+    return MDTPipeline(transformer=model, scheduler=scheduler, vae=vae, id2label=id2label, latent_space=latent_space,
+                       objective=record)

@@ -15,6 +15,7 @@ from torch import Tensor
 from ..models.base import DiffusionBackbone
 from ..sampling.guidance import guide
 from ..sampling.schedulers import scheduler_model_output
+from .flow import flow_denoise, objective_of
 from .labels import label_table, resolve_labels
 
 __all__ = ["MDTPipeline", "OUTPUT_TYPES"]
@@ -51,6 +52,11 @@ class MDTPipeline(DiffusionPipeline):
             (``False``); ``None``: latents if a ``vae`` is given, else decided by the
             channels (other than 1 or 3 cannot be images). A latent model without a VAE
             returns only ``output_type="latent"`` and refuses the image types.
+        objective: the record (:meth:`~mdtblocks.objectives.base.Objective.to_record`) of a
+            non-Gaussian objective the model was trained with; ``None``: the Gaussian diffusion
+            of the scheduler. A flow-matching record makes the pipeline sample the flow ODE with
+            diffusers' ``FlowMatchEulerDiscreteScheduler`` (the network called at ``t = 1 - sigma``
+            with ``-velocity`` as the step's model output, :mod:`~mdtblocks.pipelines.flow`).
     """
 
     model_cpu_offload_seq = "transformer->vae"
@@ -64,6 +70,7 @@ class MDTPipeline(DiffusionPipeline):
         id2label: dict[str, str] | dict[int, str] | None = None,
         prediction_type: str | None = None,
         latent_space: bool | None = None,
+        objective: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(transformer, DiffusionBackbone):
@@ -71,6 +78,9 @@ class MDTPipeline(DiffusionPipeline):
                 f"transformer must be an mdtblocks MaskedDiffusionTransformer or DiT, got {type(transformer).__name__}; "
                 "for a diffusers DiTTransformer2DModel use mdtblocks.compat.dit_from_diffusers"
             )
+        if objective is not None:
+            objective_of(objective, scheduler)  # refused here, not at the first call
+            prediction_type = "flow"
         if prediction_type is None:
             prediction_type = scheduler.config.get("prediction_type", "epsilon")
         channels = transformer.config.in_channels
@@ -85,7 +95,10 @@ class MDTPipeline(DiffusionPipeline):
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
         table = {str(k): v for k, v in (id2label or {}).items()}
         self.labels = label_table(table)
-        self.register_to_config(id2label=table or None, prediction_type=prediction_type, latent_space=latent_space)
+        self.register_to_config(
+            id2label=table or None, prediction_type=prediction_type, latent_space=latent_space,
+            objective=dict(objective) if objective is not None else None,
+        )
 
     def _samples_latents(self) -> bool:
         """Whether the model samples a VAE's latents rather than pixels (what ``latent_space`` says,
@@ -113,6 +126,9 @@ class MDTPipeline(DiffusionPipeline):
         return resolve_labels(names, self.labels, cfg.num_classes).tolist()
 
     def _check_scheduler(self) -> None:
+        if self.config.get("objective", None) is not None:
+            objective_of(self.config.objective, self.scheduler)
+            return
         expected = self.config.prediction_type
         got = self.scheduler.config.get("prediction_type", None)
         if got != expected:
@@ -176,6 +192,18 @@ class MDTPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape} for {b} labels")
+        record = self.config.get("objective", None)
+        if record is not None:
+            objective = objective_of(record, self.scheduler)
+            net, latents, y = guide(
+                model, latents, y, cfg.num_classes, guidance_scale if guided else 1.0, scale_pow=guidance_power,
+                guided_channels=guided_channels, data_fraction=objective.data_fraction,
+            )
+            x = flow_denoise(objective, self.scheduler, net, latents.to(device), y, num_inference_steps,
+                             self.progress_bar, **step_kwargs)[:b]
+            images = self._decode(x, output_type)
+            self.maybe_free_model_hooks()
+            return ImagePipelineOutput(images=images) if return_dict else (images,)
         net, latents, y = guide(
             model, latents, y, cfg.num_classes, guidance_scale if guided else 1.0, scale_pow=guidance_power,
             guided_channels=guided_channels, diffusion_steps=self.scheduler.config.num_train_timesteps,

@@ -190,16 +190,26 @@ def guide(
     guided_channels: int | None = None,
     data_fraction: DataFraction | None = None,
     diffusion_steps: int = TRAINING_STEPS,
+    interval: tuple[float, float] | None = None,
 ) -> tuple[Callable[..., Tensor], Float[Tensor, "b2 c hh ww"], Int[Tensor, "b2"]]:
     """The one place a sampling loop's batch is set up for guidance: ``(net, noise, labels)`` to integrate.
 
     With ``cfg_scale == 1`` they are ``model``, ``noise`` and ``labels`` unchanged; otherwise
     the batch is stacked as ``[cond; uncond]`` (``null_class`` for the second half) and
     ``net`` is the :class:`ClassifierFreeGuidance` wrapper; keep the first ``b`` rows of
-    the result.
+    the result. ``interval=(lo, hi)`` guides only where the data fraction lies in ``[lo, hi]``
+    (a constant scale there; :class:`~mdtblocks.objectives.flow.FlowGuidance` on the
+    fraction); it needs ``data_fraction`` and excludes ``scale_pow``.
     """
     if cfg_scale == 1.0:
         return model, noise, labels
+    if interval is not None:
+        from ..objectives.flow.guidance import FlowGuidance  # the interval schedule lives with the flow objective
+
+        if scale_pow is not None or data_fraction is None:
+            raise ValueError("a guidance interval is a constant scale on the data fraction: give data_fraction, not scale_pow")
+        net = FlowGuidance(model, cfg_scale, interval=interval, guided_channels=guided_channels, data_fraction=data_fraction)
+        return net, torch.cat([noise, noise]), torch.cat([labels, torch.full_like(labels, null_class)])
     net = ClassifierFreeGuidance(
         model, cfg_scale, scale_pow=scale_pow, guided_channels=guided_channels, diffusion_steps=diffusion_steps,
         data_fraction=data_fraction,

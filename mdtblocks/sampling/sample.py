@@ -38,6 +38,8 @@ def sample(
     predict: str = "epsilon",
     clip_denoised: bool = False,
     objective: Objective | None = None,
+    guidance_interval: tuple[float, float] | None = None,
+    **options: Any,
 ) -> Float[Tensor, "b c hh ww"]:
     """Sample latents for ``labels`` from a DiT or MDT (e.g. a loaded official checkpoint).
 
@@ -68,6 +70,10 @@ def sample(
             :func:`~mdtblocks.criterion.read_criterion`); ``None``: the Gaussian diffusion of
             ``noise_schedule``, ``diffusion_steps`` and ``predict``. Its samplers are the ones
             accepted; the guidance schedule follows its ``data_fraction``.
+        guidance_interval: ``(lo, hi)``: guide only where the objective's data fraction (flow
+            time) lies in ``[lo, hi]`` (:class:`~mdtblocks.objectives.flow.FlowGuidance`).
+        **options: further options of the objective's sampler (flow: ``shift``, ``atol``,
+            ``rtol``, ``last_step``, ``last_step_size``, ``noise_form``, ``callback``).
 
     Returns:
         ``(b, c, hh, ww)`` samples (latents for a latent model).
@@ -90,9 +96,10 @@ def sample(
         raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape} for this model and {b} labels")
     net, x, y = guide(
         model, noise, labels.to(device), cfg.num_classes, cfg_scale, scale_pow=scale_pow,
-        guided_channels=guided_channels, data_fraction=objective.data_fraction,
+        guided_channels=guided_channels, data_fraction=objective.data_fraction, interval=guidance_interval,
     )
-    options: dict[str, Any] = {"clip_denoised": True} if clip_denoised else {}
+    if clip_denoised:
+        options["clip_denoised"] = True
     if eta != 0.0:
         options["eta"] = eta
     out = objective.sample(

@@ -28,6 +28,8 @@ class FlowGuidance(ClassifierFreeGuidance):
         cfg_scale: the guidance scale inside the interval.
         interval: ``(lo, hi)`` with ``0 <= lo <= hi <= 1``; ``None`` guides everywhere.
         guided_channels: channels to guide; ``None`` all, 3 as SiT's ``forward_with_cfg``.
+        data_fraction: maps the model's time to flow time before the interval test (another
+            objective's ``data_fraction``); ``None``: the times are flow times.
     """
 
     def __init__(
@@ -37,8 +39,9 @@ class FlowGuidance(ClassifierFreeGuidance):
         *,
         interval: tuple[float, float] | None = None,
         guided_channels: int | None = None,
+        data_fraction: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
-        super().__init__(model, cfg_scale, guided_channels=guided_channels)
+        super().__init__(model, cfg_scale, guided_channels=guided_channels, data_fraction=data_fraction)
         if interval is not None:
             if not (isinstance(interval, (tuple, list)) and len(interval) == 2):
                 raise ValueError(f"interval must be a pair (lo, hi), got {interval!r}")
@@ -60,6 +63,8 @@ class FlowGuidance(ClassifierFreeGuidance):
         if self.interval is None:
             return full
         lo, hi = self.interval
+        if self.data_fraction is not None:
+            t = self.data_fraction(t)
         inside = (t >= lo) & (t <= hi)
         return torch.where(inside, full, torch.ones_like(full))
 

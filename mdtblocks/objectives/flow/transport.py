@@ -240,6 +240,7 @@ class FlowMatching:
         last_step_size: float = 0.04,
         noise_form: str = "code",
         brownian: NoiseFn | None = None,
+        clip_denoised: bool = False,
     ) -> Float[Tensor, "b c hh ww"]:
         """Integrate from ``noise`` (t=0) to data with one of :attr:`samplers` in ``num_steps`` steps.
 
@@ -261,11 +262,13 @@ class FlowMatching:
             last_step_size: its length in time (SiT: 0.04).
             noise_form: ``"code"`` (SiT's code, default) or ``"paper"`` (:mod:`~mdtblocks.objectives.flow.sde`).
             brownian: ``brownian(x)`` gives each step's standard normal increment (for tests).
+            clip_denoised: ignored: the flow samplers integrate velocities and form no data
+                estimate to clip (accepted so the sample grids call every objective alike).
 
         Raises:
             ValueError: for an unknown sampler or option.
         """
-        del progress
+        del progress, clip_denoised
         if sampler not in self.samplers:
             raise ValueError(f"unknown flow sampler {sampler!r}; expected one of {self.samplers}")
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
@@ -365,6 +368,24 @@ class FlowMatching:
         return ode_likelihood(
             self.velocity(net), x, times, method=method, atol=atol, rtol=rtol, probe=probe, model_kwargs=model_kwargs
         )
+
+    def diffusers_scheduler(self, kind: str = "euler") -> Any:
+        """diffusers' ``FlowMatchEulerDiscreteScheduler`` (shift 1) for :class:`~mdtblocks.MDTPipeline`.
+
+        diffusers' flow schedulers run on the noise level ``sigma = 1 - t`` from 1 (noise) to
+        0 and step ``x + (sigma_next - sigma) * out``: the pipeline calls the network at
+        ``t = 1 - sigma`` and passes ``out = -velocity`` (:meth:`velocity`, so every path and
+        prediction fits); a sampling interval ``[t0, t1]`` shorter than ``[0, 1]`` (a positive
+        ``sample_eps``) is mapped onto the sigma grid linearly (:mod:`mdtblocks.pipelines.flow`).
+
+        Raises:
+            ValueError: for another ``kind``.
+        """
+        if kind != "euler":
+            raise ValueError(f"the flow objective's diffusers scheduler is 'euler' (FlowMatchEulerDiscreteScheduler), got {kind!r}")
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
 
     # --- the run record --------------------------------------------------------------------
     def to_record(self) -> dict[str, Any]:

@@ -105,8 +105,24 @@ class RecipeConfig:
     activation_checkpointing: bool = flag(False, "recompute block activations in backward to save memory")
     num_workers: int = flag(default_num_workers(), "DataLoader workers per process (by default the cores available to it, divided among processes under torchrun)")
     num_samples: int = flag(16, "images in each checkpoint's sample grid")
-    sample_steps: int = flag(50, "DDIM steps for the sample grids")
+    sample_steps: int = flag(50, "steps for the sample grids (DDIM; Euler ODE with --objective flow)")
     sample_cfg_scale: float = flag(4.0, "classifier-free guidance scale of the sample grids (1: none)")
+    # --- the training objective (issue 27): Gaussian diffusion (default) or flow matching -----------------
+    objective: Literal["gaussian", "flow"] = flag(
+        "gaussian", "training objective: ADM's Gaussian diffusion, or flow matching (SiT's interpolants; "
+        "the --flow-* flags)"
+    )
+    flow_path: Literal["Linear", "GVP", "VP"] = flag("Linear", "flow path (with --objective flow)")
+    flow_prediction: Literal["velocity", "score", "noise"] = flag("velocity", "what the network predicts (--objective flow)")
+    flow_loss_weight: str | None = flag(
+        None, "loss weight of score and noise predictions: velocity or likelihood; none: unweighted (--objective flow)"
+    )
+    flow_time_sampler: Literal["uniform", "logit_normal"] = flag("uniform", "training-time distribution (--objective flow)")
+    flow_logit_mean: float = flag(0.0, "mean of the logit-normal times (--objective flow)")
+    flow_logit_scale: float = flag(1.0, "scale of the logit-normal times (--objective flow)")
+    flow_cosine_weight: float = flag(0.0, "weight of the velocity cosine-similarity term; 0: off (--objective flow)")
+    flow_train_eps: float | None = flag(None, "shortening of the training time interval; none: SiT's (--objective flow)")
+    flow_sample_eps: float | None = flag(None, "shortening of the sampling time interval; none: SiT's (--objective flow)")
 
     @property
     def builtin(self) -> bool:

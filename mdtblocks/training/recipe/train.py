@@ -25,7 +25,8 @@ import torch
 from ...criterion import Criterion, LabelDropout, rule_of_model
 from ...objectives import GaussianObjective
 from ...folderlock import hold_output_folder
-from ...models import PRESETS, DiT, MaskedDiffusionTransformer
+from ...objectives.base import Objective
+from ...models import PRESETS, DiT, MaskedDiffusionTransformer, SiT
 from ..adan import Adan
 from ..checkpoint import CheckpointWriteError
 from ..distributed import Distributed, setup_distributed
@@ -36,6 +37,7 @@ from ...io import read_json
 from .checks import config_problems, model_problems, path_problems
 from .cli import RecipeConfig, build_parser, choose_config, parse_flags, presets_of
 from .data import load_run_data
+from .objective import build_objective, for_objective, grid_sampler, objective_problems
 from .run import announce_builtin, model_overrides, setup_logging, train_config, write_run_config
 
 __all__ = ["TrainRecipe", "MODEL_OVERRIDES", "OFFICIAL_FIELDS", "DEMO", "build_optimizer", "build_criterion"]
@@ -57,7 +59,7 @@ DEMO: dict[str, Any] = dict(
 )
 """The built-in demo's flags shared by the recipes: digits in pixel space, a CPU-sized model, ~5 minutes on 2 cores."""
 
-_MODEL_CLASSES = {cls.__name__: cls for cls in (MaskedDiffusionTransformer, DiT)}
+_MODEL_CLASSES = {cls.__name__: cls for cls in (MaskedDiffusionTransformer, DiT, SiT)}
 
 
 @dataclass(frozen=True)
@@ -130,9 +132,10 @@ class TrainRecipe:
         if unused:
             flags = ", ".join("--" + n.replace("_", "-") for n in unused)
             parser.error(f"{flags} does not apply to {cfg.model} (a {cls_name} has no such field)")
-        problems = config_problems(cfg)
+        problems = config_problems(cfg) + objective_problems(cfg, parse_flags(RecipeConfig, argv, self.description, defaults))
         if problems:
             parser.error("; ".join(problems))
+        cfg = for_objective(cfg)
         # The model the flags ask for, checked before anything is built (the input side where it is known already).
         refuse_model(cfg, *known_input(cfg))
         return cfg, is_builtin
@@ -188,7 +191,7 @@ class TrainRecipe:
         model = _MODEL_CLASSES[cls_name].from_preset(
             cfg.model, input_size=side, in_channels=channels, num_classes=num_classes, learn_sigma=True, **overrides
         )
-        criterion = build_criterion(model, snr_gamma=cfg.snr_gamma, masked_draws=cfg.masked_draws)
+        criterion = build_criterion(model, masked_draws=cfg.masked_draws, objective=build_objective(cfg))
         write_run_config(
             cfg.out, cfg, dist, vae=data.vae, image_size=data.image_size, num_classes=num_classes,
             model_preset=cfg.model, model_overrides=overrides, model_config=model.config.to_dict(),
@@ -206,7 +209,7 @@ class TrainRecipe:
                 make_optimizer=lambda params: build_optimizer(cfg, params),
                 out=cfg.out,
                 dist=dist,
-                sampler=("ddim", cfg.sample_steps),
+                sampler=grid_sampler(criterion.objective, cfg.sample_steps),
             )
         except (NonFiniteSteps, CheckpointWriteError) as err:
             # Faults of the run itself, not bugs: one line, no traceback, a non-zero exit.
@@ -311,12 +314,16 @@ def write_pipeline(
 
 
 def build_criterion(
-    model: torch.nn.Module, *, snr_gamma: float | int | None = None, masked_draws: str = "independent"
+    model: torch.nn.Module, *, snr_gamma: float | int | None = None, masked_draws: str = "independent",
+    objective: Objective | None = None,
 ) -> Criterion:
-    """The recipes' criterion: the Gaussian diffusion (linear, 1000 steps, learned sigma, ``snr_gamma``),
-    the token rule of the model's preset (MDT's two passes with its mask ratios and ``masked_draws``;
-    DiT: the plain rule) and the label dropout of its config."""
-    objective = GaussianObjective("linear", 1000, learn_sigma=True, snr_gamma=snr_gamma)
+    """The recipes' criterion: ``objective`` (default: the Gaussian diffusion, linear, 1000 steps, learned
+    sigma, ``snr_gamma``), the token rule of the model's preset (MDT's two passes with its mask ratios and
+    ``masked_draws``; DiT: the plain rule) and the label dropout of its config."""
+    if objective is None:
+        objective = GaussianObjective("linear", 1000, learn_sigma=True, snr_gamma=snr_gamma)
+    elif snr_gamma is not None:
+        raise ValueError(f"snr_gamma={snr_gamma} applies to the default Gaussian objective; set it on the objective given")
     tokens = rule_of_model(model, masked_draws)
     return Criterion(objective, tokens, LabelDropout.of_model(model))
 
