@@ -64,7 +64,10 @@ class SampleConfig:
         "(RUN: the checkpoint's run folder; CKPT/samples/... for a folder outside a run)"
     )
     num_samples: int = flag(64, "images to generate over all processes (50000 for FID)")
-    sampler: Literal["ddpm", "ddim", "dpm-solver"] = flag("ddpm", "sampler (the papers: ddpm, 250 steps)")
+    sampler: str | None = flag(
+        None, "one of the recorded objective's samplers (gaussian: ddpm, ddim, dpm-solver; edm: heun, euler); "
+        "none: its first (gaussian: ddpm, the papers' with 250 steps; edm: heun)"
+    )
     steps: int = flag(250, "sampling steps")
     cfg_scale: float = flag(1.0, "classifier-free guidance scale; 1 disables guidance")
     scale_pow: float = flag(0.0, "MDT's power-cosine guidance schedule power (MDT: 4); 0: constant scale (DiT)")
@@ -101,8 +104,6 @@ class SampleConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.scale_pow < 0:
             raise ValueError(f"--scale-pow must be non-negative, got {self.scale_pow}")
-        if self.sampler not in SAMPLER_NAMES:
-            raise ValueError(f"--sampler {self.sampler!r} is not one of {sorted(SAMPLER_NAMES)}")
 
 
 def parse_labels(text: str | None, num_classes: int) -> list[int] | None:
@@ -215,6 +216,10 @@ def main(argv: list[str] | None = None) -> Path:
         The output folder.
     """
     cfg = SampleConfig(**parse_flags(SampleConfig, argv, description=__doc__))
+    if cfg.sampler is None:  # the recorded objective's first sampler (checked against it below)
+        run = run_settings(cfg)
+        first = read_criterion(run).objective.samplers[0] if "criterion" in run else "ddpm"
+        cfg = dataclasses.replace(cfg, sampler={v: k for k, v in SAMPLER_NAMES.items()}.get(first, first))
     dist = setup_distributed(cfg.device)
     setup_logging(dist)
     run = run_settings(cfg)

@@ -25,13 +25,15 @@ import torch
 from ...criterion import Criterion, LabelDropout, rule_of_model
 from ...objectives import GaussianObjective
 from ...models import PRESETS, DiT, MaskedDiffusionTransformer
+from ...models.maskdit import MaskDiT
 from ..adan import Adan
-from ..checkpoint import CheckpointWriteError
+from ..checkpoint import CheckpointWriteError, latest_checkpoint
 from ..distributed import setup_distributed
 from ..guard import NonFiniteSteps
 from ..loop import train
 from ..signals import EXIT_CODES
 from ...io import read_json
+from .axes import axes_problems, grid_sampler, learns_sigma, load_init_weights, recipe_criterion
 from .checks import config_problems, model_problems, path_problems
 from .cli import RecipeConfig, build_parser, choose_config, parse_flags, presets_of
 from .data import load_run_data
@@ -56,7 +58,7 @@ DEMO: dict[str, Any] = dict(
 )
 """The built-in demo's flags shared by the recipes: digits in pixel space, a CPU-sized model, ~5 minutes on 2 cores."""
 
-_MODEL_CLASSES = {cls.__name__: cls for cls in (MaskedDiffusionTransformer, DiT)}
+_MODEL_CLASSES = {cls.__name__: cls for cls in (MaskedDiffusionTransformer, DiT, MaskDiT)}
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ class TrainRecipe:
         if unused:
             flags = ", ".join("--" + n.replace("_", "-") for n in unused)
             parser.error(f"{flags} does not apply to {cfg.model} (a {cls_name} has no such field)")
-        problems = config_problems(cfg)
+        problems = config_problems(cfg) + axes_problems(cfg, PRESETS[cfg.model][0])
         if problems:
             parser.error("; ".join(problems))
         # The model the flags ask for, checked before anything is built (the input side where it is known already).
@@ -180,9 +182,15 @@ class TrainRecipe:
         })
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         model = _MODEL_CLASSES[cls_name].from_preset(
-            cfg.model, input_size=side, in_channels=channels, num_classes=num_classes, learn_sigma=True, **overrides
+            cfg.model, input_size=side, in_channels=channels, num_classes=num_classes,
+            learn_sigma=learns_sigma(cfg, cls_name), **overrides
         )
-        criterion = build_criterion(model, snr_gamma=cfg.snr_gamma, masked_draws=cfg.masked_draws)
+        try:
+            criterion = recipe_criterion(cfg, model)
+            if cfg.init_from is not None and latest_checkpoint(cfg.out) is None:
+                log.info("initial weights: %s", load_init_weights(model, cfg.init_from))
+        except (ValueError, FileNotFoundError) as err:
+            parser.error(str(err))
         write_run_config(
             cfg.out, cfg, dist, vae=data.vae, image_size=data.image_size, num_classes=num_classes,
             model_preset=cfg.model, model_overrides=overrides, model_config=model.config.to_dict(),
@@ -200,7 +208,7 @@ class TrainRecipe:
                 make_optimizer=lambda params: build_optimizer(cfg, params),
                 out=cfg.out,
                 dist=dist,
-                sampler=("ddim", cfg.sample_steps),
+                sampler=grid_sampler(criterion, cfg.sample_steps),
             )
         except (NonFiniteSteps, CheckpointWriteError) as err:
             # Faults of the run itself, not bugs: one line, no traceback, a non-zero exit.
@@ -214,7 +222,10 @@ class TrainRecipe:
                 raise SystemExit(EXIT_CODES.get(signal.Signals(result.stopped_by), 1))
             return
         log.info("done: checkpoints in %s/checkpoints, sample grids in %s/samples", cfg.out, cfg.out)
-        if cfg.pipeline and dist.is_main:
+        if cfg.pipeline and dist.is_main and getattr(criterion.objective, "diffusers_scheduler", None) is None:
+            log.info("no OUT/pipeline: the %r objective has no diffusers scheduler (sample with recipes/sample.py)",
+                     criterion.objective.kind)
+        elif cfg.pipeline and dist.is_main:
             try:  # a latent run's pipeline carries its VAE (the one in memory: the cache's, or --vae's)
                 folder = write_pipeline(result.checkpoint, Path(cfg.out) / "pipeline", data.autoencoder if data.vae else None,
                                         id2label=class_names(data.dataset))
