@@ -104,6 +104,10 @@ class SampleConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.scale_pow < 0:
             raise ValueError(f"--scale-pow must be non-negative, got {self.scale_pow}")
+        if self.sampler is None:  # the recorded objective's first sampler (checked against it in main)
+            run = run_settings(self)
+            first = read_criterion(run).objective.samplers[0] if "criterion" in run else "ddpm"
+            object.__setattr__(self, "sampler", {v: k for k, v in SAMPLER_NAMES.items()}.get(first, first))
 
 
 def parse_labels(text: str | None, num_classes: int) -> list[int] | None:
@@ -216,10 +220,6 @@ def main(argv: list[str] | None = None) -> Path:
         The output folder.
     """
     cfg = SampleConfig(**parse_flags(SampleConfig, argv, description=__doc__))
-    if cfg.sampler is None:  # the recorded objective's first sampler (checked against it below)
-        run = run_settings(cfg)
-        first = read_criterion(run).objective.samplers[0] if "criterion" in run else "ddpm"
-        cfg = dataclasses.replace(cfg, sampler={v: k for k, v in SAMPLER_NAMES.items()}.get(first, first))
     dist = setup_distributed(cfg.device)
     setup_logging(dist)
     run = run_settings(cfg)

@@ -123,7 +123,7 @@ def test_sample_recipe_refuses_a_sampler_of_another_objective(tmp_path: Path) ->
     write_json(run / "config.json", {"vae": None, "image_size": 16, "criterion": record})
     with pytest.raises(ValueError, match="sampler 'ddpm' does not belong to the 'test_other_family' objective"):
         load_recipe("sample").main(["--ckpt", str(ckpt), "--num-samples", "2", "--steps", "2", "--device", "cpu",
-                                    "--out", str(tmp_path / "s"), "--no-progress"])
+                                    "--out", str(tmp_path / "s"), "--no-progress", "--sampler", "ddpm"])
     assert not (tmp_path / "s").exists()  # refused before any work
 
 
