@@ -77,7 +77,7 @@ def test_maskdit_pretrain_resumes_and_the_finetune_starts_from_it(tmp_path: Path
 
 
 @pytest.mark.parametrize(("recipe", "base", "extra", "message"), [
-    ("maskdit_imagenet256", MASKDIT, ["--route", "0.5"], "--route does not apply to MaskDiT"),
+    ("maskdit_imagenet256", MASKDIT, ["--route", "0.5", "--route-span", "1", "3"], "does not fit the model's 2 blocks"),
     ("maskdit_imagenet256", MASKDIT, ["--objective", "gaussian"], "MaskDiT models train with --objective edm"),
     ("dit_imagenet256", DIT, ["--route", "1.5"], r"--route 1.5 is outside \(0, 1\)"),
     ("dit_imagenet256", DIT, ["--objective", "edm", "--snr-gamma", "5"], "--snr-gamma weights the Gaussian"),

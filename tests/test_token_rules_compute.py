@@ -85,6 +85,19 @@ def test_maskdit_dropping_is_maskdits_loss_on_the_rules_plan() -> None:
     assert d.mask is None and torch.equal(t["loss"], Criterion(edm, PlainRule())(model, x, y, d)["loss"])
 
 
+def test_maskdit_routes_among_the_tokens_its_encoder_keeps() -> None:
+    model = tiny_maskdit(depth=3)
+    edm = EDMObjective()
+    dropped = Criterion(edm, MaskDiTDropRule(0.5))
+    d0, t0 = _loss(dropped, model)
+    d1, t1 = _loss(Criterion(edm, RoutedRule(MaskDiTDropRule(0.5), Route(1, 2, 0.5))), model)
+    assert torch.equal(d0.mask.ids_keep, d1.mask.ids_keep) and torch.equal(d0.noise, d1.noise)
+    assert d1.routes["dropped"].num_tokens == model.num_tokens // 2 and "mae" in t1
+    assert not torch.equal(t0["loss"], t1["loss"])
+    _, t2 = _loss(Criterion(edm, RoutedRule(MaskDiTDropRule(0.5), Route(1, 2, 0.0))), model)
+    assert torch.equal(t0["loss"], t2["loss"])
+
+
 def test_the_records_rebuild_the_rules() -> None:
     for rule, objective in (
         (RoutedRule(MaskedTwoPassRule(0.3, 0.2), Route(2, 4, 0.5)), GaussianObjective()),
@@ -103,8 +116,10 @@ def test_combinations_that_make_no_sense_are_refused() -> None:
     with pytest.raises(ValueError, match="needs a MaskDiT backbone.*DiT has none"):
         Criterion(EDMObjective(), MaskDiTDropRule()).draw(dit.train(), x, torch.Generator())
     m = tiny_maskdit()
-    with pytest.raises(ValueError, match="routing needs a backbone that takes route=.*MaskDiT"):
-        Criterion(EDMObjective(), RoutedRule(PlainRule(), Route(1, 2))).draw(m.train(), _batch(m)[0], torch.Generator())
+    with pytest.raises(ValueError, match="does not fit the model's 2 blocks"):  # MaskDiT routes within its encoder
+        Criterion(EDMObjective(), RoutedRule(MaskDiTDropRule(), Route(1, 3))).draw(m.train(), _batch(m)[0], torch.Generator())
+    with pytest.raises(ValueError, match="routing needs a backbone that takes route="):
+        Criterion(EDMObjective(), RoutedRule(PlainRule(), Route(1, 2))).draw(torch.nn.Linear(1, 1), _batch(m)[0], torch.Generator())
     mdt = tiny_mdt()
     with pytest.raises(ValueError, match="span"):  # across MDT's encoder and decoder
         Criterion(GaussianObjective(), RoutedRule(PlainRule(), Route(3, 5))).draw(mdt.train(), _batch(mdt)[0], torch.Generator())

@@ -160,6 +160,7 @@ class Criterion:
                 f"generator must be a torch.Generator: the objective must draw t, noise, mask and label drops "
                 f"from it, got {type(generator).__name__}"
             )
+        check_rule_model(self.tokens, model)
         b, device = x_start.shape[0], x_start.device
         t = self.objective.draw_times(b, generator)
         noise = self.objective.draw_noise(x_start, generator)
@@ -170,7 +171,6 @@ class Criterion:
         if plan is not None and self.tokens.own_draws:
             masked_noise = self.objective.draw_noise(x_start, generator)
             masked_drop = self.label_dropout.draw(b, generator, device) if training else torch.zeros_like(drop)
-        check_rule_model(self.tokens, model)
         routes = draw_routes(self.tokens, model, b, plan, generator, device)  # last: the other draws stay the same
         return StepRandomness(t.to(device), noise, drop, plan, self.null_class(model), masked_noise, masked_drop, routes)
 

@@ -63,6 +63,11 @@ class RoutedRule:
         """The wrapped rule's passes."""
         return self.rule.passes(plan)
 
+    @property
+    def losses(self) -> object:
+        """The wrapped rule's own reduction of a pass's loss (MaskDiT's), or ``None``."""
+        return getattr(self.rule, "losses", None)
+
     def check_objective(self, objective: object) -> None:
         """The wrapped rule's check (routing itself works with every objective)."""
         check = getattr(self.rule, "check_objective", None)
@@ -73,7 +78,7 @@ class RoutedRule:
         """Raise ``ValueError`` unless ``model`` routes tokens and the span fits its blocks."""
         if not callable(getattr(model, "route_tokens", None)):
             raise ValueError(
-                f"token routing needs a backbone that takes route= (DiT, MDT, MDTv2); {type(model).__name__} does not"
+                f"token routing needs a backbone that takes route= (DiT, MDT, MDTv2, MaskDiT); {type(model).__name__} does not"
             )
         probe = self.route(1, model.route_tokens(self.route.start), generator=torch.Generator().manual_seed(0))
         model.check_route(probe, 1)  # the span fits this model's blocks (MDT: encoder or decoder, not across)

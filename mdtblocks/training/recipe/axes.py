@@ -61,6 +61,8 @@ def recipe_route(cfg: Any, model: nn.Module) -> Route | None:
         return None
     if cfg.route_span is not None:
         start, end = cfg.route_span
+    elif hasattr(model, "decoder_blocks"):  # MaskDiT: spans in its encoder
+        start, end = default_span(len(model.blocks))
     else:
         encoder = getattr(model, "encoder", None)
         start, end = default_span(len(model.trunk()), None if encoder is None else len(encoder))
@@ -94,8 +96,6 @@ def axes_problems(cfg: Any, model_class: str) -> list[str]:
     if cfg.route_span is not None and (cfg.route is None or len(cfg.route_span) != 2):
         problems.append(f"--route-span takes START END with --route RATIO, got {' '.join(map(str, cfg.route_span))}"
                         + ("" if cfg.route is not None else " without --route"))
-    if cfg.route is not None and model_class == "MaskDiT":
-        problems.append("--route does not apply to MaskDiT models: MaskDiT already drops tokens from its encoder")
     if model_class == "MaskDiT" and cfg.objective != "edm":
         problems.append(f"MaskDiT models train with --objective edm (its dropping loss reads EDM's error), got {cfg.objective}")
     if cfg.objective != "gaussian" and cfg.snr_gamma is not None:
