@@ -74,6 +74,10 @@ def test_maskdit_pretrain_resumes_and_the_finetune_starts_from_it(tmp_path: Path
     start = weights(pre / "checkpoints/0000004", "ema.safetensors")
     assert max_abs_diff(weights(fine / "checkpoints/0000001"), start) < 1e-6
     assert max_abs_diff(weights(pre / "checkpoints/0000004"), start) > 1e-4
+    # sampling takes the recorded objective's sampler (EDM: Heun) when --sampler is not given
+    out = load_recipe("sample").main(["--ckpt", str(fine / "checkpoints/0000001"), "--num-samples", "2", "--steps", "2",
+                                      "--device", "cpu", "--no-progress", "--out", str(tmp_path / "s")])
+    assert json.loads((out / "sample_config.json").read_text())["sampler"] == "heun"
 
 
 @pytest.mark.parametrize(("recipe", "base", "extra", "message"), [
