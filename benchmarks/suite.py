@@ -14,6 +14,10 @@ For each combination of ``--models``, ``--batch``, ``--precision``, ``--backend`
 - achieved FLOP/s of the training step from :func:`mdtblocks.forward_flops` (a backward
   counted as two forwards, a multiply-add as two operations) against the matrix-multiply
   ceiling that the suite measures itself at the same precision;
+- MaskDiT models (``MaskDiT-*``) train with their own step: one pass whose encoder sees the
+  kept half of the tokens (the decoder all of them), FLOPs counted for that pass; every row
+  also gets its training step's FLOPs and time against the DiT row of the same batch,
+  precision, backend and compile mode, when ``--models`` has one;
 - with ``--route RATIO``, each configuration once more with TREAD token routing: ``RATIO``
   of the tokens skip the default span (:func:`mdtblocks.masking.route.default_span`) in
   every training pass (sampling is never routed), its FLOPs counted with the route, and its
@@ -32,6 +36,7 @@ writes every number to ``--json``.
     python benchmarks/suite.py --precision fp32 bf16 --backend sdpa math --official ../MDT
     python benchmarks/suite.py --models MDTv2-XL/2 --batch 32 --precision bf16 --device cuda --compile off on
     python benchmarks/suite.py --models DiT-S/2 MDTv2-S/2 --precision fp32 --route 0.5    # with and without routing
+    python benchmarks/suite.py --models DiT-S/2 MDTv2-S/2 MaskDiT-S/2 --precision fp32 --route 0.5 --no-memory   # against DiT
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from mdtblocks import MaskedDiffusionTransformer, forward_flops
 from mdtblocks.blocks import compile_blocks
 from mdtblocks.masking import MaskSampler, mark_kept_dynamic
 from mdtblocks.masking.route import Route, default_span
-from mdtblocks.models import PRESETS, DiT
+from mdtblocks.models import PRESETS, DiT, MaskDiT
 from mdtblocks.sampling import classifier_free_guidance
 
 
@@ -89,7 +94,7 @@ def build(cfg: Config, seed: int = 0) -> torch.nn.Module:
     with torch.device(cfg.device):
         if cfg.official:
             return load_official_mdtv2(cfg.official, cfg.model, cfg.input_size).to(cfg.device)
-        cls = DiT if PRESETS[cfg.model][0] == "DiT" else MaskedDiffusionTransformer
+        cls = {"DiT": DiT, "MaskDiT": MaskDiT}.get(PRESETS[cfg.model][0], MaskedDiffusionTransformer)
         model = cls.from_preset(cfg.model, input_size=cfg.input_size, num_classes=1000, attention_backend=cfg.backend)
     model.check_values = False  # value checks read tensors back; a benchmark measures the compute
     return model.to(cfg.device)
@@ -113,7 +118,9 @@ class Runner:
         self.net = torch.compile(self.model) if cfg.compile == "on" else self.model
         if cfg.compile == "blocks":  # regional compilation: identical blocks share their compiled graphs
             compile_blocks(self.model)
-        self.masked = cfg.official is not None or getattr(self.model, "mask_sampler", None) is not None
+        # MaskDiT's step is one pass with half the tokens dropped; MDT's adds a masked pass to the full one
+        self.dropping = isinstance(self.model, MaskDiT)
+        self.masked = cfg.official is not None or (getattr(self.model, "mask_sampler", None) is not None and not self.dropping)
         self.route = route_rule(self.model, cfg.route)
         self.route_generator = torch.Generator().manual_seed(seed + 1)  # apart: masks stay paired across rows
         self.kept: list[int] = []
@@ -155,7 +162,7 @@ class Runner:
 
     def train_step(self) -> None:
         with self.autocast():
-            out = self.net(self.x, self.t, self.y, **self.routing())
+            out = self.masked_forward() if self.dropping else self.net(self.x, self.t, self.y, **self.routing())
             loss = out.float().pow(2).mean()
             if self.masked:
                 loss = loss + self.masked_forward().float().pow(2).mean()
@@ -182,6 +189,8 @@ class Runner:
     def train_flops(self, kept: int | None) -> float:
         """Floating-point operations of one training step (2 per multiply-add, backward = 2 forwards)."""
         probe = build(Config(**{**asdict(self.cfg), "official": None, "backend": "math", "device": "meta"}))
+        if self.dropping:
+            return 2 * 3 * forward_flops(probe, kept, route=self.route) * self.cfg.batch
         macs = forward_flops(probe, route=self.route)
         if self.masked and kept is not None:
             macs += forward_flops(probe, kept, route=self.route)
@@ -192,7 +201,7 @@ def route_rule(model: torch.nn.Module, ratio: float) -> Route | None:
     """TREAD routing of ``ratio`` of the tokens over the model's default span (``None`` for ratio 0)."""
     if not ratio:
         return None
-    if isinstance(model, DiT):
+    if isinstance(model, (DiT, MaskDiT)):  # MaskDiT: a span in its encoder
         return Route(*default_span(len(model.blocks)), ratio)
     return Route(*default_span(len(model.encoder) + len(model.decoder), len(model.encoder)), ratio)
 
@@ -358,6 +367,7 @@ def main(argv: list[str] | None = None) -> None:
             "ceiling_tflops": ceilings[c.precision] / 1e12,
         }
         row["fraction_of_ceiling"] = row["train_tflops"] / row["ceiling_tflops"]
+        row["train_gflop"] = flops / 1e9
         ref = results[references[c.model + str(c.batch)]]
         row["speedup_vs_math"] = statistics.median(ref["train_ms"]) / train_ms
         row["sample_speedup_vs_math"] = statistics.median(ref["sample_ms"]) / sample_ms
@@ -383,6 +393,12 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_memory:
             row["peak_mib"] = peak_memory_mib(c, args.threads, runner)
         rows.append(row)
+    for row in rows:  # per-step cost against the unrouted DiT of the same batch, precision, backend and compile mode
+        dit = next((r for r in rows if PRESETS[r["model"]][0] == "DiT" and not r["route"] and not r["official"]
+                    and all(r[k] == row[k] for k in ("batch", "precision", "backend", "compile"))), None)
+        if dit is not None:
+            row["train_ms_vs_dit"] = row["train_ms"] / dit["train_ms"]
+            row["train_flop_vs_dit"] = row["train_gflop"] / dit["train_gflop"]
     if not args.no_memory:
         for row in rows:
             off = officials.get(row["model"] + str(row["batch"]))
@@ -415,6 +431,10 @@ def main(argv: list[str] | None = None) -> None:
             paired = ", ".join(f"{k} {row[f'{k}_speedup_vs_official_paired']:.2f}x" for k in ("train", "sample", "loop_sample")
                                if f"{k}_speedup_vs_official_paired" in row)
             print(f"{row['name']:44s} vs official, median of the per-round ratios: {paired}")
+    for row in rows:
+        if "train_ms_vs_dit" in row:
+            print(f"{row['name']:44s} training step: {row['train_gflop']:.1f} GFLOP, {row['train_flop_vs_dit']:.2f}x DiT's FLOPs, "
+                  f"{row['train_ms_vs_dit']:.2f}x DiT's time")
     for row in rows:
         if "train_speedup_vs_unrouted" in row:
             print(f"{row['name']:44s} training step {row['train_speedup_vs_unrouted']:.2f}x the unrouted one's speed")

@@ -71,7 +71,8 @@ class SampleConfig:
     num_samples: int = flag(64, "images to generate over all processes (50000 for FID)")
     sampler: str | None = flag(
         None, "sampler, one of the run's objective's samplers (Gaussian: ddpm, ddim, dpm-solver; flow: euler, heun, "
-        "dopri5, sde_euler, sde_heun); none: ddpm for a Gaussian run, sde_euler for a flow run (the papers' 250-step evaluations)"
+        "dopri5, sde_euler, sde_heun; edm: heun, euler); none: ddpm for a Gaussian run, sde_euler for a flow run (the "
+        "papers' 250-step evaluations), heun for an EDM run"
     )
     steps: int = flag(250, "sampling steps")
     cfg_scale: float = flag(1.0, "classifier-free guidance scale; 1 disables guidance")
@@ -193,7 +194,9 @@ def choose_sampler(cfg: SampleConfig, objective: Any, given: dict[str, Any]) -> 
 
 def default_sampler(objective: Any) -> str:
     """The sampler without ``--sampler``: ``sde_euler`` for flow matching (SiT's evaluation), ``ddpm`` otherwise (the papers')."""
-    return "sde_euler" if objective.kind == "flow" else "ddpm"
+    if objective.kind == "flow":
+        return "sde_euler"
+    return "ddpm" if objective.kind == "gaussian" else objective.samplers[0]
 
 
 def flow_options(cfg: SampleConfig) -> dict[str, Any]:

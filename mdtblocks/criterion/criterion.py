@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..masking import MaskPlan
 from ..objectives.base import Objective
+from ..tokens.routing import check_rule_model, draw_routes
 from ..tokens.rules import PlainRule, TokenRule
 from ..typing import Image, Labels
 from .draws import StepRandomness, Streams, to_device
@@ -94,6 +95,9 @@ class Criterion:
             if not callable(getattr(self.tokens, name, None)):
                 raise TypeError(f"tokens {type(self.tokens).__name__} has no {name}(): not a TokenRule")
         object.__setattr__(self, "extra_losses", tuple(self.extra_losses))
+        check = getattr(self.tokens, "check_objective", None)
+        if check is not None:  # a rule that works with some objectives only (MaskDiT's dropping: EDM)
+            check(self.objective)
 
     # --- draws --------------------------------------------------------------------------
     def draw_step(
@@ -119,6 +123,7 @@ class Criterion:
             sample_shape: ``(c, hh, ww)`` of one sample.
             device: where the draws go.
         """
+        check_rule_model(self.tokens, model)
         small = streams(self.small_stream, torch.device("cpu"))
         t = self.objective.draw_times(global_batch, small)
         drop = self.label_dropout.draw(global_batch, small)
@@ -134,9 +139,10 @@ class Criterion:
             masked_drop = to_device(self.label_dropout.draw(global_batch, small), device)
             masked_noise = self.objective.draw_noise(like, streams("noise-masked", device))
         noise = self.objective.draw_noise(like, streams("noise", device))
+        routes = draw_routes(self.tokens, model, global_batch, plan, small, device)  # last: the other draws stay the same
         return StepRandomness(
             t=to_device(t, device), noise=noise, drop_label=to_device(drop, device), mask=plan,
-            null_class=self.null_class(model), masked_noise=masked_noise, masked_drop_label=masked_drop,
+            null_class=self.null_class(model), masked_noise=masked_noise, masked_drop_label=masked_drop, routes=routes,
         )
 
     def draw(self, model: nn.Module, x_start: Image, generator: torch.Generator | None) -> StepRandomness:
@@ -154,6 +160,7 @@ class Criterion:
                 f"generator must be a torch.Generator: the objective must draw t, noise, mask and label drops "
                 f"from it, got {type(generator).__name__}"
             )
+        check_rule_model(self.tokens, model)
         b, device = x_start.shape[0], x_start.device
         t = self.objective.draw_times(b, generator)
         noise = self.objective.draw_noise(x_start, generator)
@@ -164,7 +171,8 @@ class Criterion:
         if plan is not None and self.tokens.own_draws:
             masked_noise = self.objective.draw_noise(x_start, generator)
             masked_drop = self.label_dropout.draw(b, generator, device) if training else torch.zeros_like(drop)
-        return StepRandomness(t.to(device), noise, drop, plan, self.null_class(model), masked_noise, masked_drop)
+        routes = draw_routes(self.tokens, model, b, plan, generator, device)  # last: the other draws stay the same
+        return StepRandomness(t.to(device), noise, drop, plan, self.null_class(model), masked_noise, masked_drop, routes)
 
     def null_class(self, model: nn.Module) -> int:
         """The label a dropped label becomes (the model's ``num_classes``); refused when the model has no null row."""
@@ -215,7 +223,13 @@ class Criterion:
             kwargs = {"y": self.label_dropout.apply(y, drop, draws.null_class), **(model_kwargs or {})}
             if p.ids_keep is not None:
                 kwargs["ids_keep"] = p.ids_keep
-            terms = self.objective.losses(net, x_start, draws.t, noise, kwargs)
+            if p.name in draws.routes:
+                kwargs["route"] = draws.routes[p.name]
+            rule_losses = getattr(self.tokens, "losses", None)
+            if rule_losses is not None:  # a rule with its own reduction of the objective's pass (MaskDiT's)
+                terms = rule_losses(self.objective, net, x_start, draws.t, noise, kwargs, draws.mask)
+            else:
+                terms = self.objective.losses(net, x_start, draws.t, noise, kwargs)
             for name, value in terms.items():
                 if name == "loss":
                     out[f"loss_{p.name}"] = value

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Bool, Int, Shaped
 
-from ..masking import MaskPlan
+from ..masking import MaskPlan, RoutePlan
 from ..typing import Image, Tensor
 
 __all__ = ["StepRandomness", "StepDraws", "Streams", "to_device"]
@@ -31,6 +31,7 @@ class StepRandomness:
         masked_noise: ``(b, c, hh, ww)`` the masked pass's own noise, for the objective's
             ``masked_draws="independent"`` (the default); ``None`` for ``"shared"``.
         masked_drop_label: ``(b,)`` the masked pass's own label drops; as ``masked_noise``.
+        routes: pass name -> the route that pass's forward takes (token routing; empty without).
     """
 
     t: Shaped[Tensor, "b"]
@@ -40,6 +41,7 @@ class StepRandomness:
     null_class: int
     masked_noise: Image | None = None
     masked_drop_label: Bool[Tensor, "b"] | None = None
+    routes: dict[str, RoutePlan] = field(default_factory=dict)
 
     def rows(self, index: slice | Int[Tensor, "r"]) -> StepRandomness:
         """The draws of the samples at batch positions ``index``.
@@ -54,11 +56,18 @@ class StepRandomness:
             self.t[index], self.noise[index], self.drop_label[index], mask, self.null_class,
             None if self.masked_noise is None else self.masked_noise[index],
             None if self.masked_drop_label is None else self.masked_drop_label[index],
+            {name: _route_rows(r, index) for name, r in self.routes.items()},
         )
 
 
 StepDraws = StepRandomness
 """The criterion's name for :class:`StepRandomness`."""
+
+
+def _route_rows(route: RoutePlan, index: slice | Int[Tensor, "r"]) -> RoutePlan:
+    """The route's plan for the samples at ``index``."""
+    p = route.plan
+    return RoutePlan(route.start, route.end, MaskPlan(ids_keep=p.ids_keep[index], ids_restore=p.ids_restore[index], mask=p.mask[index]))
 
 
 def to_device(x: Tensor, device: torch.device) -> Tensor:

@@ -9,6 +9,8 @@ from torch import Tensor, nn
 
 from ..blocks import AdaLNBlock, FinalLayer, ZeroNullLabelEmbedder, sincos_2d
 from ..masking import MaskSampler, validate_ids_keep
+from ..masking.route import RoutePlan, as_routes, check_span
+from ..masking.router import SpanRouter
 from ..masking.maskdit import maskdit_drop_rule
 from .base import DiffusionBackbone
 from .config import MaskDiTConfig
@@ -85,11 +87,32 @@ class MaskDiT(DiffusionBackbone):
         """The encoder blocks: with ``ids_keep`` they see only the kept tokens, in ``ids_keep`` order."""
         return len(self.blocks)
 
-    def encode(self, h: Float[Tensor, "b k d"], c: Float[Tensor, "b d"]) -> Float[Tensor, "b k d"]:
-        """Run the encoder blocks over the tokens present (all, or the kept ones)."""
-        for blk in self.blocks:
-            h = blk(h, c)
+    def encode(
+        self, h: Float[Tensor, "b k d"], c: Float[Tensor, "b d"], routes: tuple[RoutePlan, ...] = ()
+    ) -> Float[Tensor, "b k d"]:
+        """Run the encoder blocks over the tokens present (all, or the kept ones); routed tokens skip their spans."""
+        router = SpanRouter(routes)
+        for i, blk in enumerate(self.blocks):
+            h = router.leave(i, blk(router.enter(i, h), c))
         return h
+
+    def route_tokens(self, start: int, num_kept: int | None = None) -> int:
+        """Tokens reaching encoder block ``start`` (all ``n``, or the ``num_kept`` a pass with dropping keeps).
+
+        Routing (:class:`~mdtblocks.masking.route.Route`) covers encoder blocks only: the
+        decoder runs on every position, mask tokens included.
+        """
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < len(self.blocks):
+            raise ValueError(f"route start {start!r} is not an encoder block index in [0, {len(self.blocks)}) (MaskDiT routes within its encoder)")
+        return self.num_tokens if num_kept is None else num_kept
+
+    def check_route(self, route: object, batch_size: int, num_kept: int | None = None) -> tuple[RoutePlan, ...]:
+        """Raise ``TypeError``/``ValueError`` unless ``route`` fits the encoder and the pass's tokens; return its routes."""
+        routes = as_routes(route)
+        for r in routes:
+            check_span(r.start, r.end, len(self.blocks))
+            r.validate(batch_size, self.num_tokens if num_kept is None else num_kept, self.check_values)
+        return routes
 
     def decode(
         self,
@@ -118,6 +141,7 @@ class MaskDiT(DiffusionBackbone):
         t: Shaped[Tensor, "b"],
         y: Int[Tensor, "b"],
         ids_keep: Int[Tensor, "b k"] | None = None,
+        route: RoutePlan | list[RoutePlan] | tuple[RoutePlan, ...] | None = None,
     ) -> Float[Tensor, "b c2 hh ww"]:
         """The network output ``F`` for input ``x`` at time ``t`` (EDM: ``c_noise``) with labels ``y``.
 
@@ -128,6 +152,8 @@ class MaskDiT(DiffusionBackbone):
             ids_keep: the ``(b, k)`` kept tokens of a training pass with dropping (e.g.
                 ``model.mask_sampler(...).ids_keep``); ``None`` runs every token. The
                 output does not depend on their order within a row.
+            route: TREAD token routing in training (drawn over the tokens the encoder sees:
+                ``route_tokens``); its routed tokens skip encoder blocks ``[start, end)``.
 
         Returns:
             ``(b, out_channels, input_size, input_size)`` for every patch, dropped ones included.
@@ -138,5 +164,6 @@ class MaskDiT(DiffusionBackbone):
         if ids_keep is not None:
             validate_ids_keep(ids_keep, x.shape[0], self.num_tokens, self.check_values)
             tokens = tokens.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))  # (b, k, d)
-        h = self.encode(tokens, c)
+        routes = self.check_route(route, x.shape[0], None if ids_keep is None else ids_keep.shape[1]) if route is not None else ()
+        h = self.encode(tokens, c, routes)
         return self.head(self.decode(h, c, ids_keep), c)

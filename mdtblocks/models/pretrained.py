@@ -10,11 +10,12 @@ from ..io import read_json
 from .base import CONFIG_NAME, WEIGHTS_NAME, DiffusionBackbone
 from .dit import DiT
 from .mdt import MaskedDiffusionTransformer
+from .maskdit import MaskDiT
 from .sit import SiT
 
 __all__ = ["MODEL_CLASSES", "load_pretrained"]
 
-MODEL_CLASSES: dict[str, type[DiffusionBackbone]] = {cls.__name__: cls for cls in (MaskedDiffusionTransformer, DiT, SiT)}
+MODEL_CLASSES: dict[str, type[DiffusionBackbone]] = {cls.__name__: cls for cls in (MaskedDiffusionTransformer, DiT, SiT, MaskDiT)}
 """Model classes by the name ``save_pretrained`` records in ``config.json``."""
 
 

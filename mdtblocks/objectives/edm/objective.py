@@ -162,7 +162,8 @@ class EDMObjective:
         ``num_steps`` levels from ``sigma_max`` to ``sigma_min`` (a Heun run calls the
         network ``2 num_steps - 1`` times). ``options``: EDM's churn ``S_churn``,
         ``S_min``, ``S_max``, ``S_noise`` (drawn from ``generator``), ``noise_fn`` (the
-        churn noise, injected), ``callback``.
+        churn noise, injected), ``callback``; ``clip_denoised`` (the pixel-space sample
+        grids pass it) is accepted and ignored, as EDM's sampler does not clip its estimates.
 
         Raises:
             ValueError: an unknown sampler or option.
@@ -208,6 +209,6 @@ def _as_float(value: Any) -> Any:
     return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-_SAMPLE_OPTIONS = frozenset({"S_churn", "S_min", "S_max", "S_noise", "noise_fn", "callback"})
+_SAMPLE_OPTIONS = frozenset({"S_churn", "S_min", "S_max", "S_noise", "noise_fn", "callback", "clip_denoised"})
 
 register_objective(EDMObjective.kind, EDMObjective.from_record)

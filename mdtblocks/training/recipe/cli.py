@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 
 from ...data import DEFAULT_VAE
 from ...models import PRESETS
+from .axes import objective_names
 
 __all__ = ["flag", "default_num_workers", "presets_of", "RecipeConfig", "build_parser", "parse_flags", "choose_config", "exit_on_bad_input"]
 
@@ -107,10 +108,25 @@ class RecipeConfig:
     num_samples: int = flag(16, "images in each checkpoint's sample grid")
     sample_steps: int = flag(50, "steps for the sample grids (DDIM; Euler ODE with --objective flow)")
     sample_cfg_scale: float = flag(4.0, "classifier-free guidance scale of the sample grids (1: none)")
-    # --- the training objective (issue 27): Gaussian diffusion (default) or flow matching -----------------
-    objective: Literal["gaussian", "flow"] = flag(
-        "gaussian", "training objective: ADM's Gaussian diffusion, or flow matching (SiT's interpolants; "
-        "the --flow-* flags)"
+    # Training axes (mdtblocks.training.recipe.axes): token routing, the objective, a start from other weights.
+    route: float | None = flag(
+        None, "TREAD token routing: share of tokens that skip --route-span in training, in (0, 1); none: no routing",
+        metavar="RATIO",
+    )
+    route_span: tuple[int, ...] | None = flag(
+        None, "START END: the blocks [START, END) routed tokens skip; none: the model's default span (block 2 to depth-3, "
+        "MDT: within the encoder)"
+    )
+    objective: str = flag(
+        "gaussian", "training objective: ADM's Gaussian diffusion, flow matching (SiT's interpolants; the --flow-* "
+        "flags) or EDM (the --edm-* flags); its samplers draw the sample grids", choices=objective_names()
+    )
+    edm_p_mean: float = flag(-1.2, "EDM: mean of ln(sigma) in training (--objective edm)")
+    edm_p_std: float = flag(1.2, "EDM: standard deviation of ln(sigma) in training (--objective edm)")
+    edm_sigma_data: float = flag(0.5, "EDM: data standard deviation of the preconditioning (--objective edm)")
+    init_from: str | None = flag(
+        None, "start a new run from these EMA weights (a checkpoint folder, or a run folder's newest checkpoint); "
+        "a run that resumes from its own checkpoint ignores it", metavar="DIR"
     )
     flow_path: Literal["Linear", "GVP", "VP"] = flag("Linear", "flow path (with --objective flow)")
     flow_prediction: Literal["velocity", "score", "noise"] = flag("velocity", "what the network predicts (--objective flow)")

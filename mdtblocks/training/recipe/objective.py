@@ -18,7 +18,7 @@ from ...objectives.base import Objective
 from ...objectives.flow import FlowMatching
 from .cli import RecipeConfig
 
-__all__ = ["FLOW_FLAGS", "build_objective", "objective_problems", "for_objective", "grid_sampler"]
+__all__ = ["FLOW_FLAGS", "build_objective", "objective_problems", "for_objective"]
 
 FLOW_FLAGS = {
     "flow_path": "path",
@@ -51,13 +51,15 @@ def objective_problems(cfg: RecipeConfig, given: Mapping[str, Any]) -> list[str]
     problems = []
     if cfg.model.startswith("SiT-") and cfg.objective != "flow":
         problems.append(f"{cfg.model} is trained as a flow (its forward drops the variance channels); use --objective flow")
+    if cfg.objective != "gaussian" and "snr_gamma" in given and cfg.snr_gamma is not None:
+        problems.append(
+            f"--snr-gamma {cfg.snr_gamma} weights the Gaussian diffusion's loss; --objective {cfg.objective} has no SNR weighting"
+        )
     if cfg.objective != "flow":
         stray = [f"--{n.replace('_', '-')}" for n in FLOW_FLAGS if n in given]
         if stray:
             problems.append(f"{', '.join(stray)} apply to --objective flow (this run trains --objective {cfg.objective})")
         return problems
-    if "snr_gamma" in given and cfg.snr_gamma is not None:
-        problems.append(f"--snr-gamma {cfg.snr_gamma} weights the Gaussian diffusion's loss; --objective flow has no SNR weighting")
     try:
         build_objective(cfg)
     except ValueError as err:
@@ -68,11 +70,8 @@ def objective_problems(cfg: RecipeConfig, given: Mapping[str, Any]) -> list[str]
 def for_objective(cfg: RecipeConfig) -> RecipeConfig:
     """``cfg`` with the Gaussian-only defaults of a recipe (MDTv2's ``snr_gamma``) cleared for ``--objective flow``,
     so the flags recorded in ``config.json`` say what trained the run."""
-    if cfg.objective == "flow" and cfg.snr_gamma is not None:
+    if cfg.objective != "gaussian" and cfg.snr_gamma is not None:
         return dataclasses.replace(cfg, snr_gamma=None)
     return cfg
 
 
-def grid_sampler(objective: Objective, steps: int) -> tuple[str, int]:
-    """``(sampler, steps)`` of the training sample grids: DDIM for the Gaussian diffusion, the Euler ODE for flow matching."""
-    return ("euler" if objective.kind == "flow" else "ddim"), steps

@@ -25,19 +25,20 @@ import torch
 from ...criterion import Criterion, LabelDropout, rule_of_model
 from ...objectives import GaussianObjective
 from ...folderlock import hold_output_folder
-from ...objectives.base import Objective
 from ...models import PRESETS, DiT, MaskedDiffusionTransformer, SiT
+from ...models.maskdit import MaskDiT
 from ..adan import Adan
-from ..checkpoint import CheckpointWriteError
+from ..checkpoint import CheckpointWriteError, latest_checkpoint
 from ..distributed import Distributed, setup_distributed
 from ..guard import NonFiniteSteps
 from ..loop import train
 from ..signals import EXIT_CODES
 from ...io import read_json
+from .axes import axes_problems, grid_sampler, learns_sigma, load_init_weights, recipe_criterion
 from .checks import config_problems, model_problems, path_problems
 from .cli import RecipeConfig, build_parser, choose_config, parse_flags, presets_of
 from .data import load_run_data
-from .objective import build_objective, for_objective, grid_sampler, objective_problems
+from .objective import for_objective, objective_problems
 from .run import announce_builtin, model_overrides, setup_logging, train_config, write_run_config
 
 __all__ = ["TrainRecipe", "MODEL_OVERRIDES", "OFFICIAL_FIELDS", "DEMO", "build_optimizer", "build_criterion"]
@@ -59,7 +60,7 @@ DEMO: dict[str, Any] = dict(
 )
 """The built-in demo's flags shared by the recipes: digits in pixel space, a CPU-sized model, ~5 minutes on 2 cores."""
 
-_MODEL_CLASSES = {cls.__name__: cls for cls in (MaskedDiffusionTransformer, DiT, SiT)}
+_MODEL_CLASSES = {cls.__name__: cls for cls in (MaskedDiffusionTransformer, DiT, SiT, MaskDiT)}
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,8 @@ class TrainRecipe:
         if unused:
             flags = ", ".join("--" + n.replace("_", "-") for n in unused)
             parser.error(f"{flags} does not apply to {cfg.model} (a {cls_name} has no such field)")
-        problems = config_problems(cfg) + objective_problems(cfg, parse_flags(RecipeConfig, argv, self.description, defaults))
+        given = parse_flags(RecipeConfig, argv, self.description, defaults)
+        problems = config_problems(cfg) + objective_problems(cfg, given) + axes_problems(cfg, PRESETS[cfg.model][0])
         if problems:
             parser.error("; ".join(problems))
         cfg = for_objective(cfg)
@@ -189,9 +191,15 @@ class TrainRecipe:
         })
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         model = _MODEL_CLASSES[cls_name].from_preset(
-            cfg.model, input_size=side, in_channels=channels, num_classes=num_classes, learn_sigma=True, **overrides
+            cfg.model, input_size=side, in_channels=channels, num_classes=num_classes,
+            learn_sigma=learns_sigma(cfg, cls_name), **overrides
         )
-        criterion = build_criterion(model, masked_draws=cfg.masked_draws, objective=build_objective(cfg))
+        try:
+            criterion = recipe_criterion(cfg, model)
+            if cfg.init_from is not None and latest_checkpoint(cfg.out) is None:
+                log.info("initial weights: %s", load_init_weights(model, cfg.init_from))
+        except (ValueError, FileNotFoundError) as err:
+            parser.error(str(err))
         write_run_config(
             cfg.out, cfg, dist, vae=data.vae, image_size=data.image_size, num_classes=num_classes,
             model_preset=cfg.model, model_overrides=overrides, model_config=model.config.to_dict(),
@@ -209,7 +217,7 @@ class TrainRecipe:
                 make_optimizer=lambda params: build_optimizer(cfg, params),
                 out=cfg.out,
                 dist=dist,
-                sampler=grid_sampler(criterion.objective, cfg.sample_steps),
+                sampler=grid_sampler(criterion, cfg.sample_steps),
             )
         except (NonFiniteSteps, CheckpointWriteError) as err:
             # Faults of the run itself, not bugs: one line, no traceback, a non-zero exit.
@@ -223,7 +231,10 @@ class TrainRecipe:
                 raise SystemExit(EXIT_CODES.get(signal.Signals(result.stopped_by), 1))
             return
         log.info("done: checkpoints in %s/checkpoints, sample grids in %s/samples", cfg.out, cfg.out)
-        if cfg.pipeline and dist.is_main:
+        if cfg.pipeline and dist.is_main and getattr(criterion.objective, "diffusers_scheduler", None) is None:
+            log.info("no OUT/pipeline: the %r objective has no diffusers scheduler (sample with recipes/sample.py)",
+                     criterion.objective.kind)
+        elif cfg.pipeline and dist.is_main:
             try:  # a latent run's pipeline carries its VAE (the one in memory: the cache's, or --vae's)
                 folder = write_pipeline(result.checkpoint, Path(cfg.out) / "pipeline", data.autoencoder if data.vae else None,
                                         id2label=class_names(data.dataset))

@@ -1,0 +1,143 @@
+"""The training axes a recipe's flags choose: the objective (``--objective``), token routing (``--route``,
+``--route-span``), MaskDiT's dropping (its models' ``mask_ratio``) and a start from other weights (``--init-from``).
+
+Every recipe builds its criterion here (:func:`recipe_criterion`), so the flags mean the
+same in each; the criterion's record in ``config.json`` says what trained the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file
+from torch import nn
+
+from ...criterion import Criterion, LabelDropout, rule_of_model
+from ...masking import Route, default_span
+from ...objectives import EDMObjective, GaussianObjective
+from ...objectives.base import Objective
+from ...tokens import MaskDiTDropRule, RoutedRule, TokenRule, check_rule_model
+
+__all__ = [
+    "RECIPE_OBJECTIVES", "objective_names", "recipe_objective", "recipe_route", "recipe_tokens", "recipe_criterion",
+    "axes_problems", "learns_sigma", "grid_sampler", "load_init_weights",
+]
+
+
+def _gaussian(cfg: Any, model: nn.Module) -> Objective:
+    return GaussianObjective("linear", 1000, learn_sigma=bool(model.config.learn_sigma), snr_gamma=cfg.snr_gamma)
+
+
+def _edm(cfg: Any, model: nn.Module) -> Objective:
+    return EDMObjective(sigma_data=cfg.edm_sigma_data, p_mean=cfg.edm_p_mean, p_std=cfg.edm_p_std)
+
+
+def _flow(cfg: Any, model: nn.Module) -> Objective:
+    from .objective import build_objective  # the --flow-* options (objective.py imports the flags' module)
+
+    return build_objective(cfg)
+
+
+RECIPE_OBJECTIVES: dict[str, Callable[[Any, nn.Module], Objective]] = {"gaussian": _gaussian, "flow": _flow, "edm": _edm}
+"""``--objective`` name -> ``(recipe config, model) -> objective`` (another objective adds one entry)."""
+
+
+def objective_names() -> tuple[str, ...]:
+    """The ``--objective`` choices."""
+    return tuple(RECIPE_OBJECTIVES)
+
+
+def recipe_objective(cfg: Any, model: nn.Module) -> Objective:
+    """The objective ``--objective`` names, with its flags' options."""
+    if cfg.objective not in RECIPE_OBJECTIVES:
+        raise ValueError(f"--objective {cfg.objective!r} is not one of {objective_names()}")
+    return RECIPE_OBJECTIVES[cfg.objective](cfg, model)
+
+
+def learns_sigma(cfg: Any, model_class: str) -> bool:
+    """Whether the recipe's model predicts the variance too: the Gaussian diffusion's learned sigma, and flow matching's
+    backbones as SiT keeps them (the flow objective drops those channels); not EDM nor MaskDiT."""
+    return model_class != "MaskDiT" and cfg.objective in ("gaussian", "flow")
+
+
+def recipe_route(cfg: Any, model: nn.Module) -> Route | None:
+    """``--route RATIO`` over ``--route-span START END`` (default: :func:`~mdtblocks.masking.default_span` of the model)."""
+    if cfg.route is None:
+        return None
+    if cfg.route_span is not None:
+        start, end = cfg.route_span
+    elif hasattr(model, "decoder_blocks"):  # MaskDiT: spans in its encoder
+        start, end = default_span(len(model.blocks))
+    else:
+        encoder = getattr(model, "encoder", None)
+        start, end = default_span(len(model.trunk()), None if encoder is None else len(encoder))
+    return Route(int(start), int(end), float(cfg.route))
+
+
+def recipe_tokens(cfg: Any, model: nn.Module) -> TokenRule:
+    """The token rule: MaskDiT's dropping for MaskDiT models, else the model's (MDT's two passes, DiT's plain), routed with ``--route``."""
+    from ...models.maskdit import MaskDiT
+
+    if isinstance(model, MaskDiT):
+        tokens: TokenRule = MaskDiTDropRule(float(model.config.mask_ratio or 0.0), mae_weight=0.1)
+    else:
+        tokens = rule_of_model(model, cfg.masked_draws)
+    route = recipe_route(cfg, model)
+    return tokens if route is None else RoutedRule(tokens, route)
+
+
+def recipe_criterion(cfg: Any, model: nn.Module) -> Criterion:
+    """The run's criterion from the flags; a combination that cannot train ``model`` raises ``ValueError``."""
+    criterion = Criterion(recipe_objective(cfg, model), recipe_tokens(cfg, model), LabelDropout.of_model(model))
+    check_rule_model(criterion.tokens, model)
+    return criterion
+
+
+def axes_problems(cfg: Any, model_class: str) -> list[str]:
+    """What is wrong with the flags of these axes, before anything is built (one message each)."""
+    problems = []
+    if cfg.route is not None and not 0.0 < cfg.route < 1.0:
+        problems.append(f"--route {cfg.route} is outside (0, 1): it is the share of tokens that skip the span")
+    if cfg.route_span is not None and (cfg.route is None or len(cfg.route_span) != 2):
+        problems.append(f"--route-span takes START END with --route RATIO, got {' '.join(map(str, cfg.route_span))}"
+                        + ("" if cfg.route is not None else " without --route"))
+    if model_class == "MaskDiT" and cfg.objective != "edm":
+        problems.append(f"MaskDiT models train with --objective edm (its dropping loss reads EDM's error), got {cfg.objective}")
+    return problems
+
+
+def grid_sampler(criterion: Criterion, steps: int) -> tuple[str, int]:
+    """``(sampler, steps)`` of the sample grids: DDIM for the Gaussian diffusion, else the objective's first sampler."""
+    samplers = tuple(getattr(criterion.objective, "samplers", ()))
+    for deterministic in ("ddim", "euler"):  # Gaussian: DDIM; flow: the Euler ODE
+        if deterministic in samplers:
+            return deterministic, steps
+    return (samplers[0] if samplers else "ddim"), steps
+
+
+def load_init_weights(model: nn.Module, source: str | Path) -> Path:
+    """Load ``source``'s EMA weights into ``model`` (strict): a checkpoint folder, or a run folder's newest checkpoint.
+
+    Returns:
+        The file read.
+
+    Raises:
+        FileNotFoundError: no ``ema.safetensors`` there.
+        ValueError: weights of another model.
+    """
+    from ..checkpoint import latest_checkpoint
+
+    folder = Path(source)
+    if not (folder / "ema.safetensors").is_file() and (folder / "checkpoints").is_dir():
+        folder = latest_checkpoint(folder) or folder
+    path = folder / "ema.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"--init-from {source}: no ema.safetensors there (give a checkpoint folder or a run folder)")
+    state = load_file(str(path))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"--init-from {source}: the weights do not fit the model ({str(err).splitlines()[0]})") from None
+    return path
