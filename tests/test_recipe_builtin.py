@@ -109,7 +109,7 @@ def test_builtin_default_scores_its_sample_grids(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     scores = [rec for rec in lines if "sample_class_accuracy" in rec]
     assert [rec["step"] for rec in scores] == [1, 2]
-    assert all(0.0 <= rec["sample_class_accuracy"] <= 1.0 and set(rec) == {"step", "sample_class_accuracy"} for rec in scores)
+    assert all(0.0 <= rec["sample_class_accuracy"] <= 1.0 and set(rec) == {"step", "sample_class_accuracy", "time"} for rec in scores)
     assert [rec["step"] for rec in lines if "loss" in rec] == [1, 2]  # the step records are unchanged
 
 
