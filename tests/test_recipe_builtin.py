@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_utils import TINY, load_recipe
+from training_utils import TINY, load_recipe, with_flag
 
 from conftest import rel_err
 
@@ -99,6 +99,18 @@ def test_builtin_default_runs_end_to_end(tmp_path: Path) -> None:
     assert torch.equal(pipe.transformer.state_dict()["final_layer.linear.weight"], load_file(str(ckpt / "ema.safetensors"))["final_layer.linear.weight"])
     images = pipe([0, 3], num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (2, 16, 16, DigitsDataset().channels) and not (out / "pipeline.tmp").exists()
+
+
+def test_builtin_default_scores_its_sample_grids(tmp_path: Path) -> None:
+    """The built-in digits run writes the class accuracy of every sample grid that shows each class into metrics.jsonl."""
+    out = tmp_path / "run"
+    load_recipe("mdtv2_imagenet256").main(with_flag(TINY, "--image-size", "16") + ["--out", str(out), "--steps", "2",
+                                                  "--ckpt-every", "1", "--num-samples", "10"])
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    scores = [rec for rec in lines if "sample_class_accuracy" in rec]
+    assert [rec["step"] for rec in scores] == [1, 2]
+    assert all(0.0 <= rec["sample_class_accuracy"] <= 1.0 and set(rec) == {"step", "sample_class_accuracy", "time"} for rec in scores)
+    assert [rec["step"] for rec in lines if "loss" in rec] == [1, 2]  # the step records are unchanged
 
 
 @pytest.mark.parametrize("name", ["mdt_imagenet256", "dit_imagenet256"])

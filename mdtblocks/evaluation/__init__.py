@@ -3,6 +3,7 @@ classifier's Frechet distance, class accuracy and copy check for small images; l
 
 from __future__ import annotations
 
+from .arms import ARMS, Arm, build_arm_criterion, register_arm, sampler_at_nfe
 from .classifier import (
     ClassifierConfig,
     DomainClassifier,
@@ -34,6 +35,7 @@ from .learning_speed import (
     ReachTable,
     first_reach,
     mean_curve,
+    mean_flops,
     reach_table,
     spread,
 )
@@ -49,10 +51,13 @@ from .statistics import (
     load_image_array,
     log_stage,
 )
+from .step_flops import step_flops
 
 __all__ = [
+    "ARMS",
     "INCEPTION_SIZE",
     "SPATIAL_CHANNELS",
+    "Arm",
     "ClassifierConfig",
     "Curve",
     "DomainClassifier",
@@ -63,6 +68,7 @@ __all__ = [
     "PoolFeatures",
     "PrecisionRecall",
     "ReachTable",
+    "build_arm_criterion",
     "compute_statistics",
     "domain_metrics",
     "evaluate_samples",
@@ -79,17 +85,21 @@ __all__ = [
     "knn_radii",
     "load_classifier",
     "load_image_array",
-    "log_stage",
     "load_inception",
+    "log_stage",
     "mean_curve",
+    "mean_flops",
     "metrics_from_statistics",
-    "small_set_warnings",
     "nearest_distances",
     "plot_learning_curves",
     "precision_recall",
     "reach_table",
+    "register_arm",
+    "sampler_at_nfe",
     "save_classifier",
+    "small_set_warnings",
     "spread",
+    "step_flops",
     "to_inception_input",
     "torchmetrics_fid",
     "train_classifier",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["first_reach", "Curve", "ReachTable", "reach_table", "mean_curve", "spread"]
+__all__ = ["Curve", "ReachTable", "first_reach", "mean_curve", "mean_flops", "reach_table", "spread"]
 
 
 @dataclass(frozen=True)
@@ -19,17 +19,20 @@ class Curve:
         steps: evaluated optimizer steps, increasing.
         seconds: training wall-clock seconds at each evaluated step (evaluation excluded).
         values: the metric at each step.
+        flops: training multiply-adds at each evaluated step (forward and backward), or
+            empty when not counted.
     """
 
     steps: tuple[int | float, ...]
     seconds: tuple[int | float, ...]
     values: tuple[int | float, ...]
+    flops: tuple[int | float, ...] = ()
 
     def __post_init__(self) -> None:
-        if not (len(self.steps) == len(self.seconds) == len(self.values)):
+        if not (len(self.steps) == len(self.seconds) == len(self.values)) or len(self.flops) not in (0, len(self.steps)):
             raise ValueError(
-                f"steps, seconds and values must have one entry per evaluation, got "
-                f"{len(self.steps)}, {len(self.seconds)} and {len(self.values)}"
+                f"steps, seconds, values (and flops, if given) must have one entry per evaluation, got "
+                f"{len(self.steps)}, {len(self.seconds)}, {len(self.values)} and {len(self.flops)}"
             )
         if any(b <= a for a, b in zip(self.steps, self.steps[1:])):
             raise ValueError(f"steps must increase, got {self.steps}")
@@ -85,23 +88,31 @@ def mean_curve(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 @dataclass(frozen=True)
 class ReachTable:
-    """Steps and seconds each run needs to reach one level of one metric.
+    """Steps, seconds and FLOPs each run needs to reach one level of one metric.
 
     Attributes:
         metric: the metric's name.
         level: the quality level.
         steps: ``{model: [steps per seed, None where not reached]}``.
         seconds: the same in training seconds.
+        flops: the same in training multiply-adds (``None`` also where a curve has no FLOPs).
     """
 
     metric: str
     level: float
     steps: dict[str, list[float | None]]
     seconds: dict[str, list[float | None]]
+    flops: dict[str, list[float | None]] = field(default_factory=dict)
 
     def ratios(self, model: str, baseline: str, by: str = "steps") -> list[float]:
-        """``model / baseline`` per seed where both reached the level (seeds paired by position)."""
-        table = self.steps if by == "steps" else self.seconds
+        """``model / baseline`` per seed where both reached the level (seeds paired by position).
+
+        Args:
+            by: ``"steps"``, ``"seconds"`` or ``"flops"``.
+        """
+        if by not in ("steps", "seconds", "flops"):
+            raise ValueError(f"by must be 'steps', 'seconds' or 'flops', got {by!r}")
+        table = {"steps": self.steps, "seconds": self.seconds, "flops": self.flops}[by]
         pairs = zip(table.get(model, []), table.get(baseline, []))
         return [a / b for a, b in pairs if a is not None and b is not None and b > 0]
 
@@ -112,10 +123,20 @@ def reach_table(
     """Where every run of every model first reaches ``level`` (see :func:`first_reach`)."""
     steps: dict[str, list[float | None]] = {}
     seconds: dict[str, list[float | None]] = {}
+    flops: dict[str, list[float | None]] = {}
     for model, runs in curves.items():
         steps[model] = [first_reach(c.steps, c.values, level, lower_is_better) for c in runs]
         seconds[model] = [first_reach(c.seconds, c.values, level, lower_is_better) for c in runs]
-    return ReachTable(metric, level, steps, seconds)
+        flops[model] = [first_reach(c.flops, c.values, level, lower_is_better) if c.flops else None for c in runs]
+    return ReachTable(metric, level, steps, seconds, flops)
+
+
+def mean_flops(curves: Sequence[Curve]) -> np.ndarray | None:
+    """The mean training FLOPs over runs at the steps :func:`mean_curve` returns; ``None`` if a run has none."""
+    if not curves or any(not c.flops for c in curves):
+        return None
+    k = min(len(c.steps) for c in curves)
+    return np.array([c.flops[:k] for c in curves], dtype=np.float64).mean(axis=0)
 
 
 def spread(values: Sequence[int | float | None], digits: int = 2) -> str:

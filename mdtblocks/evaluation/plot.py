@@ -1,4 +1,4 @@
-"""The learning-speed figure: each metric against training steps and against wall-clock time."""
+"""The learning-speed figure: each metric against training steps, wall-clock time and (when counted) FLOPs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..io import atomic_write
-from .learning_speed import Curve, mean_curve
+from .learning_speed import Curve, mean_curve, mean_flops
 
 __all__ = ["plot_learning_curves"]
 
@@ -21,8 +21,9 @@ def plot_learning_curves(
 ) -> Path:
     """Plot ``curves[metric][model]`` (one :class:`Curve` per seed) as mean lines with min-max bands.
 
-    The top row puts training steps on the x axis, the bottom row training seconds; one
-    column per metric. Needs matplotlib (``pip install matplotlib``); the PNG is written
+    The top row puts training steps on the x axis, the second training seconds and,
+    when every curve counts them, the third training FLOPs (multiply-adds); one column
+    per metric. Needs matplotlib (``pip install matplotlib``); the PNG is written
     atomically.
 
     Args:
@@ -40,22 +41,26 @@ def plot_learning_curves(
     except ModuleNotFoundError:
         raise ModuleNotFoundError("plotting needs matplotlib: pip install matplotlib") from None
     metrics = list(curves)
-    fig, axes = plt.subplots(2, len(metrics), figsize=(4.2 * len(metrics), 6.4), squeeze=False)
+    with_flops = all(mean_flops(runs) is not None for by_model in curves.values() for runs in by_model.values())
+    rows = 3 if with_flops else 2
+    fig, axes = plt.subplots(rows, len(metrics), figsize=(4.2 * len(metrics), 3.2 * rows), squeeze=False)
+    names = ("training steps", "training seconds", "training FLOPs (multiply-adds)")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for col, metric in enumerate(metrics):
         for i, (model, runs) in enumerate(sorted(curves[metric].items())):
             steps, seconds, mean, low, high = mean_curve(runs)
-            for row, xs in enumerate((steps, seconds)):
+            axes_x = (steps, seconds, mean_flops(runs)) if with_flops else (steps, seconds)
+            for row, xs in enumerate(axes_x):
                 ax = axes[row][col]
                 ax.plot(xs, mean, marker="o", ms=3, color=colors[i % len(colors)], label=f"{model} ({len(runs)} seeds)")
                 if len(runs) > 1:
                     ax.fill_between(xs, low, high, color=colors[i % len(colors)], alpha=0.2, lw=0)
-        for row in range(2):
+        for row in range(rows):
             ax = axes[row][col]
             if floors and metric in floors:
                 ax.axhline(floors[metric], color="grey", ls="--", lw=1, label="held-out real digits")
             ax.set_ylabel((labels or {}).get(metric, metric))
-            ax.set_xlabel("training steps" if row == 0 else "training seconds")
+            ax.set_xlabel(names[row])
             ax.grid(alpha=0.3)
         axes[0][col].legend(fontsize=8)
     if title:

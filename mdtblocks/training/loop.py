@@ -34,7 +34,7 @@ from .parallel import enable_activation_checkpointing, wrap_model
 from .precision import AutocastForward
 from .progress import Meter, MetricsWriter, progress_bar
 from .randomness import step_generator, step_streams
-from .samples import save_samples
+from .samples import SampleScore, save_samples
 from .saving import resume, save
 from .signals import StopRequest
 
@@ -75,6 +75,7 @@ def train(
     out: str | os.PathLike,
     dist: Distributed,
     sampler: tuple[str, int] | None = None,
+    sample_score: SampleScore | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``dataset`` until ``cfg.steps``, resuming from the newest checkpoint in ``out``.
 
@@ -92,6 +93,8 @@ def train(
         dist: this process's place in the job (:func:`~mdtblocks.training.setup_distributed`).
         sampler: ``(name, steps)`` of the criterion's objective's sampler for the sample grids
             (e.g. ``("ddim", 50)``); ``None`` skips them.
+        sample_score: scores each sample grid's images and labels (e.g. a domain
+            classifier's class accuracy); its values go into ``metrics.jsonl`` with the step.
 
     Faults: a step with a non-finite loss or gradient is skipped exactly and counted
     (``bad_steps`` in ``metrics.jsonl``); ``cfg.max_bad_steps`` in a row raise
@@ -139,7 +142,7 @@ def train(
             cfg, step, ckpt_dir, stop, guard, model=model, denoiser=denoiser, ema=ema, criterion=criterion,
             optimizer=optimizer, batches=batches, autoencoder=autoencoder, dataset=dataset, dist=dist, out=out,
             model_config=model_config, sample_shape=sample_shape, rows=rows, micro=micro, accum=accum, meter=meter,
-            metrics=metrics, bar=bar, sampler=sampler,
+            metrics=metrics, bar=bar, sampler=sampler, sample_score=sample_score,
         )
     bar.close()
     dist.barrier()
@@ -173,6 +176,7 @@ def run_steps(
     metrics: MetricsWriter,
     bar: Any,
     sampler: tuple[str, int] | None,
+    sample_score: SampleScore | None = None,
 ) -> tuple[int, Path | None, int | None]:
     """The steps of :func:`train` from ``step`` to ``cfg.steps``; returns ``(step, last checkpoint, stopping signal)``."""
     device = dist.device
@@ -209,7 +213,11 @@ def run_steps(
                 guard.check(step, reset=False)  # never checkpoint past a run of bad steps that should have stopped
             ckpt_dir = save(out, step, model, model_config, ema, optimizer, batches, cfg, dist, guard.in_a_row_now())
             if sampler is not None and cfg.num_samples > 0 and stopped_by is None:
-                save_samples(out / "samples" / f"{step:07d}.png", ema, criterion.objective, sampler, autoencoder, cfg, dist)
+                images, labels = save_samples(
+                    out / "samples" / f"{step:07d}.png", ema, criterion.objective, sampler, autoencoder, cfg, dist
+                )
+                if sample_score is not None and dist.is_main:
+                    metrics.write({"step": step, **sample_score(images.float().cpu(), labels.cpu())})
         if stopped_by is not None:
             if dist.is_main:
                 log.warning("signal %d: checkpointed step %d to %s and stopping; rerun the command to resume",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..data import Autoencoder, PixelSpace, grid_scale, save_image_grid
 from ..objectives.base import Objective
@@ -15,7 +16,10 @@ from .config import TrainConfig
 from .distributed import Distributed
 from .randomness import step_generator
 
-__all__ = ["save_samples"]
+__all__ = ["save_samples", "SampleScore"]
+
+SampleScore = Callable[[Tensor, Tensor], dict[str, float]]
+"""``(images in [-1, 1], labels) -> {name: value}``: a score of a sample grid, logged with its step."""
 
 
 @torch.no_grad()
@@ -27,17 +31,21 @@ def save_samples(
     autoencoder: Autoencoder,
     cfg: TrainConfig,
     dist: Distributed,
-) -> None:
+) -> tuple[Tensor, Tensor]:
     """A grid of EMA samples with classes ``0, 1, 2, ...`` and fixed noise, so grids compare across checkpoints.
 
     ``sampler`` is ``(name, steps)`` of one of ``objective``'s samplers. With
     ``cfg.sample_cfg_scale != 1`` the samples use classifier-free guidance (a constant
     scale). Every rank samples (the EMA may be sharded); rank 0 writes the PNG.
+
+    Returns:
+        The decoded images and their labels.
     """
     conf = ema.config
     device = dist.device
     n = cfg.num_samples
-    labels = torch.arange(n, device=device) % conf.num_classes
+    classes = torch.arange(n, device=device) % conf.num_classes
+    labels = classes
     generator = step_generator(cfg.seed, "samples", 0)
     noise = torch.randn(n, conf.in_channels, conf.input_size, conf.input_size, generator=generator).to(device)
     scale = cfg.sample_cfg_scale if getattr(ema.y_embedder, "has_null", False) else 1.0
@@ -57,3 +65,4 @@ def save_samples(
         nrow = conf.num_classes if n % conf.num_classes == 0 else None
         # Small images are enlarged (nearest-neighbour) to tiles of at least 96 pixels, so a person can see them.
         save_image_grid(images.float().cpu(), path, nrow=nrow, scale=grid_scale(images.shape[-1]))
+    return images, classes

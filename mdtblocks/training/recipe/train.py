@@ -207,6 +207,14 @@ class TrainRecipe:
             id2label=class_names(data.dataset),
             criterion=criterion.to_record(),
         )
+        sample_score = None
+        # The built-in digits: a digit classifier scores grids that show every class at least once.
+        if cfg.latents is None and cfg.data is None and cfg.num_samples >= num_classes == 10 and dist.is_main:
+            from ...evaluation.sample_score import digits_scorer
+
+            sample_score = digits_scorer(side, channels)
+            log.info("sample grids are scored by a digit classifier (%.3f accuracy on 297 held-out real digits); "
+                     "sample_class_accuracy in metrics.jsonl", sample_score.held_out_accuracy)
         try:
             result = train(
                 train_config(cfg),
@@ -218,6 +226,7 @@ class TrainRecipe:
                 out=cfg.out,
                 dist=dist,
                 sampler=grid_sampler(criterion, cfg.sample_steps),
+                sample_score=sample_score,
             )
         except (NonFiniteSteps, CheckpointWriteError) as err:
             # Faults of the run itself, not bugs: one line, no traceback, a non-zero exit.

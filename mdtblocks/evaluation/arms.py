@@ -1,0 +1,166 @@
+"""The learning-speed study's arms: one row per way of training (backbone x objective x token rule x extra losses).
+
+An :class:`Arm` names the budget-matched backbone family, the changes to its config, and
+functions that build the criterion's parts for a built model. The study builds every arm
+through :class:`~mdtblocks.criterion.Criterion` directly, so adding a way of training is
+one :func:`register_arm` call::
+
+    register_arm(Arm(
+        "SiT-logit", "DiT", objective=lambda opts: FlowMatching(time_sampler="logit_normal"),
+        about="DiT + flow matching with logit-normal times",
+    ))
+
+An arm whose parts are not in the library yet carries ``unavailable``: it is listed, and
+picking it is refused with that message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ..criterion import Criterion
+from ..criterion.labels import LabelDropout
+from ..criterion.masked import rule_of_model
+from ..objectives.base import Objective
+from ..objectives.flow import FlowMatching
+from ..objectives.gaussian import GaussianObjective
+
+__all__ = ["ARMS", "NFE_SAMPLERS", "Arm", "arm", "build_arm_criterion", "register_arm", "sampler_at_nfe"]
+
+BACKBONES = ("DiT", "MDT", "MDTv2", "MaskDiT")
+
+
+def gaussian(options: Mapping[str, Any]) -> Objective:
+    """The study's Gaussian diffusion: linear schedule, 1000 steps, learned sigma, its min-SNR gamma."""
+    return GaussianObjective("linear", 1000, learn_sigma=True, snr_gamma=options.get("snr_gamma"))
+
+
+def flow(options: Mapping[str, Any]) -> Objective:
+    """SiT's flow matching: the linear path, velocity prediction, uniform times."""
+    return FlowMatching()
+
+
+def model_rule(model: nn.Module, options: Mapping[str, Any]) -> Any:
+    """The token rule the model's config implies (DiT: plain; MDT: its two passes, the study's masked draws)."""
+    return rule_of_model(model, options.get("masked_draws", "independent"))
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way of training, as a row of the study.
+
+    Attributes:
+        name: the arm's name (``--arms``).
+        backbone: the budget-matched family: ``"DiT"`` (one block more than MDT's encoder
+            and decoder, for its side-interpolater), ``"MDT"``, ``"MDTv2"`` or ``"MaskDiT"``.
+        objective: ``options -> Objective`` (options: the study's settings, e.g. ``snr_gamma``).
+        tokens: ``(model, options) -> TokenRule``; default: the rule of the model's config.
+        extra_losses: ``(model, options) -> extra losses`` of the criterion; default: none.
+        model_changes: config fields changed from the family's (``{"mask_ratio": None}``: no masked pass).
+        extra_forward_flops: ``(model, options) -> forward multiply-adds per image`` of the
+            extra losses' heads, for the FLOPs axis; default: none.
+        finetune_fraction: share of the steps spent in a final fine-tune (counted in the budget).
+        about: one line for the docs and ``--help``.
+        unavailable: why the arm cannot run in this version (``None``: it can).
+    """
+
+    name: str
+    backbone: str
+    objective: Callable[[Mapping[str, Any]], Objective] = gaussian
+    tokens: Callable[[nn.Module, Mapping[str, Any]], Any] = model_rule
+    extra_losses: Callable[[nn.Module, Mapping[str, Any]], Sequence[Any]] = lambda model, options: ()
+    model_changes: Mapping[str, Any] = field(default_factory=dict)
+    extra_forward_flops: Callable[[nn.Module, Mapping[str, Any]], float] = lambda model, options: 0.0
+    finetune_fraction: float = 0.0
+    about: str = ""
+    unavailable: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"arm {self.name!r}: backbone {self.backbone!r} is not one of {BACKBONES}")
+        if not 0.0 <= self.finetune_fraction < 1.0:
+            raise ValueError(f"arm {self.name!r}: finetune_fraction must lie in [0, 1), got {self.finetune_fraction}")
+
+
+ARMS: dict[str, Arm] = {}
+"""Every registered arm by name, in registration order."""
+
+
+def register_arm(new: Arm) -> Arm:
+    """Add ``new`` to :data:`ARMS` (a name already taken is refused)."""
+    if not isinstance(new, Arm):
+        raise TypeError(f"register_arm needs an Arm, got {type(new).__name__}")
+    if new.name in ARMS:
+        raise ValueError(f"an arm named {new.name!r} is already registered")
+    ARMS[new.name] = new
+    return new
+
+
+def arm(name: str) -> Arm:
+    """The registered arm ``name``; unknown and unavailable arms are refused with a message naming them."""
+    if name not in ARMS:
+        raise ValueError(f"unknown arm {name!r}; expected one of {tuple(ARMS)}")
+    found = ARMS[name]
+    if found.unavailable:
+        raise ValueError(f"arm {name!r} is not available yet: {found.unavailable}")
+    return found
+
+
+def build_arm_criterion(row: Arm, model: nn.Module, options: Mapping[str, Any]) -> Criterion:
+    """The arm's :class:`~mdtblocks.criterion.Criterion` for a built ``model`` (label dropout: the model's)."""
+    return Criterion(
+        row.objective(options), row.tokens(model, options), LabelDropout.of_model(model),
+        tuple(row.extra_losses(model, options)),
+    )
+
+
+NFE_SAMPLERS: dict[str, tuple[str, Callable[[int], int]]] = {
+    "gaussian": ("ddim", lambda nfe: nfe),
+    "flow": ("euler", lambda nfe: nfe),
+    "edm": ("heun", lambda nfe: max(1, (nfe + 1) // 2)),
+}
+"""Objective kind -> (sampler, network evaluations per image -> its ``num_steps``)."""
+
+
+def sampler_at_nfe(objective: Objective, nfe: int, gaussian_sampler: str = "ddim") -> tuple[str, int]:
+    """The sampler and step count that draw an image with ``nfe`` network evaluations (guidance aside).
+
+    Gaussian objectives use ``gaussian_sampler`` (DDIM, DDPM and DPM-Solver++ all evaluate
+    once per step); flow matching Euler; EDM Heun (two evaluations per step but the last).
+    """
+    kind = getattr(objective, "kind", None)
+    if kind not in NFE_SAMPLERS:
+        raise ValueError(f"no fixed-evaluation sampler for objective kind {kind!r}; expected one of {tuple(NFE_SAMPLERS)}")
+    name, steps = NFE_SAMPLERS[kind]
+    return (gaussian_sampler if kind == "gaussian" else name), steps(nfe)
+
+
+_PENDING_ROUTE = "needs a token rule for TREAD routing in the criterion (mdtblocks.tokens), which is not in this version"
+_PENDING_MASKDIT = (
+    "needs a token rule for MaskDiT's token dropping and its unmask fine-tune in the criterion, not in this version"
+)
+_PENDING_ALIGN = "needs the alignment losses as criterion extra losses (ExtraLoss), not in this version"
+
+for _row in (
+    Arm("DiT", "DiT", about="DiT under the Gaussian diffusion (the baseline)"),
+    Arm("MDTv2", "MDTv2", about="MDTv2 (mask ratio 0.3 + U(0, 0.2)) under the Gaussian diffusion"),
+    Arm("MDTv2-nomask", "MDTv2", model_changes={"mask_ratio": None},
+        about="the MDTv2 network without its masked pass: masking's own effect"),
+    Arm("MDT", "MDT", about="MDT v1 (fixed mask ratio 0.3) under the Gaussian diffusion"),
+    Arm("SiT", "DiT", objective=flow, about="DiT + flow matching (SiT: linear path, velocity, Euler)"),
+    Arm("MDTv2-flow", "MDTv2", objective=flow, about="MDTv2 + flow matching"),
+    Arm("SiT-TREAD", "DiT", objective=flow, about="DiT + flow + TREAD token routing", unavailable=_PENDING_ROUTE),
+    Arm("MaskDiT", "MaskDiT", about="MaskDiT + EDM, with its unmask fine-tune in the budget",
+        finetune_fraction=0.1, unavailable=_PENDING_MASKDIT),
+    Arm("SiT-REPA", "DiT", objective=flow, about="DiT + flow + REPA (offline Inception encoder)",
+        unavailable=_PENDING_ALIGN),
+    Arm("MDTv2-flow-REPA", "MDTv2", objective=flow, about="MDTv2 + flow + REPA (offline Inception encoder)",
+        unavailable=_PENDING_ALIGN),
+    Arm("SiT-dispersive", "DiT", objective=flow, about="DiT + flow + the dispersive loss (weight-free alignment)",
+        unavailable=_PENDING_ALIGN),
+):
+    register_arm(_row)
