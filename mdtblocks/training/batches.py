@@ -87,9 +87,9 @@ class BatchStream:
         """
         if self._iterator is None:
             self._iterator = self._loader()
-        x, y = next(self._iterator)
+        x, y, *rest = next(self._iterator)  # a third item: stored alignment features (a cache made with them)
         self.consumed += 1
-        return x, torch.as_tensor(y, dtype=torch.long)
+        return (x, torch.as_tensor(y, dtype=torch.long), *rest)  # type: ignore[return-value]
 
     def state_dict(self) -> dict:
         """The sampler state at the consumed position (JSON-serialisable)."""

@@ -107,6 +107,19 @@ class RecipeConfig:
     num_samples: int = flag(16, "images in each checkpoint's sample grid")
     sample_steps: int = flag(50, "DDIM steps for the sample grids")
     sample_cfg_scale: float = flag(4.0, "classifier-free guidance scale of the sample grids (1: none)")
+    # Representation alignment (an extra loss of the criterion; mdtblocks.training.recipe.align).
+    align: Literal["none", "repa", "dispersive"] = flag(
+        "none", "alignment loss on one block's tokens: REPA (needs --align-encoder) or the weight-free Dispersive loss"
+    )
+    align_encoder: str | None = flag(
+        None, "REPA's frozen encoder: a local DINOv2 folder, or 'inception' (the FID InceptionV3, offline)", metavar="DIR"
+    )
+    align_depth: int | None = flag(None, "block whose output is aligned (1-based); none: 2/7 of the depth (8 of 28)")
+    align_coeff: float | None = flag(None, "coefficient of the alignment loss; none: 0.5 (REPA), 0.25 (Dispersive)")
+    align_pass: Literal["plain", "masked", "both"] = flag(
+        "plain", "which MDT pass is aligned: the plain pass (all tokens), the masked one (kept tokens), or both"
+    )
+    align_projector_dim: int = flag(2048, "hidden width of REPA's 3-layer projector")
 
     @property
     def builtin(self) -> bool:

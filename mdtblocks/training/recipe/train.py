@@ -34,6 +34,7 @@ from ..signals import EXIT_CODES
 from ...io import read_json
 from .checks import config_problems, model_problems, path_problems
 from .cli import RecipeConfig, build_parser, choose_config, parse_flags, presets_of
+from .align import build_alignment
 from .data import load_run_data
 from .run import announce_builtin, model_overrides, setup_logging, train_config, write_run_config
 
@@ -183,6 +184,12 @@ class TrainRecipe:
             cfg.model, input_size=side, in_channels=channels, num_classes=num_classes, learn_sigma=True, **overrides
         )
         criterion = build_criterion(model, snr_gamma=cfg.snr_gamma, masked_draws=cfg.masked_draws)
+        try:  # --align: an extra loss of the criterion (REPA's projector joins the model's trained weights)
+            alignment, dataset = build_alignment(cfg, model, data.dataset)
+        except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+            parser.error(str(err))
+        if alignment is not None:
+            criterion = dataclasses.replace(criterion, extra_losses=(alignment,))
         write_run_config(
             cfg.out, cfg, dist, vae=data.vae, image_size=data.image_size, num_classes=num_classes,
             model_preset=cfg.model, model_overrides=overrides, model_config=model.config.to_dict(),
@@ -195,7 +202,7 @@ class TrainRecipe:
                 train_config(cfg),
                 model=model,
                 criterion=criterion,
-                dataset=data.dataset,
+                dataset=dataset,
                 autoencoder=data.autoencoder,
                 make_optimizer=lambda params: build_optimizer(cfg, params),
                 out=cfg.out,
