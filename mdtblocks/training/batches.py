@@ -7,7 +7,6 @@ import signal
 from collections.abc import Iterator
 
 import torch
-from jaxtyping import Int, Shaped
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -78,8 +77,8 @@ class BatchStream:
         )
         return iter(loader)
 
-    def next(self) -> tuple[Shaped[Tensor, "b *item"], Int[Tensor, "b"]]:
-        """The next batch ``(x, y)`` of this rank.
+    def next(self) -> tuple[Tensor, ...]:
+        """The next batch ``(x, y)`` (or ``(x, y, features)``) of this rank.
 
         Returns:
             ``x``, ``(b, *item)`` collated dataset items (e.g. ``(b, c, hh, ww)`` images or
