@@ -209,3 +209,19 @@ def test_bad_alignment_flags_exit_2(cache: Path, dino: Path, tmp_path: Path, cap
         )
     assert exit_info.value.code == 2
     assert "needs a masked pass" in capsys.readouterr().err
+
+
+def test_the_repa_recipe_trains_sit_with_the_flow_and_repa(dino: Path, tmp_path: Path) -> None:
+    recipe = load_recipe("repa_imagenet256")
+    assert recipe.PAPER["model"] == "SiT-XL/2" and recipe.PAPER["align_depth"] == 8 and recipe.PAPER["align_coeff"] == 0.5
+    assert recipe.SAMPLING == {"sampler": "sde_euler", "steps": 250, "cfg_scale": 1.8, "guidance_interval": (0.3, 1.0)}
+    flags = with_flag(dit_flags(TINY), "--model", "SiT-S/2")
+    recipe.main(flags + ["--out", str(tmp_path), "--steps", "2", "--num-samples", "0", "--align-encoder", str(dino),
+                         "--align-depth", "2", "--align-projector-dim", "16"])
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["criterion"]["objective"]["kind"] == "flow"
+    assert config["criterion"]["extra_losses"][0]["kind"] == "repa"
+    assert all("loss_repa" in json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines())
+    from mdtblocks.training.recipe import train as recipe_train
+
+    assert "SiT" not in recipe_train._MODEL_CLASSES  # the shared recipe is left as it was
