@@ -27,12 +27,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from training_utils import load_recipe  # noqa: E402
+from training_utils import load_recipe
 
-from mdtblocks import MaskedDiffusionTransformer  # noqa: E402
-from mdtblocks.data import DigitsDataset  # noqa: E402
-from mdtblocks.objectives import GaussianObjective  # noqa: E402
-from mdtblocks.training import latest_checkpoint  # noqa: E402
+from mdtblocks import MaskedDiffusionTransformer
+from mdtblocks.data import DigitsDataset
+from mdtblocks.objectives import GaussianObjective
+from mdtblocks.training import latest_checkpoint
 
 TIMES = (100, 300, 500, 700, 900)
 

@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import Tensor
 from helpers import tiny_dit, tiny_mdt
-from training_utils import TINY, load_recipe, max_abs_diff, save_tiny_vae, weights, with_flag
+from torch import Tensor
+from training_utils import (
+    TINY,
+    load_recipe,
+    max_abs_diff,
+    save_tiny_vae,
+    weights,
+    with_flag,
+)
 from training_utils import run_tiny as run
 
 from mdtblocks import MaskedDiffusionTransformer
