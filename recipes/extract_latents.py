@@ -7,7 +7,8 @@ Usage::
 
     torchrun --nproc-per-node 8 recipes/extract_latents.py --data /data/imagenet/train --out latents/in256
 
-then train with ``--latents latents/in256``. Under torchrun each process encodes a
+then train with ``--latents latents/in256``. With ``--align-encoder DIR|inception`` the
+encoder's features of both flips are stored too, for ``--align repa`` training. Under torchrun each process encodes a
 contiguous part of the (sorted) files; batch ``k`` of rank ``r`` draws its posterior
 noise from ``(--seed, r, k)``. Rank 0 writes ``meta.json`` when all are done. A killed
 extraction resumes: rerun the same command and it continues after the last complete
@@ -48,6 +49,10 @@ class ExtractConfig:
     device: Literal["auto", "cpu", "cuda"] = flag("auto", "encoding device")
     num_workers: int = flag(default_num_workers(), "image-decoding worker processes (by default the cores available to it)")
     shard_size: int = flag(4096, "images per shard file")
+    align_encoder: str | None = flag(
+        None, "also store this alignment encoder's features of both flips (REPA's targets): a local DINOv2 folder, "
+        "or 'inception'", metavar="DIR"
+    )
 
     def __post_init__(self) -> None:
         if not self.out:
@@ -101,6 +106,11 @@ def extract(cfg: ExtractConfig, dist: Distributed) -> dict[str, Any]:
         warning = upsampling_warning(native, cfg.image_size, autoencoder.downsample)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
+    align = None
+    if cfg.align_encoder is not None:  # the features training with --align repa reads instead of running the encoder
+        from mdtblocks.training.recipe.align import load_align_encoder
+
+        align = load_align_encoder(cfg.align_encoder).to(dist.device)
     start = time.perf_counter()
     meta = encode_dataset(
         dataset,
@@ -113,6 +123,7 @@ def extract(cfg: ExtractConfig, dist: Distributed) -> dict[str, Any]:
         shard_size=cfg.shard_size,
         rank=dist.rank,
         world_size=dist.world_size,
+        align_encoder=align,
         extra_meta={"image_size": cfg.image_size, "data": cfg.data, "layout": layout, "seed": cfg.seed,
                     "world_size": dist.world_size},
     )

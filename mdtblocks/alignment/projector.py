@@ -13,7 +13,9 @@ class Projector(nn.Module):
 
     REPA's head is ``Linear(d, 2048) SiLU Linear(2048, 2048) SiLU Linear(2048, d_enc)``
     (the defaults). Its parameters train with the backbone and belong to the training
-    checkpoint; they are not part of the backbone, so exported pipelines never carry them.
+    checkpoint (in training it sits in the backbone as ``alignment_head``, see
+    :class:`~mdtblocks.alignment.AlignmentLoss`); it is not part of the model's config, so
+    ``save_pretrained``, ``from_pretrained`` and exported pipelines leave it out.
 
     Args:
         in_dim: backbone width ``d``.

@@ -29,8 +29,9 @@ class RepaLoss(nn.Module):
 
     ``h`` are the tokens a :class:`~mdtblocks.alignment.FeatureTap` recorded, ``z`` the
     frozen encoder's patch features of the clean image on the same token grid. The
-    module owns the projector, so its parameters train with the model and are saved
-    with the criterion in the training checkpoint; the backbone never holds them.
+    module owns the projector; :class:`~mdtblocks.alignment.AlignmentLoss` attaches it to
+    the backbone as ``alignment_head`` for training (optimizer, EMA, checkpoint), and
+    exported weights leave it out.
 
     Args:
         hidden_size: backbone width ``d``.

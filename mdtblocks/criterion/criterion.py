@@ -8,6 +8,7 @@ then calls the criterion on each micro batch with that batch's rows, and logs
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -43,9 +44,19 @@ class ExtraLoss(Protocol):
     weight: float
 
     def __call__(
-        self, net: Callable[..., Tensor], x_start: Image, y: Labels, draws: StepRandomness, terms: Mapping[str, Tensor]
+        self,
+        net: Callable[..., Tensor],
+        x_start: Image,
+        y: Labels,
+        draws: StepRandomness,
+        terms: Mapping[str, Tensor],
+        targets: Tensor | None = None,
     ) -> Float[Tensor, "b"]:
-        """The per-sample term, given the step's draws and the passes' terms so far."""
+        """The per-sample term, given the step's draws, the passes' terms so far and the batch's ``targets``.
+
+        An extra loss may also have ``watch(token_pass)``, a context manager the criterion
+        enters around each pass (to record what the backbone computes in that pass).
+        """
         ...
 
     def to_record(self) -> dict[str, Any]:
@@ -77,7 +88,7 @@ class Criterion:
         tokens: the token rule (DiT: :class:`~mdtblocks.tokens.PlainRule`; MDT:
             :class:`~mdtblocks.tokens.MaskedTwoPassRule`).
         label_dropout: the classifier-free-guidance label dropout.
-        extra_losses: further per-sample terms added to the loss (none today).
+        extra_losses: further per-sample terms added to the loss (e.g. :class:`~mdtblocks.alignment.AlignmentLoss`).
     """
 
     objective: Objective
@@ -192,6 +203,7 @@ class Criterion:
         y: Labels,
         draws: StepRandomness,
         model_kwargs: Mapping[str, Any] | None = None,
+        targets: Tensor | None = None,
     ) -> dict[str, Shaped[Tensor, "b"]]:
         """Per-sample loss terms of one (micro) batch.
 
@@ -201,6 +213,8 @@ class Criterion:
             y: class labels, before dropout.
             draws: the step's draws for these samples.
             model_kwargs: extra model arguments for every pass.
+            targets: per-sample data the extra losses need (REPA: the encoder's features
+                of the clean images on the token grid), or ``None``.
 
         Returns:
             ``(b,)`` tensors: ``"loss"`` (to average and backpropagate); the primary pass's
@@ -226,10 +240,15 @@ class Criterion:
             if p.name in draws.routes:
                 kwargs["route"] = draws.routes[p.name]
             rule_losses = getattr(self.tokens, "losses", None)
-            if rule_losses is not None:  # a rule with its own reduction of the objective's pass (MaskDiT's)
-                terms = rule_losses(self.objective, net, x_start, draws.t, noise, kwargs, draws.mask)
-            else:
-                terms = self.objective.losses(net, x_start, draws.t, noise, kwargs)
+            with contextlib.ExitStack() as watching:  # extra losses that look inside a pass (alignment taps)
+                for extra in self.extra_losses:
+                    watch = getattr(extra, "watch", None)
+                    if watch is not None:
+                        watching.enter_context(watch(p))
+                if rule_losses is not None:  # a rule with its own reduction of the objective's pass (MaskDiT's)
+                    terms = rule_losses(self.objective, net, x_start, draws.t, noise, kwargs, draws.mask)
+                else:
+                    terms = self.objective.losses(net, x_start, draws.t, noise, kwargs)
             for name, value in terms.items():
                 if name == "loss":
                     out[f"loss_{p.name}"] = value
@@ -241,11 +260,26 @@ class Criterion:
             loss = weighted if loss is None else loss + weighted
         assert loss is not None, "a token rule makes at least one pass"
         for extra in self.extra_losses:
-            value = extra(net, x_start, y, draws, out)
+            value = extra(net, x_start, y, draws, out, targets)
             out[f"loss_{extra.name}"] = value
             loss = loss + extra.weight * value
         out["loss"] = loss
         return out
+
+    def batch_targets(self, images: Tensor, stored: Tensor | None = None) -> Tensor | None:
+        """What the extra losses need from the clean batch (``targets`` of :meth:`__call__`), or ``None``.
+
+        Asked once per step by the loop, before the images are encoded: an extra loss with
+        ``targets(images, stored)`` gets the batch's stored features (a latent cache's), or
+        runs its frozen encoder on ``images``. Without such a loss nothing runs.
+        """
+        for extra in self.extra_losses:
+            make = getattr(extra, "targets", None)
+            if callable(make):
+                found = make(images, stored)
+                if found is not None:
+                    return found
+        return None
 
     def logged(self, terms: Mapping[str, Tensor]) -> tuple[str, ...]:
         """The terms the loop logs: ``"loss"``, and every ``loss_*`` term when there are several."""

@@ -34,6 +34,8 @@ def criterion_from_record(record: Mapping[str, Any]) -> Criterion:
     """Rebuild a :class:`Criterion` from :meth:`Criterion.to_record`'s output."""
     if not isinstance(record, Mapping) or "objective" not in record:
         raise ValueError(f"a criterion record is a mapping with an 'objective' entry, got {record!r}")
+    if record.get("extra_losses"):
+        from .. import alignment  # noqa: F401  (registers the alignment losses' kinds)
     extras = [EXTRA_LOSSES.build(extra) for extra in record.get("extra_losses", [])]
     dropout = record.get("label_dropout", {"prob": 0.1})
     return Criterion(

@@ -25,6 +25,7 @@ M = TypeVar("M", bound="DiffusionBackbone")
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+ALIGN_PREFIX = "alignment_head."  # mdtblocks.alignment.ALIGN_MODULE: a training-only head, never exported
 
 
 class DiffusionBackbone(ModelMixin):
@@ -155,7 +156,7 @@ class DiffusionBackbone(ModelMixin):
         _refuse_set(unused, "save_pretrained")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith(ALIGN_PREFIX)}
         weights = _variant_name(WEIGHTS_NAME, variant)
         write_weights(directory, state, weights, DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else max_shard_size)
         write_json(directory / CONFIG_NAME, {"class": type(self).__name__, **self.config.to_dict()})
@@ -201,6 +202,8 @@ class DiffusionBackbone(ModelMixin):
         data.update(overrides)
         model = cls(config_from_dict(cls.config_class, data))
         state = read_weights(directory, _variant_name(weights_name, variant))  # one file or an index of shards
+        # A training checkpoint of an aligned run holds the alignment head (REPA's projector): not part of the model.
+        state = {k: v for k, v in state.items() if not k.startswith(ALIGN_PREFIX)}
         model.load_state_dict(state, strict=True)
         if torch_dtype is not None:
             model.to(torch_dtype)

@@ -7,7 +7,6 @@ import signal
 from collections.abc import Iterator
 
 import torch
-from jaxtyping import Int, Shaped
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -78,8 +77,8 @@ class BatchStream:
         )
         return iter(loader)
 
-    def next(self) -> tuple[Shaped[Tensor, "b *item"], Int[Tensor, "b"]]:
-        """The next batch ``(x, y)`` of this rank.
+    def next(self) -> tuple[Tensor, ...]:
+        """The next batch ``(x, y)`` (or ``(x, y, features)``) of this rank.
 
         Returns:
             ``x``, ``(b, *item)`` collated dataset items (e.g. ``(b, c, hh, ww)`` images or
@@ -87,9 +86,9 @@ class BatchStream:
         """
         if self._iterator is None:
             self._iterator = self._loader()
-        x, y = next(self._iterator)
+        x, y, *rest = next(self._iterator)  # a third item: stored alignment features (a cache made with them)
         self.consumed += 1
-        return x, torch.as_tensor(y, dtype=torch.long)
+        return (x, torch.as_tensor(y, dtype=torch.long), *rest)  # type: ignore[return-value]
 
     def state_dict(self) -> dict:
         """The sampler state at the consumed position (JSON-serialisable)."""

@@ -182,8 +182,9 @@ def run_steps(
     device = dist.device
     skipped: int | None = None
     while step < cfg.steps:
-        x, y = batches.next()
+        x, y, *stored = batches.next()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        targets = criterion.batch_targets(x, stored[0] if stored else None) if getattr(criterion, "extra_losses", ()) else None
         randomness = criterion.draw_step(
             model, streams=step_streams(cfg.seed, step), global_batch=cfg.global_batch_size,
             sample_shape=sample_shape, device=device,
@@ -192,6 +193,7 @@ def run_steps(
         losses, grad_norm = optimizer_step(
             denoiser, model, ema, criterion, optimizer, latents, y, randomness,
             micro=micro, accum=accum, grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay, guard=guard, step=step + 1,
+            targets=targets,
         )
         step += 1
         meter.add(**losses, grad_norm=grad_norm)
@@ -280,6 +282,7 @@ def accumulate_gradients(
     randomness: StepRandomness,
     micro: int,
     accum: int,
+    targets: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Forward and backward ``accum`` micro batches; returns this rank's mean loss terms (on device).
 
@@ -297,7 +300,10 @@ def accumulate_gradients(
         if rows.mask is not None:
             mark_kept_dynamic(rows.mask)  # one compiled graph for every kept-token count
         with contextlib.nullcontext() if sync else denoiser.no_sync():
-            terms = criterion(denoiser, latents[part], y[part], rows)
+            if targets is None:
+                terms = criterion(denoiser, latents[part], y[part], rows)
+            else:  # the extra losses' per-sample targets (REPA's encoder features)
+                terms = criterion(denoiser, latents[part], y[part], rows, targets=targets[part])
             loss = terms["loss"].mean() / accum
             loss.backward()
         for name in criterion.logged(terms):
@@ -322,6 +328,7 @@ def optimizer_step(
     ema_decay: float,
     guard: NonFiniteGuard | None = None,
     step: int = 0,
+    targets: Tensor | None = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """One optimizer step, in the order of the official trainers: gradients, clip, update, EMA.
 
@@ -343,11 +350,13 @@ def optimizer_step(
         guard: skips the update (exactly) when the loss or gradient is not finite and counts
             it; ``None`` updates unconditionally.
         step: the number of this step (1-based), for the guard's warning.
+        targets: per-sample targets of the extra losses (:meth:`Criterion.batch_targets
+            <mdtblocks.criterion.Criterion.batch_targets>`), split with the micro batches; ``None``: none.
 
     Returns:
         ``(losses, grad_norm)``: the mean loss terms and the gradient norm before clipping, on device.
     """
-    losses = accumulate_gradients(denoiser, criterion, latents, y, randomness, micro, accum)
+    losses = accumulate_gradients(denoiser, criterion, latents, y, randomness, micro, accum, targets)
     grad_norm = clip_gradients(model, grad_clip)
     averages = [(ema, ema_decay)] if isinstance(ema, nn.Module) else list(ema)
 

@@ -84,6 +84,9 @@ def ranges() -> list[Check]:
         ("num_samples", lambda v: v >= 0, "a non-negative integer"),
         ("sample_steps", positive, "a positive integer"),
         ("sample_cfg_scale", lambda v: math.isfinite(v) and v >= 1.0, "at least 1 (1: no guidance)"),
+        ("align_depth", positive_or_none, "a positive integer or none"),
+        ("align_coeff", lambda v: v is None or (math.isfinite(v) and v >= 0), "a non-negative number or none"),
+        ("align_projector_dim", positive, "a positive integer"),
         ("adan_betas", lambda v: len(v) == 3 and all(0.0 <= b < 1.0 for b in v), "three numbers in [0, 1)"),
     ]
 
@@ -106,6 +109,12 @@ def config_problems(cfg: RecipeConfig, world_size: int | None = None) -> list[st
             f"--mask-ratio {cfg.mask_ratio} + --mask-ratio-range {cfg.mask_ratio_range} reaches 1 (every token masked); "
             "their sum must stay below 1"
         )
+    if cfg.align == "repa" and cfg.align_encoder is None:
+        problems.append("--align repa needs --align-encoder (a local DINOv2 folder, or 'inception')")
+    if cfg.align != "repa" and cfg.align_encoder is not None:
+        problems.append(f"--align-encoder {cfg.align_encoder} applies to --align repa only (got --align {cfg.align})")
+    if cfg.align == "none" and any(getattr(cfg, n) is not None for n in ("align_depth", "align_coeff")):
+        problems.append("--align-depth and --align-coeff apply only with --align repa or --align dispersive")
     if cfg.compile and cfg.compile_blocks:
         problems.append("--compile (the whole model) and --compile-blocks (each block) exclude each other; give one")
     if not problems and cfg.global_batch_size % world_size:

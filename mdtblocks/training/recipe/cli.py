@@ -139,6 +139,19 @@ class RecipeConfig:
     flow_cosine_weight: float = flag(0.0, "weight of the velocity cosine-similarity term; 0: off (--objective flow)")
     flow_train_eps: float | None = flag(None, "shortening of the training time interval; none: SiT's (--objective flow)")
     flow_sample_eps: float | None = flag(None, "shortening of the sampling time interval; none: SiT's (--objective flow)")
+    # Representation alignment (an extra loss of the criterion; mdtblocks.training.recipe.align).
+    align: Literal["none", "repa", "dispersive"] = flag(
+        "none", "alignment loss on one block's tokens: REPA (needs --align-encoder) or the weight-free Dispersive loss"
+    )
+    align_encoder: str | None = flag(
+        None, "REPA's frozen encoder: a local DINOv2 folder, or 'inception' (the FID InceptionV3, offline)", metavar="DIR"
+    )
+    align_depth: int | None = flag(None, "block whose output is aligned (1-based); none: 2/7 of the depth (8 of 28)")
+    align_coeff: float | None = flag(None, "coefficient of the alignment loss; none: 0.5 (REPA), 0.25 (Dispersive)")
+    align_pass: Literal["plain", "masked", "both"] = flag(
+        "plain", "which MDT pass is aligned: the plain pass (all tokens), the masked one (kept tokens), or both"
+    )
+    align_projector_dim: int = flag(2048, "hidden width of REPA's 3-layer projector")
 
     @property
     def builtin(self) -> bool:

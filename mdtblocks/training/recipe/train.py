@@ -37,6 +37,7 @@ from ...io import read_json
 from .axes import axes_problems, grid_sampler, learns_sigma, load_init_weights, recipe_criterion
 from .checks import config_problems, model_problems, path_problems
 from .cli import RecipeConfig, build_parser, choose_config, parse_flags, presets_of
+from .align import build_alignment
 from .data import load_run_data
 from .objective import for_objective, objective_problems
 from .run import announce_builtin, model_overrides, setup_logging, train_config, write_run_config
@@ -198,8 +199,12 @@ class TrainRecipe:
             criterion = recipe_criterion(cfg, model)
             if cfg.init_from is not None and latest_checkpoint(cfg.out) is None:
                 log.info("initial weights: %s", load_init_weights(model, cfg.init_from))
-        except (ValueError, FileNotFoundError) as err:
+            # --align: an extra loss of the criterion (REPA's projector joins the model's trained weights)
+            alignment, dataset = build_alignment(cfg, model, data.dataset)
+        except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
             parser.error(str(err))
+        if alignment is not None:
+            criterion = dataclasses.replace(criterion, extra_losses=(alignment,))
         write_run_config(
             cfg.out, cfg, dist, vae=data.vae, image_size=data.image_size, num_classes=num_classes,
             model_preset=cfg.model, model_overrides=overrides, model_config=model.config.to_dict(),
@@ -220,7 +225,7 @@ class TrainRecipe:
                 train_config(cfg),
                 model=model,
                 criterion=criterion,
-                dataset=data.dataset,
+                dataset=dataset,
                 autoencoder=data.autoencoder,
                 make_optimizer=lambda params: build_optimizer(cfg, params),
                 out=cfg.out,
