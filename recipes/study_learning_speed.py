@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import torch
 
-from mdtblocks import DiT, MaskedDiffusionTransformer, load_pretrained
+from mdtblocks import DiT, MaskDiT, MaskedDiffusionTransformer, load_pretrained
 from mdtblocks.criterion import read_criterion
 from mdtblocks.data import MNIST5kDataset, PixelSpace, save_image_grid
 from mdtblocks.evaluation import (
@@ -194,6 +194,11 @@ def model_fields(cfg: StudyConfig, name: str) -> tuple[type, dict[str, Any]]:
     )
     if row.backbone == "DiT":  # MDT's side-interpolater is one more block: DiT gets it too
         return DiT, {**preset("DiT-S/2", "DiT"), **common, "depth": cfg.depth + 1, **row.model_changes}
+    if row.backbone == "MaskDiT":  # its encoder has depth blocks; its decoder the study's width and heads
+        fields = {**preset("MaskDiT-S/2", "MaskDiT"), **common, "learn_sigma": False}
+        fields.update(depth=cfg.depth, decoder_hidden_size=cfg.hidden_size, decoder_num_heads=cfg.num_heads,
+                      **row.model_changes)
+        return MaskDiT, fields
     if row.backbone not in ("MDT", "MDTv2"):
         raise ValueError(f"arm {name!r}: the study has no budget-matched {row.backbone} backbone yet")
     fields = {**preset(f"{row.backbone}-S/2", "MaskedDiffusionTransformer"), **common}
@@ -467,6 +472,11 @@ def write_summary(cfg: StudyConfig, results: dict[str, Any], curves: dict[str, d
         "- Every arm shares one optimizer, learning rate and EMA; each might do better with its own. Objectives "
         "differ in their samplers too: the same number of network evaluations is not the same sampler quality.",
     ]
+    if "MaskDiT" in cfg.arms and ARMS["MaskDiT"].finetune_fraction == 0:
+        lines.append(
+            "- MaskDiT is pre-training only: its unmasked fine-tune (the last steps at mask ratio 0) is not in the "
+            "study's loop, so its curves show the dropping stage alone, sampled without the fine-tune's repair."
+        )
     if pending:
         lines.append("- Arms not in this run because their parts are not in this version: " + "; ".join(pending) + ".")
     atomic_write(path, lambda p: p.write_text("\n".join(lines) + "\n"))

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from mdtblocks import DiT, MaskedDiffusionTransformer
+from mdtblocks import DiT, MaskDiT, MaskedDiffusionTransformer
 from mdtblocks.evaluation import ARMS, Arm, Curve, build_arm_criterion, reach_table, register_arm, sampler_at_nfe
 from mdtblocks.evaluation.arms import arm
 from mdtblocks.evaluation.step_flops import BACKWARD_FACTOR, step_flops
 from mdtblocks.models.flops import forward_flops
 from mdtblocks.objectives import EDMObjective, GaussianObjective
 from mdtblocks.objectives.flow import FlowMatching
-from mdtblocks.tokens import MaskedTwoPassRule, PlainRule
+from mdtblocks.masking import Route
+from mdtblocks.tokens import MaskDiTDropRule, MaskedTwoPassRule, PlainRule, RoutedRule
 
 SMALL = {"input_size": 8, "in_channels": 1, "num_classes": 10, "hidden_size": 32, "num_heads": 2, "patch_size": 2}
 
 
 def _model(backbone: str, **changes):
     if backbone == "DiT":
-        return DiT.from_preset("DiT-S/2", depth=3, learn_sigma=True, **{**SMALL, **changes})
+        return DiT.from_preset("DiT-S/2", depth=7, learn_sigma=True, **{**SMALL, **changes})
+    if backbone == "MaskDiT":
+        fields = {**SMALL, "depth": 6, "decoder_hidden_size": 32, "decoder_num_heads": 2, **changes}
+        return MaskDiT.from_preset("MaskDiT-S/2", **fields)
     return MaskedDiffusionTransformer.from_preset(f"{backbone}-S/2", depth=2, decode_layer=1, learn_sigma=True,
                                                    **{**SMALL, **changes})
 
@@ -28,11 +33,43 @@ def test_every_available_arm_builds_its_criterion(name: str) -> None:
     row = arm(name)
     model = _model(row.backbone, **row.model_changes)
     criterion = build_arm_criterion(row, model, {"snr_gamma": 5.0, "masked_draws": "independent"})
-    expected_objective = FlowMatching if "SiT" in name or "flow" in name else GaussianObjective
+    expected_objective = (
+        EDMObjective if row.backbone == "MaskDiT" else FlowMatching if "SiT" in name or "flow" in name else GaussianObjective
+    )
     assert isinstance(criterion.objective, expected_objective)
+    tokens = criterion.tokens
+    if "TREAD" in name:  # routing wraps the model's own rule
+        assert isinstance(tokens, RoutedRule) and tokens.route.ratio == 0.5
+        tokens = tokens.rule
     masked = row.backbone in ("MDT", "MDTv2") and name != "MDTv2-nomask"
-    assert isinstance(criterion.tokens, MaskedTwoPassRule if masked else PlainRule)
+    expected_rule = MaskDiTDropRule if row.backbone == "MaskDiT" else MaskedTwoPassRule if masked else PlainRule
+    assert isinstance(tokens, expected_rule)
     assert criterion.extra_losses == ()
+
+
+@pytest.mark.parametrize("name", ["SiT-TREAD", "MaskDiT"])
+def test_routing_and_dropping_arms_train_and_count_their_flops(name: str) -> None:
+    row = arm(name)
+    model = _model(row.backbone, **row.model_changes)
+    criterion = build_arm_criterion(row, model, {})
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(4)
+    for step in range(2):  # two steps: the loss is finite and reaches every trained weight
+        draws = criterion.draw(model, x, torch.Generator().manual_seed(step))
+        loss = criterion(model, x, y, draws)["loss"].mean()
+        assert torch.isfinite(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    n, flops = model.num_tokens, step_flops(model, criterion.tokens)
+    if name == "SiT-TREAD":  # DiT's 7 blocks: half the tokens skip blocks 2 and 3 (the default span)
+        assert draws.routes and criterion.tokens.route == Route(2, 4, 0.5)
+        assert flops == BACKWARD_FACTOR * forward_flops(model, None, Route(2, 4, 0.5))
+        assert flops < step_flops(model, PlainRule())
+    else:  # the encoder sees the kept half; fewer FLOPs than the full pass
+        assert draws.mask is not None and draws.mask.ids_keep.shape[1] == n // 2
+        assert flops == BACKWARD_FACTOR * forward_flops(model, n // 2)
+        assert flops < step_flops(model, MaskDiTDropRule(0.0))
 
 
 def test_pending_arms_are_listed_and_refused_with_their_reason() -> None:
@@ -68,6 +105,9 @@ def test_step_flops_counts_every_pass_forward_and_backward() -> None:
     high = BACKWARD_FACTOR * (forward_flops(mdt) + forward_flops(mdt, int(n * 0.7)))
     assert low < ranged < high
     assert step_flops(mdt, PlainRule()) == BACKWARD_FACTOR * forward_flops(mdt)
+    span = Route(1, 2, 0.5)  # routing in MDT's encoder: both passes routed
+    routed = step_flops(mdt, RoutedRule(fixed, span))
+    assert routed == BACKWARD_FACTOR * (forward_flops(mdt, None, span) + forward_flops(mdt, n - int(n * 0.5), span))
 
     class Counted:  # a rule outside the package counts its own passes
         def forward_flops(self, model) -> float:

@@ -100,7 +100,7 @@ def test_changed_settings_and_bad_flags_are_refused(quick_study, capsys) -> None
     assert "other settings (lr)" in capsys.readouterr().err
     cases = [
         (["--arms", "DiT", "UNet"], "--arms DiT UNet: expected 'all' or one or more of"),
-        (["--arms", "DiT", "SiT-TREAD"], "arm 'SiT-TREAD' is not available yet: needs a token rule"),
+        (["--arms", "DiT", "SiT-REPA"], "arm 'SiT-REPA' is not available yet: needs"),
         (["--seeds", "-1"], "--seeds must be non-negative, got (-1,)"),
         (["--steps", "0"], "--steps must be at least 1, got 0"),
         (["--cfg-scale", "0.5"], "--cfg-scale must be at least 1 (1: no guidance), got 0.5"),
@@ -109,3 +109,20 @@ def test_changed_settings_and_bad_flags_are_refused(quick_study, capsys) -> None
     for flags, message in cases:
         assert study.main(["--out", str(out / "new"), *flags]) == 2, flags
         assert message in capsys.readouterr().err, flags
+
+
+def test_routing_and_dropping_arms_run_in_the_study(tmp_path) -> None:
+    """SiT-TREAD and MaskDiT train, sample with their own samplers, count their FLOPs and keep the budget."""
+    study = load_recipe("study_learning_speed")
+    flags = [*QUICK, "--steps", "2", "--eval-every", "2", "--seeds", "0"]
+    assert study.main(["--out", str(tmp_path), *flags, "--arms", "DiT", "SiT-TREAD", "MaskDiT"]) == 0
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    dit, tread, maskdit = runs["DiT"], runs["SiT-TREAD"], runs["MaskDiT"]
+    assert tread["seeds"]["0"][0]["sampler"] == "euler 2 steps"
+    assert maskdit["seeds"]["0"][0]["sampler"] == "heun 2 steps"  # Karras' schedule: 2 steps at least
+    # Routing skips part of the stack, dropping half the encoder's tokens: both cost less than DiT's step.
+    assert tread["step_flops"] < dit["step_flops"] and maskdit["step_flops"] < dit["step_flops"]
+    assert tread["params"] == dit["params"] and abs(maskdit["params"] - dit["params"]) / dit["params"] < 0.10
+    config = json.loads((tmp_path / "runs" / "MaskDiT-seed0" / "config.json").read_text())
+    assert config["criterion"]["tokens"]["kind"] == "maskdit_drop" and config["criterion"]["objective"]["kind"] == "edm"
+    assert "MaskDiT is pre-training only" in (tmp_path / "summary.md").read_text()

@@ -25,9 +25,12 @@ from torch import nn
 from ..criterion import Criterion
 from ..criterion.labels import LabelDropout
 from ..criterion.masked import rule_of_model
+from ..masking import Route, default_span
 from ..objectives.base import Objective
+from ..objectives.edm import EDMObjective
 from ..objectives.flow import FlowMatching
 from ..objectives.gaussian import GaussianObjective
+from ..tokens import MaskDiTDropRule, RoutedRule
 
 __all__ = ["ARMS", "NFE_SAMPLERS", "Arm", "arm", "build_arm_criterion", "register_arm", "sampler_at_nfe"]
 
@@ -44,9 +47,40 @@ def flow(options: Mapping[str, Any]) -> Objective:
     return FlowMatching()
 
 
+def edm(options: Mapping[str, Any]) -> Objective:
+    """EDM's objective with its default noise distribution and ``sigma_data`` (MaskDiT's)."""
+    return EDMObjective()
+
+
 def model_rule(model: nn.Module, options: Mapping[str, Any]) -> Any:
     """The token rule the model's config implies (DiT: plain; MDT: its two passes, the study's masked draws)."""
     return rule_of_model(model, options.get("masked_draws", "independent"))
+
+
+def routed(ratio: float) -> Callable[[nn.Module, Mapping[str, Any]], Any]:
+    """``(model, options) -> rule``: the model's rule with TREAD routing of ``ratio`` over the default span.
+
+    The span is :func:`~mdtblocks.masking.default_span`; a stack too short for it (``--quick``'s
+    4 blocks) routes around every block but the first and the last.
+    """
+
+    def tokens(model: nn.Module, options: Mapping[str, Any]) -> Any:
+        encoder = getattr(model, "encoder", None)
+        blocks = len(model.trunk()) if encoder is None else len(encoder)
+        try:
+            start, end = default_span(len(model.trunk()), None if encoder is None else len(encoder))
+        except ValueError:
+            if blocks < 3:
+                raise
+            start, end = 1, blocks - 1
+        return RoutedRule(model_rule(model, options), Route(int(start), int(end), float(ratio)))
+
+    return tokens
+
+
+def maskdit_drop(model: nn.Module, options: Mapping[str, Any]) -> Any:
+    """MaskDiT's dropping at the model's ``mask_ratio``, MAE weight 0.1 (its pre-training)."""
+    return MaskDiTDropRule(float(model.config.mask_ratio or 0.0), mae_weight=0.1)
 
 
 @dataclass(frozen=True)
@@ -121,7 +155,7 @@ def build_arm_criterion(row: Arm, model: nn.Module, options: Mapping[str, Any]) 
 NFE_SAMPLERS: dict[str, tuple[str, Callable[[int], int]]] = {
     "gaussian": ("ddim", lambda nfe: nfe),
     "flow": ("euler", lambda nfe: nfe),
-    "edm": ("heun", lambda nfe: max(1, (nfe + 1) // 2)),
+    "edm": ("heun", lambda nfe: max(2, (nfe + 1) // 2)),  # Karras' schedule needs 2 steps at least
 }
 """Objective kind -> (sampler, network evaluations per image -> its ``num_steps``)."""
 
@@ -130,7 +164,8 @@ def sampler_at_nfe(objective: Objective, nfe: int, gaussian_sampler: str = "ddim
     """The sampler and step count that draw an image with ``nfe`` network evaluations (guidance aside).
 
     Gaussian objectives use ``gaussian_sampler`` (DDIM, DDPM and DPM-Solver++ all evaluate
-    once per step); flow matching Euler; EDM Heun (two evaluations per step but the last).
+    once per step); flow matching Euler; EDM Heun (two evaluations per step but the last; at
+    least 2 steps, so below 3 evaluations EDM gets 3).
     """
     kind = getattr(objective, "kind", None)
     if kind not in NFE_SAMPLERS:
@@ -139,10 +174,6 @@ def sampler_at_nfe(objective: Objective, nfe: int, gaussian_sampler: str = "ddim
     return (gaussian_sampler if kind == "gaussian" else name), steps(nfe)
 
 
-_PENDING_ROUTE = "needs a token rule for TREAD routing in the criterion (mdtblocks.tokens), which is not in this version"
-_PENDING_MASKDIT = (
-    "needs a token rule for MaskDiT's token dropping and its unmask fine-tune in the criterion, not in this version"
-)
 _PENDING_ALIGN = "needs the alignment losses as criterion extra losses (ExtraLoss), not in this version"
 
 for _row in (
@@ -153,9 +184,13 @@ for _row in (
     Arm("MDT", "MDT", about="MDT v1 (fixed mask ratio 0.3) under the Gaussian diffusion"),
     Arm("SiT", "DiT", objective=flow, about="DiT + flow matching (SiT: linear path, velocity, Euler)"),
     Arm("MDTv2-flow", "MDTv2", objective=flow, about="MDTv2 + flow matching"),
-    Arm("SiT-TREAD", "DiT", objective=flow, about="DiT + flow + TREAD token routing", unavailable=_PENDING_ROUTE),
-    Arm("MaskDiT", "MaskDiT", about="MaskDiT + EDM, with its unmask fine-tune in the budget",
-        finetune_fraction=0.1, unavailable=_PENDING_MASKDIT),
+    Arm("SiT-TREAD", "DiT", objective=flow, tokens=routed(0.5),
+        about="DiT + flow + TREAD routing: half the tokens skip the default span of blocks"),
+    # MaskDiT's decoder: one block of the study's width and heads (the study sets them), so that
+    # encoder + decoder have the DiT arm's block count and the budget stays within 10%.
+    Arm("MaskDiT", "MaskDiT", objective=edm, tokens=maskdit_drop, model_changes={"decoder_depth": 1},
+        about="MaskDiT + EDM, half the tokens dropped, a one-block decoder of the study's width; pre-training only "
+              "(no unmask fine-tune)"),
     Arm("SiT-REPA", "DiT", objective=flow, about="DiT + flow + REPA (offline Inception encoder)",
         unavailable=_PENDING_ALIGN),
     Arm("MDTv2-flow-REPA", "MDTv2", objective=flow, about="MDTv2 + flow + REPA (offline Inception encoder)",

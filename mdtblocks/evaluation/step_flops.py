@@ -7,6 +7,9 @@ from typing import Any
 from torch import nn
 
 from ..models.flops import forward_flops
+from ..masking import Route
+from ..tokens.maskdit import MaskDiTDropRule
+from ..tokens.routing import RoutedRule
 from ..tokens.rules import MaskedTwoPassRule, PlainRule
 
 __all__ = ["BACKWARD_FACTOR", "step_flops"]
@@ -15,14 +18,33 @@ BACKWARD_FACTOR = 3
 """Forward plus backward, in forward passes: the backward pass costs about twice the forward."""
 
 
-def _masked_pass_flops(model: nn.Module, rule: MaskedTwoPassRule, points: int = 9) -> float:
+def _masked_pass_flops(model: nn.Module, rule: MaskedTwoPassRule, route: Route | None = None, points: int = 9) -> float:
     """The masked pass's mean forward cost over the rule's mask ratios (uniform in its interval)."""
     n = model.num_tokens
     ratios = [rule.mask_ratio + rule.mask_ratio_range * i / max(1, points - 1) for i in range(points)]
     if rule.mask_ratio_range == 0:
         ratios = ratios[:1]
     kept = [max(1, int(n * (1 - r))) for r in ratios]  # what the mask sampler keeps at each ratio
-    return sum(forward_flops(model, k) for k in kept) / len(kept)
+    return sum(forward_flops(model, k, route) for k in kept) / len(kept)
+
+
+def _rule_forward_flops(model: nn.Module, tokens: Any, route: Route | None = None) -> float:
+    """Forward multiply-adds of every pass ``tokens`` makes, each routed by ``route`` when given."""
+    if hasattr(tokens, "forward_flops"):
+        if route is not None:
+            raise TypeError(f"cannot count routed passes of token rule {type(tokens).__name__}")
+        return float(tokens.forward_flops(model))
+    if isinstance(tokens, RoutedRule):
+        return _rule_forward_flops(model, tokens.rule, tokens.route)
+    if isinstance(tokens, PlainRule):
+        return float(forward_flops(model, None, route))
+    if isinstance(tokens, MaskedTwoPassRule):
+        return float(forward_flops(model, None, route)) + _masked_pass_flops(model, tokens, route)
+    if isinstance(tokens, MaskDiTDropRule):  # one pass: the encoder over the kept tokens, the decoder over all
+        n = model.num_tokens
+        kept = None if tokens.mask_ratio == 0 else max(1, int(n * (1 - tokens.mask_ratio)))
+        return float(forward_flops(model, kept, route))
+    raise TypeError(f"cannot count the passes of token rule {type(tokens).__name__}: give it a forward_flops(model) method")
 
 
 def step_flops(model: nn.Module, tokens: Any, extra_forward_flops: float | int = 0.0) -> float:
@@ -30,7 +52,9 @@ def step_flops(model: nn.Module, tokens: Any, extra_forward_flops: float | int =
 
     Counts every pass the token rule makes (:func:`~mdtblocks.models.flops.forward_flops`):
     DiT's one full pass; MDT's full pass plus its masked pass, averaged over the mask
-    ratio's interval. A rule outside the package may count its own passes with a
+    ratio's interval; MaskDiT's dropping rule its one pass over the kept tokens; a
+    :class:`~mdtblocks.tokens.RoutedRule` its wrapped rule's passes with the route's span
+    seeing only the tokens that go through it. A rule outside the package may count its own passes with a
     ``forward_flops(model) -> float`` method (routing, dropping). ``extra_forward_flops``
     adds the forward cost of extra losses' heads (e.g. an alignment projector). The sum
     is multiplied by :data:`BACKWARD_FACTOR`.
@@ -43,16 +67,7 @@ def step_flops(model: nn.Module, tokens: Any, extra_forward_flops: float | int =
     Raises:
         TypeError: for a rule this function cannot count.
     """
-    if hasattr(tokens, "forward_flops"):
-        forward = float(tokens.forward_flops(model))
-    elif isinstance(tokens, PlainRule):
-        forward = float(forward_flops(model))
-    elif isinstance(tokens, MaskedTwoPassRule):
-        forward = float(forward_flops(model)) + _masked_pass_flops(model, tokens)
-    else:
-        raise TypeError(
-            f"cannot count the passes of token rule {type(tokens).__name__}: give it a forward_flops(model) method"
-        )
+    forward = _rule_forward_flops(model, tokens)
     if extra_forward_flops < 0:
         raise ValueError(f"extra_forward_flops must be non-negative, got {extra_forward_flops}")
     return BACKWARD_FACTOR * (forward + float(extra_forward_flops))
