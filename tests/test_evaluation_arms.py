@@ -7,13 +7,31 @@ import torch
 
 from mdtblocks import DiT, MaskDiT, MaskedDiffusionTransformer
 from mdtblocks.evaluation import ARMS, Arm, Curve, build_arm_criterion, reach_table, register_arm, sampler_at_nfe
-from mdtblocks.evaluation.arms import arm
+from mdtblocks.alignment import AlignmentLoss, InceptionEncoder
+from mdtblocks.evaluation.arms import alignment_head_flops, arm, inception_resolution
 from mdtblocks.evaluation.step_flops import BACKWARD_FACTOR, step_flops
 from mdtblocks.models.flops import forward_flops
 from mdtblocks.objectives import EDMObjective, GaussianObjective
 from mdtblocks.objectives.flow import FlowMatching
 from mdtblocks.masking import Route
 from mdtblocks.tokens import MaskDiTDropRule, MaskedTwoPassRule, PlainRule, RoutedRule
+
+class TinyInception(torch.nn.Module):
+    """Laid out as the FID Inception script module, small: 32 px give a 8 x 8 ``mixed_6`` map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = torch.nn.Sequential()
+        self.layers.add_module("conv", torch.nn.Conv2d(3, 6, 3, stride=2, padding=1))
+        self.layers.add_module("mixed_6", torch.nn.Conv2d(6, 10, 3, stride=2, padding=1))
+
+
+def tiny_encoder(resolution: int = 32) -> InceptionEncoder:
+    return InceptionEncoder(TinyInception(), resolution=resolution)
+
+
+ALIGN_ARMS = ("SiT-REPA", "MDTv2-flow-REPA", "SiT-dispersive")
 
 SMALL = {"input_size": 8, "in_channels": 1, "num_classes": 10, "hidden_size": 32, "num_heads": 2, "patch_size": 2}
 
@@ -32,7 +50,8 @@ def _model(backbone: str, **changes):
 def test_every_available_arm_builds_its_criterion(name: str) -> None:
     row = arm(name)
     model = _model(row.backbone, **row.model_changes)
-    criterion = build_arm_criterion(row, model, {"snr_gamma": 5.0, "masked_draws": "independent"})
+    options = {"snr_gamma": 5.0, "masked_draws": "independent", "align_encoder": tiny_encoder(16)}
+    criterion = build_arm_criterion(row, model, options)
     expected_objective = (
         EDMObjective if row.backbone == "MaskDiT" else FlowMatching if "SiT" in name or "flow" in name else GaussianObjective
     )
@@ -44,7 +63,50 @@ def test_every_available_arm_builds_its_criterion(name: str) -> None:
     masked = row.backbone in ("MDT", "MDTv2") and name != "MDTv2-nomask"
     expected_rule = MaskDiTDropRule if row.backbone == "MaskDiT" else MaskedTwoPassRule if masked else PlainRule
     assert isinstance(tokens, expected_rule)
-    assert criterion.extra_losses == ()
+    if name in ALIGN_ARMS:  # alignment on the plain pass, as an extra loss of the criterion
+        (extra,) = criterion.extra_losses
+        assert isinstance(extra, AlignmentLoss) and extra.pass_choice == "plain"
+        assert extra.kind == ("dispersive" if "dispersive" in name else "repa")
+        assert hasattr(model, "alignment_head") == (extra.kind == "repa")
+    else:
+        assert criterion.extra_losses == ()
+
+
+@pytest.mark.parametrize("name", ALIGN_ARMS)
+def test_alignment_arms_train_with_batch_targets_and_count_the_head(name: str) -> None:
+    row = arm(name)
+    model = _model(row.backbone, **row.model_changes)
+    options = {"align_encoder": tiny_encoder(16)}  # 16 px: the 4 x 4 token grid of 8 px at patch 2
+    criterion = build_arm_criterion(row, model, options)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)  # after the criterion: the projector trains
+    x, y = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(4)
+    key = "loss_dispersive" if "dispersive" in name else "loss_repa"
+    for step in range(2):
+        targets = criterion.batch_targets(x)  # as the training loop asks, once per step
+        assert (targets is None) == ("dispersive" in name)
+        draws = criterion.draw(model, x, torch.Generator().manual_seed(step))
+        terms = criterion(model, x, y, draws, targets=targets)
+        assert key in terms and torch.isfinite(terms[key]).all()
+        optimizer.zero_grad()
+        terms["loss"].mean().backward()
+        optimizer.step()
+    plain = step_flops(model, criterion.tokens)
+    flops = step_flops(model, criterion.tokens, row.extra_forward_flops(model, options))
+    if "dispersive" in name:  # weight-free: nothing added
+        assert flops == plain and not hasattr(model, "alignment_head")
+    else:  # the projector over every token, forward and backward
+        head = model.alignment_head
+        assert head.projector.layers[0].weight.grad is not None
+        per_token = sum(m.weight.numel() for m in head.modules() if isinstance(m, torch.nn.Linear))
+        assert alignment_head_flops(model, options) == per_token * model.num_tokens > 0
+        assert flops == plain + BACKWARD_FACTOR * per_token * model.num_tokens
+
+
+def test_inception_resolution_reaches_the_token_grid() -> None:
+    assert inception_resolution(17) == 299  # the FID network's own size gives its 17 x 17 map
+    assert inception_resolution(8) == 155  # the study's 16 px digits at patch 2
+    with pytest.raises(ValueError, match="grid must be a positive integer, got 0"):
+        inception_resolution(0)
 
 
 @pytest.mark.parametrize("name", ["SiT-TREAD", "MaskDiT"])

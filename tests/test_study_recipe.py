@@ -100,7 +100,6 @@ def test_changed_settings_and_bad_flags_are_refused(quick_study, capsys) -> None
     assert "other settings (lr)" in capsys.readouterr().err
     cases = [
         (["--arms", "DiT", "UNet"], "--arms DiT UNet: expected 'all' or one or more of"),
-        (["--arms", "DiT", "SiT-REPA"], "arm 'SiT-REPA' is not available yet: needs"),
         (["--seeds", "-1"], "--seeds must be non-negative, got (-1,)"),
         (["--steps", "0"], "--steps must be at least 1, got 0"),
         (["--cfg-scale", "0.5"], "--cfg-scale must be at least 1 (1: no guidance), got 0.5"),
@@ -126,3 +125,24 @@ def test_routing_and_dropping_arms_run_in_the_study(tmp_path) -> None:
     config = json.loads((tmp_path / "runs" / "MaskDiT-seed0" / "config.json").read_text())
     assert config["criterion"]["tokens"]["kind"] == "maskdit_drop" and config["criterion"]["objective"]["kind"] == "edm"
     assert "MaskDiT is pre-training only" in (tmp_path / "summary.md").read_text()
+
+
+def test_alignment_arms_run_in_the_study(tmp_path, monkeypatch) -> None:
+    """SiT-REPA, MDTv2-flow-REPA and SiT-dispersive train, count the projector's FLOPs, and keep the budget."""
+    from test_evaluation_arms import tiny_encoder
+
+    from mdtblocks.evaluation import arms
+
+    monkeypatch.setattr(arms, "_inception", lambda resolution: tiny_encoder(32))  # 32 px -> 8 x 8, as at 155
+    study = load_recipe("study_learning_speed")
+    flags = [*QUICK, "--steps", "2", "--eval-every", "2", "--seeds", "0"]
+    names = ["SiT", "SiT-REPA", "MDTv2-flow", "MDTv2-flow-REPA", "SiT-dispersive"]
+    assert study.main(["--out", str(tmp_path), *flags, "--arms", *names]) == 0
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    for plain, aligned in (("SiT", "SiT-REPA"), ("MDTv2-flow", "MDTv2-flow-REPA")):
+        assert runs[aligned]["step_flops"] > runs[plain]["step_flops"]  # the head's forward and backward
+        assert runs[aligned]["params"] == runs[plain]["params"]  # the projector is not exported
+        assert runs[aligned]["seeds"]["0"][0]["sampler"] == "euler 2 steps"
+        config = json.loads((tmp_path / "runs" / f"{aligned}-seed0" / "config.json").read_text())
+        assert [e["kind"] for e in config["criterion"]["extra_losses"]] == ["repa"]
+    assert runs["SiT-dispersive"]["step_flops"] == runs["SiT"]["step_flops"]

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from torch import nn
 
+from ..alignment import AlignmentLoss, FrozenEncoder, InceptionEncoder
+from ..alignment.extra import ALIGN_MODULE
 from ..criterion import Criterion
 from ..criterion.labels import LabelDropout
 from ..criterion.masked import rule_of_model
@@ -32,7 +35,10 @@ from ..objectives.flow import FlowMatching
 from ..objectives.gaussian import GaussianObjective
 from ..tokens import MaskDiTDropRule, RoutedRule
 
-__all__ = ["ARMS", "NFE_SAMPLERS", "Arm", "arm", "build_arm_criterion", "register_arm", "sampler_at_nfe"]
+__all__ = [
+    "ARMS", "NFE_SAMPLERS", "Arm", "alignment", "alignment_head_flops", "arm", "build_arm_criterion",
+    "inception_resolution", "register_arm", "sampler_at_nfe",
+]
 
 BACKBONES = ("DiT", "MDT", "MDTv2", "MaskDiT")
 
@@ -81,6 +87,62 @@ def routed(ratio: float) -> Callable[[nn.Module, Mapping[str, Any]], Any]:
 def maskdit_drop(model: nn.Module, options: Mapping[str, Any]) -> Any:
     """MaskDiT's dropping at the model's ``mask_ratio``, MAE weight 0.1 (its pre-training)."""
     return MaskDiTDropRule(float(model.config.mask_ratio or 0.0), mae_weight=0.1)
+
+
+def inception_resolution(grid: int) -> int:
+    """The smallest input side at which the FID Inception's ``mixed_6`` map is ``grid`` x ``grid`` or finer.
+
+    Follows the network's unpadded strided stages (299 px gives 17 x 17): ``16 * grid + 27``.
+    The study's 16 px digits at patch 2 (an 8 x 8 grid) need 155 px, a quarter of 299's cost.
+    """
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+        raise ValueError(f"grid must be a positive integer, got {grid!r}")
+    return 16 * grid + 27
+
+
+@lru_cache(maxsize=4)
+def _inception(resolution: int) -> FrozenEncoder:
+    return InceptionEncoder(resolution=resolution)  # loaded once per resolution: every run of a study shares it
+
+
+def alignment(kind: str) -> Callable[[nn.Module, Mapping[str, Any]], Sequence[Any]]:
+    """``(model, options) -> (AlignmentLoss,)``: REPA or Dispersive on the plain pass, attached to ``model``.
+
+    Depth: REPA's block 8 of 28 scaled to the model's trunk. REPA: coefficient 0.5, the
+    offline FID Inception at :func:`inception_resolution` of the token grid (its 17 x 17-or-finer
+    map averaged down to the grid), projector width twice the model's (REPA's 2048 on a
+    1152-wide model is about 1.8 times; 2048 here would outweigh the network). Dispersive:
+    coefficient 0.25, no encoder. ``options["align_encoder"]`` may give another frozen encoder (tests).
+    """
+    from ..training.recipe.align import default_align_depth
+
+    def extra(model: nn.Module, options: Mapping[str, Any]) -> Sequence[Any]:
+        depth = default_align_depth(len(model.trunk()))
+        if kind == "dispersive":
+            return (AlignmentLoss("dispersive", depth, 0.25).attach(model),)
+        encoder = options.get("align_encoder")
+        if encoder is None:
+            grid = tuple(model.config.grid)
+            encoder = _inception(inception_resolution(int(max(grid))))
+        encoder = encoder.to(next(model.parameters()).device)
+        loss = AlignmentLoss("repa", depth, 0.5, encoder=encoder.record(), target_dim=encoder.feature_dim,
+                             projector_dim=2 * int(model.config.hidden_size))
+        return (loss.attach(model, encoder),)
+
+    return extra
+
+
+def alignment_head_flops(model: nn.Module, options: Mapping[str, Any]) -> float:
+    """Forward multiply-adds per image of the model's ``alignment_head`` (REPA's projector) over every token.
+
+    The frozen encoder runs without a backward and can be cached with the data, so it is
+    not counted (as a latent cache's autoencoder is not).
+    """
+    head = getattr(model, ALIGN_MODULE, None)
+    if head is None:
+        return 0.0
+    per_token = sum(m.weight.numel() for m in head.modules() if isinstance(m, nn.Linear))
+    return float(per_token * model.num_tokens)
 
 
 @dataclass(frozen=True)
@@ -174,8 +236,6 @@ def sampler_at_nfe(objective: Objective, nfe: int, gaussian_sampler: str = "ddim
     return (gaussian_sampler if kind == "gaussian" else name), steps(nfe)
 
 
-_PENDING_ALIGN = "needs the alignment losses as criterion extra losses (ExtraLoss), not in this version"
-
 for _row in (
     Arm("DiT", "DiT", about="DiT under the Gaussian diffusion (the baseline)"),
     Arm("MDTv2", "MDTv2", about="MDTv2 (mask ratio 0.3 + U(0, 0.2)) under the Gaussian diffusion"),
@@ -191,11 +251,16 @@ for _row in (
     Arm("MaskDiT", "MaskDiT", objective=edm, tokens=maskdit_drop, model_changes={"decoder_depth": 1},
         about="MaskDiT + EDM, half the tokens dropped, a one-block decoder of the study's width; pre-training only "
               "(no unmask fine-tune)"),
-    Arm("SiT-REPA", "DiT", objective=flow, about="DiT + flow + REPA (offline Inception encoder)",
-        unavailable=_PENDING_ALIGN),
-    Arm("MDTv2-flow-REPA", "MDTv2", objective=flow, about="MDTv2 + flow + REPA (offline Inception encoder)",
-        unavailable=_PENDING_ALIGN),
-    Arm("SiT-dispersive", "DiT", objective=flow, about="DiT + flow + the dispersive loss (weight-free alignment)",
-        unavailable=_PENDING_ALIGN),
+    # Alignment: the projector (REPA's head) trains with the backbone but is dropped from the
+    # exported weights, so it is outside the parameter budget; its FLOPs are on the FLOPs axis.
+    Arm("SiT-REPA", "DiT", objective=flow, extra_losses=alignment("repa"), extra_forward_flops=alignment_head_flops,
+        about="DiT + flow + REPA (offline FID Inception encoder; projector outside the parameter budget, "
+              "its FLOPs counted)"),
+    Arm("MDTv2-flow-REPA", "MDTv2", objective=flow, extra_losses=alignment("repa"),
+        extra_forward_flops=alignment_head_flops,
+        about="MDTv2 + flow + REPA on the plain pass (offline FID Inception encoder; projector outside the "
+              "parameter budget, its FLOPs counted)"),
+    Arm("SiT-dispersive", "DiT", objective=flow, extra_losses=alignment("dispersive"),
+        about="DiT + flow + the dispersive loss (weight-free alignment: no parameters, no head FLOPs)"),
 ):
     register_arm(_row)
