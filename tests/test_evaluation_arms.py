@@ -8,7 +8,7 @@ import torch
 from mdtblocks import DiT, MaskDiT, MaskedDiffusionTransformer
 from mdtblocks.evaluation import ARMS, Arm, Curve, build_arm_criterion, reach_table, register_arm, sampler_at_nfe
 from mdtblocks.alignment import AlignmentLoss, InceptionEncoder
-from mdtblocks.evaluation.arms import alignment_head_flops, arm, inception_resolution
+from mdtblocks.evaluation.arms import alignment, alignment_head_flops, arm, inception_resolution
 from mdtblocks.evaluation.step_flops import BACKWARD_FACTOR, step_flops
 from mdtblocks.models.flops import forward_flops
 from mdtblocks.objectives import EDMObjective, GaussianObjective
@@ -107,6 +107,8 @@ def test_inception_resolution_reaches_the_token_grid() -> None:
     assert inception_resolution(8) == 155  # the study's 16 px digits at patch 2
     with pytest.raises(ValueError, match="grid must be a positive integer, got 0"):
         inception_resolution(0)
+    with pytest.raises(ValueError, match="alignment kind must be 'repa' or 'dispersive', got 'vicreg'"):
+        alignment("vicreg")
 
 
 @pytest.mark.parametrize("name", ["SiT-TREAD", "MaskDiT"])

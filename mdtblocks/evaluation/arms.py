@@ -23,8 +23,6 @@ from typing import Any
 
 from torch import nn
 
-from ..alignment import AlignmentLoss, FrozenEncoder, InceptionEncoder
-from ..alignment.extra import ALIGN_MODULE
 from ..criterion import Criterion
 from ..criterion.labels import LabelDropout
 from ..criterion.masked import rule_of_model
@@ -101,7 +99,9 @@ def inception_resolution(grid: int) -> int:
 
 
 @lru_cache(maxsize=4)
-def _inception(resolution: int) -> FrozenEncoder:
+def _inception(resolution: int) -> nn.Module:
+    from ..alignment import InceptionEncoder  # here: mdtblocks.alignment imports this package
+
     return InceptionEncoder(resolution=resolution)  # loaded once per resolution: every run of a study shares it
 
 
@@ -113,10 +113,17 @@ def alignment(kind: str) -> Callable[[nn.Module, Mapping[str, Any]], Sequence[An
     map averaged down to the grid), projector width twice the model's (REPA's 2048 on a
     1152-wide model is about 1.8 times; 2048 here would outweigh the network). Dispersive:
     coefficient 0.25, no encoder. ``options["align_encoder"]`` may give another frozen encoder (tests).
+
+    Raises:
+        ValueError: ``kind`` is not ``"repa"`` or ``"dispersive"``.
     """
-    from ..training.recipe.align import default_align_depth
+    if kind not in ("repa", "dispersive"):
+        raise ValueError(f"alignment kind must be 'repa' or 'dispersive', got {kind!r}")
 
     def extra(model: nn.Module, options: Mapping[str, Any]) -> Sequence[Any]:
+        from ..alignment import AlignmentLoss  # here: mdtblocks.alignment imports this package
+        from ..training.recipe.align import default_align_depth
+
         depth = default_align_depth(len(model.trunk()))
         if kind == "dispersive":
             return (AlignmentLoss("dispersive", depth, 0.25).attach(model),)
@@ -138,6 +145,8 @@ def alignment_head_flops(model: nn.Module, options: Mapping[str, Any]) -> float:
     The frozen encoder runs without a backward and can be cached with the data, so it is
     not counted (as a latent cache's autoencoder is not).
     """
+    from ..alignment.extra import ALIGN_MODULE
+
     head = getattr(model, ALIGN_MODULE, None)
     if head is None:
         return 0.0
