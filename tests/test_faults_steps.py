@@ -68,9 +68,9 @@ def test_infinite_gradient_skips_the_update(monkeypatch: pytest.MonkeyPatch, tmp
     real = loop_module.accumulate_gradients
     calls = {"n": 0}
 
-    def accumulate(denoiser, objective, latents, y, randomness, micro, accum):
+    def accumulate(denoiser, objective, latents, y, randomness, micro, accum, *rest):
         calls["n"] += 1
-        totals = real(denoiser, objective, latents, y, randomness, micro, accum)
+        totals = real(denoiser, objective, latents, y, randomness, micro, accum, *rest)
         if calls["n"] == 2:  # one gradient entry infinite, the loss finite
             p = next(q for q in denoiser.parameters() if q.grad is not None)
             p.grad.view(-1)[0] = float("inf")

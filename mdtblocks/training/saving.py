@@ -24,9 +24,14 @@ from .distributed import Distributed
 from .guard import NonFiniteGuard
 from .parallel import full_state, load_full_state
 
-__all__ = ["save", "resume", "gather_objects", "read_newest_checkpoint"]
+__all__ = ["save", "resume", "gather_objects", "read_newest_checkpoint", "ResumeRefused"]
 
 log = logging.getLogger("mdtblocks.training")
+
+
+class ResumeRefused(ValueError):
+    """The run folder's newest checkpoint cannot be resumed by this command (another seed, rank count or model)."""
+
 
 
 def save(
@@ -89,11 +94,19 @@ def resume(
         return 0
     path, ckpt = found
     if ckpt.state.seed != cfg.seed:
-        raise ValueError(f"{path} was trained with seed {ckpt.state.seed}, this run has --seed {cfg.seed}")
+        raise ResumeRefused(f"{path} was trained with seed {ckpt.state.seed}, this run has --seed {cfg.seed}")
     if ckpt.state.world_size != dist.world_size:
-        raise ValueError(
+        raise ResumeRefused(
             f"{path} was written by {ckpt.state.world_size} ranks; resuming on {dist.world_size} would change the "
             "data order (resume with the same number of processes)"
+        )
+    mine, theirs = set(model.state_dict()), set(ckpt.model)
+    if mine != theirs:  # another model, or another head (e.g. --align's projector): refused, not half-loaded
+        missing, unexpected = sorted(mine - theirs), sorted(theirs - mine)
+        raise ResumeRefused(
+            f"{path} holds the weights of another model than this command builds (missing: {missing[:3]}"
+            f"{' ...' if len(missing) > 3 else ''}; not in this model: {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}): "
+            "it was trained with other model or --align flags; give the same flags, or a new --out"
         )
     load_full_state(model, ckpt.model, optimizer, ckpt.optimizer, cfg.strategy, dist)
     load_full_state(ema, ckpt.ema, None, None, cfg.strategy, dist)

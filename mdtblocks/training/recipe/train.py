@@ -29,6 +29,7 @@ from ...models import PRESETS, DiT, MaskedDiffusionTransformer, SiT
 from ...models.maskdit import MaskDiT
 from ..adan import Adan
 from ..checkpoint import CheckpointWriteError, latest_checkpoint
+from ..saving import ResumeRefused
 from ..distributed import Distributed, setup_distributed
 from ..guard import NonFiniteSteps
 from ..loop import train
@@ -233,6 +234,10 @@ class TrainRecipe:
                 sampler=grid_sampler(criterion, cfg.sample_steps),
                 sample_score=sample_score,
             )
+        except ResumeRefused as err:  # the folder holds another run: a usage error, one line
+            print(f"error: {err}", file=sys.stderr)
+            dist.close()
+            raise SystemExit(2) from None
         except (NonFiniteSteps, CheckpointWriteError) as err:
             # Faults of the run itself, not bugs: one line, no traceback, a non-zero exit.
             print(f"error: {err}", file=sys.stderr)
