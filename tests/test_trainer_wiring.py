@@ -7,6 +7,7 @@ The step itself (update, clipping, EMA order) is checked against plain SGD in
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -30,15 +31,19 @@ def test_logged_grad_norm_is_the_norm_before_clipping_and_lr_is_applied(tmp_path
     assert clipped[0]["grad_norm"] == pytest.approx(free[0]["grad_norm"], rel=1e-6)
 
 
-def test_resume_on_another_world_size_is_refused(tmp_path: Path) -> None:
+def test_resume_on_another_world_size_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run(tmp_path, 1)
     state_file = tmp_path / "checkpoints" / "0000001" / "state.json"
     state = json.loads(state_file.read_text())
     assert state["world_size"] == 1
     state["world_size"] = 2
     state_file.write_text(json.dumps(state))
-    with pytest.raises(ValueError, match=r"0000001 was written by 2 ranks; resuming on 1 would change the data order"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:  # one line and exit 2, as any refused command line
         run(tmp_path, 2)
+    assert stop.value.code == 2
+    assert re.search(r"^error: .*0000001 was written by 2 ranks; resuming on 1 would change the data order",
+                     capsys.readouterr().err, re.M)
 
 
 def test_two_loader_workers_give_the_same_run(tmp_path: Path) -> None:
