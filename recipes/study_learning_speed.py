@@ -150,6 +150,11 @@ class StudyConfig:
         """The evaluated steps: every ``eval_every``, and the last."""
         return sorted({*range(self.eval_every, self.steps, self.eval_every), self.steps})
 
+    def arm_eval_steps(self, name: str) -> list[int]:
+        """Arm ``name``'s evaluated steps: :attr:`eval_steps`, and the start of its fine-tune if it has one."""
+        start = ARMS[name].finetune_start(self.steps)
+        return sorted({*self.eval_steps, *([start] if start is not None else [])})
+
     def study_fields(self) -> dict[str, Any]:
         """The fields that define the results (a resumed study must match them)."""
         fields = dataclasses.asdict(self)
@@ -239,12 +244,16 @@ def train_until(
 ) -> tuple[float, float]:
     """Train run ``(name, seed)`` up to ``step`` (resuming from its newest checkpoint).
 
+    Steps after the arm's :meth:`~mdtblocks.evaluation.arms.Arm.finetune_start` train with its
+    fine-tune criterion (the study evaluates, so checkpoints, at that step).
+
     Returns:
         ``(wall-clock seconds, CPU seconds of this process)``; the second is less
         disturbed by other work on a shared machine.
     """
     model = build_model(cfg, name, seed)
-    criterion = build_arm_criterion(ARMS[name], model, arm_options(cfg))
+    start = ARMS[name].finetune_start(cfg.steps)  # the fine-tune resumes from the checkpoint at its start
+    criterion = build_arm_criterion(ARMS[name], model, arm_options(cfg), finetune=start is not None and step > start)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {"model_config": model.config.to_dict(), "criterion": criterion.to_record()})
     loop = TrainConfig(
@@ -331,12 +340,22 @@ def run_one(
     timing_path = run_dir / "timing.json"
     timing: dict[str, list[float]] = read_json(timing_path) if timing_path.is_file() else {}
     done = {r["step"] for r in records}
+    row, finetune_start = ARMS[name], ARMS[name].finetune_start(cfg.steps)
     if "step_flops" not in run:  # multiply-adds per training image per step (machine-independent)
         model = build_model(cfg, name, seed)
-        criterion = build_arm_criterion(ARMS[name], model, arm_options(cfg))
-        extra = ARMS[name].extra_forward_flops(model, arm_options(cfg))
-        run["step_flops"] = step_flops(model, criterion.tokens, extra)
-    for step in cfg.eval_steps:
+        tokens = build_arm_criterion(row, model, arm_options(cfg)).tokens  # attaches the extra losses' heads
+        extra = row.extra_forward_flops(model, arm_options(cfg))
+        run["step_flops"] = step_flops(model, tokens, extra)
+        if finetune_start is not None:
+            tokens = build_arm_criterion(row, model, arm_options(cfg), finetune=True).tokens
+            run["finetune_step_flops"] = step_flops(model, tokens, extra)
+
+    def flops_until(step: int) -> float:  # per image: pre-training steps, then fine-tune steps
+        pre = step if finetune_start is None else min(step, finetune_start)
+        return pre * run["step_flops"] + (step - pre) * run.get("finetune_step_flops", run["step_flops"])
+
+    eval_steps = cfg.arm_eval_steps(name)
+    for step in eval_steps:
         if step in done:
             continue
         if str(step) not in timing:
@@ -348,11 +367,12 @@ def run_one(
         metrics, images, params = evaluate(cfg, reference, ckpt, dist.device)
         grid = out / "samples" / f"{name}-seed{seed}" / f"{step:07d}.png"
         save_image_grid(images[:40], grid, nrow=10, scale=3)
-        seconds = sum(timing[str(s)][0] for s in cfg.eval_steps if s <= step)
+        seconds = sum(timing[str(s)][0] for s in eval_steps if s <= step)
         records.append({
             "step": step, "images_seen": step * cfg.batch_size, "train_seconds": seconds,
-            "train_flops": step * cfg.batch_size * run["step_flops"],
-            "train_cpu_seconds": sum(timing[str(s)][1] for s in cfg.eval_steps if s <= step),
+            "train_flops": cfg.batch_size * flops_until(step),
+            "finetuned_steps": 0 if finetune_start is None else max(0, step - finetune_start),
+            "train_cpu_seconds": sum(timing[str(s)][1] for s in eval_steps if s <= step),
             "eval_seconds": time.perf_counter() - start, "sampler": "{} {} steps".format(
                 *sampler_at_nfe(ARMS[name].objective(arm_options(cfg)), cfg.sample_steps, cfg.sampler)
             ), **metrics,
@@ -472,11 +492,15 @@ def write_summary(cfg: StudyConfig, results: dict[str, Any], curves: dict[str, d
         "- Every arm shares one optimizer, learning rate and EMA; each might do better with its own. Objectives "
         "differ in their samplers too: the same number of network evaluations is not the same sampler quality.",
     ]
-    if "MaskDiT" in cfg.arms and ARMS["MaskDiT"].finetune_fraction == 0:
-        lines.append(
-            "- MaskDiT is pre-training only: its unmasked fine-tune (the last steps at mask ratio 0) is not in the "
-            "study's loop, so its curves show the dropping stage alone, sampled without the fine-tune's repair."
-        )
+    for name in cfg.arms:
+        start = ARMS[name].finetune_start(cfg.steps)
+        if start is not None:
+            lines.append(
+                f"- {name} fine-tunes only over its last {cfg.steps - start} steps (from step {start}, "
+                f"{ARMS[name].finetune_fraction:.0%} of the budget, counted on every axis): its points before step "
+                f"{start} are its pre-training model, sampled without the fine-tune's repair. Its MFLOPs / step "
+                "column is the pre-training step's."
+            )
     if pending:
         lines.append("- Arms not in this run because their parts are not in this version: " + "; ".join(pending) + ".")
     atomic_write(path, lambda p: p.write_text("\n".join(lines) + "\n"))

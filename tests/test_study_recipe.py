@@ -111,9 +111,12 @@ def test_changed_settings_and_bad_flags_are_refused(quick_study, capsys) -> None
 
 
 def test_routing_and_dropping_arms_run_in_the_study(tmp_path) -> None:
-    """SiT-TREAD and MaskDiT train, sample with their own samplers, count their FLOPs and keep the budget."""
+    """SiT-TREAD and MaskDiT train, sample with their own samplers, count their FLOPs and keep the budget.
+
+    MaskDiT's last 5% of 12 steps (step 11 on) are its unmasked fine-tune, evaluated at its start.
+    """
     study = load_recipe("study_learning_speed")
-    flags = [*QUICK, "--steps", "2", "--eval-every", "2", "--seeds", "0"]
+    flags = [*QUICK, "--steps", "12", "--eval-every", "6", "--seeds", "0"]
     assert study.main(["--out", str(tmp_path), *flags, "--arms", "DiT", "SiT-TREAD", "MaskDiT"]) == 0
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
     dit, tread, maskdit = runs["DiT"], runs["SiT-TREAD"], runs["MaskDiT"]
@@ -122,9 +125,17 @@ def test_routing_and_dropping_arms_run_in_the_study(tmp_path) -> None:
     # Routing skips part of the stack, dropping half the encoder's tokens: both cost less than DiT's step.
     assert tread["step_flops"] < dit["step_flops"] and maskdit["step_flops"] < dit["step_flops"]
     assert tread["params"] == dit["params"] and abs(maskdit["params"] - dit["params"]) / dit["params"] < 0.10
-    config = json.loads((tmp_path / "runs" / "MaskDiT-seed0" / "config.json").read_text())
-    assert config["criterion"]["tokens"]["kind"] == "maskdit_drop" and config["criterion"]["objective"]["kind"] == "edm"
-    assert "MaskDiT is pre-training only" in (tmp_path / "summary.md").read_text()
+    assert [r["step"] for r in dit["seeds"]["0"]] == [6, 12]
+    records = maskdit["seeds"]["0"]
+    assert [(r["step"], r["finetuned_steps"]) for r in records] == [(6, 0), (11, 0), (12, 1)]
+    # The fine-tune step sees every token: it costs more than a dropping step, and the FLOPs axis adds it.
+    assert maskdit["finetune_step_flops"] > maskdit["step_flops"]
+    batch = records[0]["images_seen"] // 6
+    assert records[-1]["train_flops"] == batch * (11 * maskdit["step_flops"] + maskdit["finetune_step_flops"])
+    config = json.loads((tmp_path / "runs" / "MaskDiT-seed0" / "config.json").read_text())  # the last phase's
+    tokens = config["criterion"]["tokens"]
+    assert tokens["kind"] == "maskdit_drop" and tokens["mask_ratio"] == 0 and config["criterion"]["objective"]["kind"] == "edm"
+    assert "MaskDiT fine-tunes only over its last 1 steps (from step 11" in (tmp_path / "summary.md").read_text()
 
 
 def test_alignment_arms_run_in_the_study(tmp_path, monkeypatch) -> None:

@@ -87,6 +87,11 @@ def maskdit_drop(model: nn.Module, options: Mapping[str, Any]) -> Any:
     return MaskDiTDropRule(float(model.config.mask_ratio or 0.0), mae_weight=0.1)
 
 
+def maskdit_unmasked(model: nn.Module, options: Mapping[str, Any]) -> Any:
+    """MaskDiT's unmasked fine-tune: nothing dropped, no MAE term (the plain EDM step on the same network)."""
+    return MaskDiTDropRule(0.0, mae_weight=0.0)
+
+
 def inception_resolution(grid: int) -> int:
     """The smallest input side at which the FID Inception's ``mixed_6`` map is ``grid`` x ``grid`` or finer.
 
@@ -168,7 +173,10 @@ class Arm:
         model_changes: config fields changed from the family's (``{"mask_ratio": None}``: no masked pass).
         extra_forward_flops: ``(model, options) -> forward multiply-adds per image`` of the
             extra losses' heads, for the FLOPs axis; default: none.
-        finetune_fraction: share of the steps spent in a final fine-tune (counted in the budget).
+        finetune_fraction: share of the steps spent in a final fine-tune with ``finetune_tokens``
+            (counted in the budget; the study starts it at :meth:`finetune_start`).
+        finetune_tokens: ``(model, options) -> TokenRule`` of the fine-tune; needed when
+            ``finetune_fraction`` is above 0.
         about: one line for the docs and ``--help``.
         unavailable: why the arm cannot run in this version (``None``: it can).
     """
@@ -181,6 +189,7 @@ class Arm:
     model_changes: Mapping[str, Any] = field(default_factory=dict)
     extra_forward_flops: Callable[[nn.Module, Mapping[str, Any]], float] = lambda model, options: 0.0
     finetune_fraction: float = 0.0
+    finetune_tokens: Callable[[nn.Module, Mapping[str, Any]], Any] | None = None
     about: str = ""
     unavailable: str | None = None
 
@@ -189,6 +198,15 @@ class Arm:
             raise ValueError(f"arm {self.name!r}: backbone {self.backbone!r} is not one of {BACKBONES}")
         if not 0.0 <= self.finetune_fraction < 1.0:
             raise ValueError(f"arm {self.name!r}: finetune_fraction must lie in [0, 1), got {self.finetune_fraction}")
+        if self.finetune_fraction > 0 and self.finetune_tokens is None:
+            raise ValueError(f"arm {self.name!r}: a finetune_fraction of {self.finetune_fraction} needs finetune_tokens")
+
+    def finetune_start(self, steps: int) -> int | None:
+        """The step after which a run of ``steps`` fine-tunes (``None``: no fine-tune, or under one step of it)."""
+        if self.finetune_fraction == 0:
+            return None
+        start = round(steps * (1.0 - self.finetune_fraction))
+        return start if 0 < start < steps else None
 
 
 ARMS: dict[str, Arm] = {}
@@ -215,10 +233,16 @@ def arm(name: str) -> Arm:
     return found
 
 
-def build_arm_criterion(row: Arm, model: nn.Module, options: Mapping[str, Any]) -> Criterion:
-    """The arm's :class:`~mdtblocks.criterion.Criterion` for a built ``model`` (label dropout: the model's)."""
+def build_arm_criterion(row: Arm, model: nn.Module, options: Mapping[str, Any], finetune: bool = False) -> Criterion:
+    """The arm's :class:`~mdtblocks.criterion.Criterion` for a built ``model`` (label dropout: the model's).
+
+    ``finetune``: the criterion of the arm's final fine-tune (its ``finetune_tokens``).
+    """
+    if finetune and row.finetune_tokens is None:
+        raise ValueError(f"arm {row.name!r} has no fine-tune")
+    tokens = row.finetune_tokens if finetune else row.tokens
     return Criterion(
-        row.objective(options), row.tokens(model, options), LabelDropout.of_model(model),
+        row.objective(options), tokens(model, options), LabelDropout.of_model(model),
         tuple(row.extra_losses(model, options)),
     )
 
@@ -257,9 +281,11 @@ for _row in (
         about="DiT + flow + TREAD routing: half the tokens skip the default span of blocks"),
     # MaskDiT's decoder: one block of the study's width and heads (the study sets them), so that
     # encoder + decoder have the DiT arm's block count and the budget stays within 10%.
+    # Its unmasked fine-tune takes the last 5% of the steps (official: 100k after 2M steps).
     Arm("MaskDiT", "MaskDiT", objective=edm, tokens=maskdit_drop, model_changes={"decoder_depth": 1},
-        about="MaskDiT + EDM, half the tokens dropped, a one-block decoder of the study's width; pre-training only "
-              "(no unmask fine-tune)"),
+        finetune_fraction=0.05, finetune_tokens=maskdit_unmasked,
+        about="MaskDiT + EDM, half the tokens dropped, a one-block decoder of the study's width; the last 5% of "
+              "the steps are its unmasked fine-tune"),
     # Alignment: the projector (REPA's head) trains with the backbone but is dropped from the
     # exported weights, so it is outside the parameter budget; its FLOPs are on the FLOPs axis.
     Arm("SiT-REPA", "DiT", objective=flow, extra_losses=alignment("repa"), extra_forward_flops=alignment_head_flops,
