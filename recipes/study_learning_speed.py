@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -239,6 +240,53 @@ def build_model(cfg: StudyConfig, name: str, seed: int) -> torch.nn.Module:
     return cls(config_from_dict(cls.config_class, fields))
 
 
+class _WithTargets(torch.utils.data.Dataset):
+    """``(image, label, stored target map)``: a dataset with its extra losses' targets computed once."""
+
+    def __init__(self, base: torch.utils.data.Dataset, maps: torch.Tensor) -> None:
+        self.base, self.maps = base, maps
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        image, label = self.base[index]
+        return image, label, self.maps[index]
+
+
+def with_cached_targets(criterion: Any, model: torch.nn.Module, dataset: Any, folder: Path) -> Any:
+    """``dataset`` with the criterion's alignment targets stored per image, so a frozen encoder runs once per study.
+
+    REPA's encoder (the FID Inception here) costs more than the small backbone's step. Its
+    targets on the token grid are stored as ``(e, gh, gw)`` maps, which
+    :meth:`~mdtblocks.criterion.Criterion.batch_targets` passes through unchanged (equal
+    grids), so training reads exactly what the encoder gives. Kept in
+    ``folder/<hash of the encoder record and grid>.safetensors`` across resumes.
+    Without an extra loss that has targets the dataset is returned as it is.
+    """
+    from safetensors.torch import load_file, save_file
+
+    records = [e.to_record() for e in criterion.extra_losses if getattr(e, "kind", None) == "repa"]
+    if not records:
+        return dataset
+    grid = tuple(int(g) for g in model.config.grid)
+    key = hashlib.sha256(json.dumps([records, grid, len(dataset)], sort_keys=True).encode()).hexdigest()[:16]
+    path = folder / f"{key}.safetensors"
+    if path.is_file():
+        maps = load_file(path)["maps"]
+    else:
+        log.info("computing the alignment targets of %d digits once (%s)", len(dataset), path.name)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=False)
+        chunks = []
+        for images, *_ in loader:
+            targets = criterion.batch_targets(images, None).float().cpu()  # (b, n, e)
+            chunks.append(targets.transpose(1, 2).reshape(targets.shape[0], -1, *grid))
+        maps = torch.cat(chunks).contiguous()
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda p: save_file({"maps": maps}, str(p)))
+    return _WithTargets(dataset, maps)
+
+
 def train_until(
     cfg: StudyConfig, name: str, seed: int, step: int, dataset: MNIST5kDataset, run_dir: Path, dist: Any
 ) -> tuple[float, float]:
@@ -260,6 +308,7 @@ def train_until(
         steps=step, global_batch_size=cfg.batch_size, seed=seed, ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip,
         ckpt_every=cfg.eval_every, log_every=min(cfg.eval_every, 50), num_workers=0, num_samples=0,
     )
+    dataset = with_cached_targets(criterion, model, dataset, run_dir.parent.parent / "targets")
     start, cpu = time.perf_counter(), time.process_time()
     train(
         loop, model=model, criterion=criterion, dataset=dataset, autoencoder=PixelSpace(1),

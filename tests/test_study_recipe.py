@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from training_utils import load_recipe
 
 from mdtblocks.evaluation import ARMS
@@ -157,3 +158,33 @@ def test_alignment_arms_run_in_the_study(tmp_path, monkeypatch) -> None:
         config = json.loads((tmp_path / "runs" / f"{aligned}-seed0" / "config.json").read_text())
         assert [e["kind"] for e in config["criterion"]["extra_losses"]] == ["repa"]
     assert runs["SiT-dispersive"]["step_flops"] == runs["SiT"]["step_flops"]
+
+
+def test_alignment_targets_are_computed_once_and_read_back_exactly(tmp_path, monkeypatch) -> None:
+    """The study stores REPA's targets per digit; a batch read from them equals the encoder run on its images."""
+    from test_evaluation_arms import tiny_encoder
+
+    from mdtblocks.data import MNIST5kDataset
+    from mdtblocks.evaluation import arms
+
+    monkeypatch.setattr(arms, "_inception", lambda resolution: tiny_encoder(32))
+    study = load_recipe("study_learning_speed")
+    cfg = study.parse([*QUICK, "--arms", "SiT-REPA"])
+    model = study.build_model(cfg, "SiT-REPA", 0)
+    criterion = arms.build_arm_criterion(arms.ARMS["SiT-REPA"], model, study.arm_options(cfg))
+    digits = torch.utils.data.Subset(MNIST5kDataset("train", image_size=cfg.image_size), range(70))
+    cached = study.with_cached_targets(criterion, model, digits, tmp_path)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1 and len(cached) == 70
+    items = [cached[i] for i in (0, 33, 69)]
+    images, stored = torch.stack([it[0] for it in items]), torch.stack([it[2] for it in items])
+    assert torch.equal(criterion.batch_targets(images, stored), criterion.batch_targets(images, None))
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the targets were computed again")
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", no_encoding)
+    again = study.with_cached_targets(criterion, model, digits, tmp_path)  # read back, the encoder not run
+    assert torch.equal(again.maps, cached.maps)
+    plain = study.build_model(cfg, "SiT-REPA", 0)
+    no_align = arms.build_arm_criterion(arms.ARMS["SiT"], plain, study.arm_options(cfg))
+    assert study.with_cached_targets(no_align, plain, digits, tmp_path) is digits
