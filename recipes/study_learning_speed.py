@@ -240,6 +240,14 @@ def build_model(cfg: StudyConfig, name: str, seed: int) -> torch.nn.Module:
     return cls(config_from_dict(cls.config_class, fields))
 
 
+class StudyStopped(Exception):
+    """A signal (SIGTERM, SIGINT) stopped a run's training after its checkpoint; the same command resumes."""
+
+    def __init__(self, signal: int, name: str, seed: int, step: int, seconds: float, cpu_seconds: float) -> None:
+        super().__init__(f"{name} seed {seed} stopped by signal {signal} at step {step}; the same command resumes")
+        self.signal, self.seconds, self.cpu_seconds = signal, seconds, cpu_seconds
+
+
 class _WithTargets(torch.utils.data.Dataset):
     """``(image, label, stored target map)``: a dataset with its extra losses' targets computed once."""
 
@@ -298,6 +306,9 @@ def train_until(
     Returns:
         ``(wall-clock seconds, CPU seconds of this process)``; the second is less
         disturbed by other work on a shared machine.
+
+    Raises:
+        StudyStopped: a signal stopped the training (its checkpoint is written).
     """
     model = build_model(cfg, name, seed)
     start = ARMS[name].finetune_start(cfg.steps)  # the fine-tune resumes from the checkpoint at its start
@@ -310,11 +321,14 @@ def train_until(
     )
     dataset = with_cached_targets(criterion, model, dataset, run_dir.parent.parent / "targets")
     start, cpu = time.perf_counter(), time.process_time()
-    train(
+    result = train(
         loop, model=model, criterion=criterion, dataset=dataset, autoencoder=PixelSpace(1),
         make_optimizer=lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0),
         out=run_dir, dist=dist,
     )
+    if result.stopped_by is not None:
+        raise StudyStopped(int(result.stopped_by), name, seed, result.step, time.perf_counter() - start,
+                           time.process_time() - cpu)
     return time.perf_counter() - start, time.process_time() - cpu
 
 
@@ -407,8 +421,18 @@ def run_one(
     for step in eval_steps:
         if step in done:
             continue
-        if str(step) not in timing:
-            timing[str(step)] = list(train_until(cfg, name, seed, step, train_set, run_dir, dist))
+        ckpt = latest_checkpoint(run_dir)
+        if str(step) in timing and (ckpt is None or int(ckpt.name) < step):  # a segment a signal cut short
+            timing[f"partial-{step}"] = timing.pop(str(step))
+        if str(step) not in timing:  # train the segment, adding the time of earlier, interrupted tries
+            before = timing.pop(f"partial-{step}", [0.0, 0.0])
+            try:
+                wall, cpu = train_until(cfg, name, seed, step, train_set, run_dir, dist)
+            except StudyStopped as stop:
+                timing[f"partial-{step}"] = [before[0] + stop.seconds, before[1] + stop.cpu_seconds]
+                write_json(timing_path, timing)
+                raise
+            timing[str(step)] = [before[0] + wall, before[1] + cpu]
             write_json(timing_path, timing)
         ckpt = latest_checkpoint(run_dir)
         assert ckpt is not None and ckpt.name == f"{step:07d}", ckpt
@@ -602,9 +626,14 @@ def main(argv: list[str] | None = None) -> int:
         "study of %s over seeds %s: %d steps each, evaluated at %s; held-out real digits score fd %.3f, accuracy %.3f",
         ", ".join(cfg.arms), list(cfg.seeds), cfg.steps, cfg.eval_steps, held_out["fd"], held_out["accuracy"],
     )
-    for seed in cfg.seeds:  # seed-major: an interrupted study already has every arm at some seeds
-        for name in cfg.arms:
-            run_one(cfg, name, seed, out, results, reference, train_set, dist)
+    try:
+        for seed in cfg.seeds:  # seed-major: an interrupted study already has every arm at some seeds
+            for name in cfg.arms:
+                run_one(cfg, name, seed, out, results, reference, train_set, dist)
+    except StudyStopped as stop:
+        print(f"interrupted: {stop}", file=sys.stderr)
+        dist.close()
+        return 128 + stop.signal
     write_json(out / "results.json", results)
     curves = curves_of(cfg, results)
     floors = {"fd": held_out["fd"], "accuracy": held_out["accuracy"], "nn_ratio": held_out["nn_ratio"]}

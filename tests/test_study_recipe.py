@@ -87,6 +87,38 @@ def test_rerun_resumes_without_retraining_and_reproduces_a_killed_run(quick_stud
         assert after[metric] == pytest.approx(before[metric], rel=1e-5, abs=1e-6), metric
 
 
+def test_a_signal_mid_segment_stops_the_study_and_the_same_command_resumes(quick_study, tmp_path, monkeypatch, capsys) -> None:
+    """SIGTERM at step 6 (between evaluations): exit 143 with one line; the rerun finishes the same model."""
+    import signal
+
+    from mdtblocks.training import loop
+
+    study, fixture_out = quick_study
+    calls = []
+
+    def term_at_step_6(*args):
+        calls.append(None)
+        return signal.SIGTERM if len(calls) == 6 else None
+
+    monkeypatch.setattr(loop, "stop_signal", term_at_step_6)
+    flags = ["--out", str(tmp_path), *QUICK, "--arms", "DiT", "--seeds", "0"]
+    assert study.main(flags) == 128 + signal.SIGTERM
+    assert "interrupted: DiT seed 0 stopped by signal 15 at step 6; the same command resumes" in capsys.readouterr().err
+    run_dir = tmp_path / "runs" / "DiT-seed0"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["0000004", "0000006"]
+    assert sorted(json.loads((run_dir / "timing.json").read_text())) == ["4", "partial-8"]
+
+    monkeypatch.undo()
+    assert study.main(flags) == 0
+    timing = json.loads((run_dir / "timing.json").read_text())
+    assert sorted(timing) == ["4", "8"]
+    after = json.loads((tmp_path / "results.json").read_text())["runs"]["DiT"]["seeds"]["0"]
+    before = json.loads((fixture_out / "results.json").read_text())["runs"]["DiT"]["seeds"]["0"]
+    assert [r["step"] for r in after] == [4, 8]
+    for metric in ("fd", "accuracy", "nn_distance"):  # the interrupted run lands on the uninterrupted model
+        assert after[-1][metric] == pytest.approx(before[-1][metric], rel=1e-5, abs=1e-6), metric
+
+
 def test_unmatched_budgets_are_refused(quick_study, capsys, monkeypatch) -> None:
     """MDTv2 has about 9% more parameters than DiT at --quick's size: a 5% tolerance refuses the pair."""
     study, out = quick_study
