@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mdtblocks import DiT, DiTConfig, MaskedDiffusionTransformer, forward_flops
-from mdtblocks.models.flops import forward_flop_counts
 from mdtblocks.masking.route import (
     Route,
     RoutePlan,
@@ -20,6 +19,7 @@ from mdtblocks.masking.route import (
     default_span,
     route_from_ids_keep,
 )
+from mdtblocks.models.flops import forward_flop_counts
 
 SETTINGS = settings(max_examples=15, deadline=None)
 
