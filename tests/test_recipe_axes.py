@@ -96,6 +96,10 @@ def test_maskdit_drops_tokens_with_the_other_objectives(objective: str, route: l
     assert [r["step"] for r in rows if "loss" in r] == [1, 2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
     model = load_pretrained(tmp_path / "checkpoints/0000002")
     assert model.config.learn_sigma == (objective == "gaussian")
+    if objective == "gaussian" and not route:  # the run samples with its objective's sampler
+        out = load_recipe("sample").main(["--ckpt", str(tmp_path / "checkpoints/0000002"), "--num-samples", "2", "--steps", "2",
+                                          "--device", "cpu", "--no-progress", "--out", str(tmp_path / "s")])
+        assert json.loads((out / "sample_config.json").read_text())["sampler"] == "ddpm"
 
 
 @pytest.mark.parametrize(("recipe", "base", "extra", "message"), [

@@ -34,8 +34,9 @@ class MaskDiT(DiffusionBackbone):
       (:class:`~mdtblocks.blocks.ZeroNullLabelEmbedder`).
 
     Without ``ids_keep`` (sampling, and the unmasked fine-tune stage) every token goes
-    through both halves and the mask token is unused. The training loss is EDM's on the
-    visible patches plus an MAE reconstruction term on the dropped ones
+    through both halves and the mask token is unused. The training loss is the objective's
+    (EDM as in the paper, or the Gaussian diffusion or flow matching) on the visible
+    patches plus an MAE reconstruction term on the dropped ones
     (:mod:`mdtblocks.losses.mae`); the token choice is :attr:`mask_sampler`, a
     :class:`~mdtblocks.masking.MaskSampler` of ratio ``mask_ratio``.
 
