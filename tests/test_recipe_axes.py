@@ -14,7 +14,8 @@ from training_utils import TINY, load_recipe, max_abs_diff, weights, with_flag
 from mdtblocks import DiT, load_pretrained
 from mdtblocks.criterion import read_criterion
 from mdtblocks.masking import Route
-from mdtblocks.objectives import EDMObjective
+from mdtblocks.objectives import EDMObjective, GaussianObjective
+from mdtblocks.objectives.flow import FlowMatching
 from mdtblocks.tokens import MaskDiTDropRule, MaskedTwoPassRule, PlainRule, RoutedRule
 
 COMMON = ["--num-samples", "0", "--no-pipeline", "--ckpt-every", "3"]
@@ -80,9 +81,30 @@ def test_maskdit_pretrain_resumes_and_the_finetune_starts_from_it(tmp_path: Path
     assert json.loads((out / "sample_config.json").read_text())["sampler"] == "heun"
 
 
+@pytest.mark.parametrize("objective", ["gaussian", "flow"])
+@pytest.mark.parametrize("route", [[], ["--route", "0.5", "--route-span", "0", "1"]], ids=["dropped", "dropped+routed"])
+def test_maskdit_drops_tokens_with_the_other_objectives(objective: str, route: list[str], tmp_path: Path) -> None:
+    _run("maskdit_imagenet256", MASKDIT, tmp_path, 2, "--objective", objective, *route)
+    criterion = _criterion(tmp_path)
+    rule = MaskDiTDropRule(0.5, 0.1)
+    assert criterion.tokens == (RoutedRule(rule, Route(0, 1, 0.5)) if route else rule)
+    if objective == "gaussian":  # learned sigma, as every Gaussian recipe run: the vb term on the visible patches
+        assert criterion.objective == GaussianObjective("linear", 1000, learn_sigma=True)
+    else:
+        assert criterion.objective == FlowMatching()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
+    model = load_pretrained(tmp_path / "checkpoints/0000002")
+    assert model.config.learn_sigma == (objective == "gaussian")
+    if objective == "gaussian" and not route:  # the run samples with its objective's sampler
+        out = load_recipe("sample").main(["--ckpt", str(tmp_path / "checkpoints/0000002"), "--num-samples", "2", "--steps", "2",
+                                          "--device", "cpu", "--no-progress", "--out", str(tmp_path / "s")])
+        assert json.loads((out / "sample_config.json").read_text())["sampler"] == "ddpm"
+
+
 @pytest.mark.parametrize(("recipe", "base", "extra", "message"), [
     ("maskdit_imagenet256", MASKDIT, ["--route", "0.5", "--route-span", "1", "3"], "does not fit the model's 2 blocks"),
-    ("maskdit_imagenet256", MASKDIT, ["--objective", "gaussian"], "MaskDiT models train with --objective edm"),
+    ("maskdit_imagenet256", MASKDIT, ["--objective", "gaussian", "--flow-path", "GVP"], "--flow-path apply to --objective flow"),
     ("dit_imagenet256", DIT, ["--route", "1.5"], r"--route 1.5 is outside \(0, 1\)"),
     ("dit_imagenet256", DIT, ["--objective", "edm", "--snr-gamma", "5"], "--snr-gamma 5(.0)? weights the Gaussian"),
     ("dit_imagenet256", DIT, ["--route-span", "1", "2"], "without --route"),

@@ -19,6 +19,7 @@ from mdtblocks.masking.route import (
     default_span,
     route_from_ids_keep,
 )
+from mdtblocks.models.flops import forward_flop_counts
 
 SETTINGS = settings(max_examples=15, deadline=None)
 
@@ -190,6 +191,32 @@ def test_flops_are_linear_in_the_span_and_in_the_routed_share_of_the_linear_part
     d, n = 64, 64
     linear = [plain - forward_flops(model, route=Route(0, 6, r / n)) - 6 * 2 * d * (n * n - (n - r) ** 2) for r in range(0, 40, 8)]
     assert len({b - a for a, b in pairwise(linear)}) == 1 and linear[0] == 0
+
+
+@settings(max_examples=4, deadline=None)
+@given(data=st.data(), first=st.integers(0, 40), step=st.integers(1, 11))
+def test_flops_are_linear_in_the_routed_fraction_once_attention_is_apart(data, first, step):
+    """The FLOP count falls linearly with the routed fraction over the span, attention's quadratic term aside.
+
+    For three routed counts in equal steps (``first``, ``first + step``, ``first + 2 step`` of the
+    n tokens), the span's blocks see ``k = n - routed`` tokens: the count without attention's
+    score and value products falls by the same amount at each step (linear in the routed
+    fraction), and those products are ``2 k^2 d`` per span block, ``2 n^2 d`` per other block.
+    """
+    model = small_dit()
+    n, d, depth = 64, 64, 6
+    start, end = data.draw(spans(depth))
+    routed = [first, first + step, first + 2 * step]
+    counts = [forward_flop_counts(model, route=Route(start, end, r / n)) for r in routed]
+    assert [Route(start, end, r / n).num_kept(n) for r in routed] == [n - r for r in routed]
+    rest = [c.rest for c in counts]
+    assert rest[0] - rest[1] == rest[1] - rest[2] > 0  # equal steps of the fraction, equal savings
+    assert rest[0] - rest[1] == (end - start) * 12 * d * d * step  # projections and MLP: 12 d^2 per token
+    for r, c in zip(routed, counts):
+        k = n - r
+        assert c.attention == (end - start) * 2 * k * k * d + (depth - end + start) * 2 * n * n * d
+    plain = forward_flop_counts(model)
+    assert plain.attention == depth * 2 * n * n * d and plain.rest - rest[0] == (end - start) * 12 * d * d * first
 
 
 def test_flops_of_dit_s2_at_the_tread_setting():

@@ -107,7 +107,7 @@ class Criterion:
                 raise TypeError(f"tokens {type(self.tokens).__name__} has no {name}(): not a TokenRule")
         object.__setattr__(self, "extra_losses", tuple(self.extra_losses))
         check = getattr(self.tokens, "check_objective", None)
-        if check is not None:  # a rule that works with some objectives only (MaskDiT's dropping: EDM)
+        if check is not None:  # a rule that works with some objectives only (MaskDiT's dropping: per-element terms)
             check(self.objective)
 
     # --- draws --------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,7 +15,20 @@ from .noise import gaussian_noise
 from .process import GaussianProcess, Model, fp32_math, math_dtype
 from .reverse import p_mean_variance_from_output, split_model_output
 
-__all__ = ["training_losses", "losses_from_output", "vb_terms_bpd"]
+__all__ = [
+    "training_losses", "losses_from_output", "vb_terms_bpd", "ElementLosses", "element_losses_from_output",
+    "element_training_losses", "vb_terms_per_element",
+]
+
+
+def _vb_maps(
+    diffusion: GaussianProcess, p_out: dict[str, Image], x_start: Image, x_t: Image, t: Timesteps
+) -> tuple[Image, Image]:
+    """Per element, in nats: ``KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))`` and the decoder NLL ``-log p(x_0 | x_1)``."""
+    true_mean, _, true_log_var = diffusion.q_posterior_mean_variance(x_start, x_t, t)
+    kl = normal_kl(true_mean, true_log_var, p_out["mean"], p_out["log_variance"])
+    nll = -discretized_gaussian_log_likelihood(x_start, means=p_out["mean"], log_scales=0.5 * p_out["log_variance"])
+    return kl, nll
 
 
 def vb_terms_bpd(
@@ -36,11 +50,20 @@ def vb_terms_bpd(
     Returns:
         ``(b,)`` bits per dimension.
     """
-    true_mean, _, true_log_var = diffusion.q_posterior_mean_variance(x_start, x_t, t)
-    kl = mean_flat(normal_kl(true_mean, true_log_var, p_out["mean"], p_out["log_variance"])) / math.log(2.0)
-    nll = -discretized_gaussian_log_likelihood(x_start, means=p_out["mean"], log_scales=0.5 * p_out["log_variance"])
-    nll = mean_flat(nll) / math.log(2.0)
-    return torch.where(t == 0, nll, kl)
+    kl, nll = _vb_maps(diffusion, p_out, x_start, x_t, t)
+    return torch.where(t == 0, mean_flat(nll) / math.log(2.0), mean_flat(kl) / math.log(2.0))
+
+
+def vb_terms_per_element(
+    diffusion: GaussianProcess, p_out: dict[str, Image], x_start: Image, x_t: Image, t: Timesteps
+) -> Image:
+    """:func:`vb_terms_bpd` before its mean over elements: bits per element, ``(b, c, hh, ww)``.
+
+    Each element's term is its own Gaussian's KL (or, at ``t = 0``, its discretised NLL),
+    so the mean of these over any set of elements is the bound's term on that set alone.
+    """
+    kl, nll = _vb_maps(diffusion, p_out, x_start, x_t, t)
+    return torch.where((t == 0).view(-1, *([1] * (kl.ndim - 1))), nll, kl) / math.log(2.0)
 
 
 def losses_from_output(
@@ -95,6 +118,97 @@ def losses_from_output(
         return terms
 
 
+@dataclass(frozen=True)
+class ElementLosses:
+    """A Gaussian pass's loss terms per element, before the mean over elements.
+
+    Attributes:
+        terms: ``"mse"`` (min-SNR weighted when the process is) and, with learned sigma,
+            ``"vb"`` (bits per element, rescaled as the loss type says); the KL loss types
+            have ``"vb"`` alone. Each ``(b, c, hh, ww)``; ``"loss"`` is their sum.
+        x_t: the noisy input the model was given.
+        prediction: the model's prediction channels (variance channels left out).
+    """
+
+    terms: dict[str, Image]
+    x_t: Image
+    prediction: Image
+
+
+def element_losses_from_output(
+    diffusion: GaussianProcess,
+    model_output: Float[Tensor, "b c2 hh ww"],
+    x_start: Image,
+    x_t: Image,
+    t: Timesteps,
+    noise: Image,
+) -> ElementLosses:
+    """:func:`losses_from_output` per element: each term's mean over all elements is that function's term.
+
+    With dropped tokens (MaskDiT's rule) the terms are averaged over the visible patches
+    only; the vb term is then the bound's terms of the visible elements, averaged (each
+    element's KL involves only its own mean and variance).
+    """
+    dtype = math_dtype(x_start)
+    with fp32_math(x_start.device):
+        model_output = model_output.to(dtype)
+        x_start, x_t, noise = x_start.to(dtype), x_t.to(dtype), noise.to(dtype)
+        prediction, var_values = split_model_output(model_output, x_start.shape[1], diffusion.variance_type)
+        terms: dict[str, Tensor] = {}
+        if diffusion.loss_type in ("kl", "rescaled_kl"):
+            out = p_mean_variance_from_output(diffusion, model_output, x_t, t, clip_denoised=False)
+            vb = vb_terms_per_element(diffusion, out, x_start, x_t, t)
+            terms["vb"] = vb * diffusion.num_timesteps if diffusion.loss_type == "rescaled_kl" else vb
+            return ElementLosses(terms, x_t, prediction)
+        mse = (diffusion.target(x_start, t, noise) - prediction) ** 2
+        if diffusion.snr_gamma is not None:
+            mse = diffusion.mse_weight(t).to(dtype).view(-1, 1, 1, 1) * mse
+        terms["mse"] = mse
+        if var_values is not None:
+            frozen = torch.cat([prediction.detach(), var_values], dim=1)  # the vb term trains the variance only
+            out = p_mean_variance_from_output(diffusion, frozen, x_t, t, clip_denoised=False)
+            vb = vb_terms_per_element(diffusion, out, x_start, x_t, t)
+            terms["vb"] = vb * (diffusion.num_timesteps / 1000.0) if diffusion.loss_type == "rescaled_mse" else vb
+        return ElementLosses(terms, x_t, prediction)
+
+
+def _noised_pass(
+    diffusion: GaussianProcess,
+    model: Model,
+    x_start: Image,
+    t: Timesteps,
+    model_kwargs: dict[str, Any] | None,
+    noise: Image | None,
+    generator: torch.Generator | None,
+) -> tuple[Image, Image, Image, Float[Tensor, "b c2 hh ww"]]:
+    """``(x_start, x_t, noise, model output)``, the first three in the math dtype: noise ``x_start`` to ``t``, run the model."""
+    if not isinstance(x_start, Tensor) or not x_start.is_floating_point():
+        raise TypeError(f"x_start must be a floating-point tensor, got {getattr(x_start, 'dtype', type(x_start))}")
+    diffusion.check_timesteps(t, x_start.shape[0])
+    with fp32_math(x_start.device):
+        x_start32 = x_start.to(math_dtype(x_start))
+        if noise is None:
+            noise = gaussian_noise(x_start32, generator)
+        x_t = diffusion.q_sample(x_start32, t, noise.to(x_start32.dtype))
+    model_output = model(x_t, diffusion.model_timesteps(t), **(model_kwargs or {}))
+    return x_start32, x_t, noise, model_output
+
+
+def element_training_losses(
+    diffusion: GaussianProcess,
+    model: Model,
+    x_start: Image,
+    t: Timesteps,
+    model_kwargs: dict[str, Any] | None = None,
+    noise: Image | None = None,
+    *,
+    generator: torch.Generator | None = None,
+) -> ElementLosses:
+    """:func:`training_losses` with the terms per element (:func:`element_losses_from_output`)."""
+    x_start, x_t, noise, model_output = _noised_pass(diffusion, model, x_start, t, model_kwargs, noise, generator)
+    return element_losses_from_output(diffusion, model_output, x_start, x_t, t, noise)
+
+
 def training_losses(
     diffusion: GaussianProcess,
     model: Model,
@@ -123,13 +237,5 @@ def training_losses(
     Returns:
         ``"loss"``, ``"mse"`` and, when sigma is learned, ``"vb"``: ``(b,)`` tensors.
     """
-    if not isinstance(x_start, Tensor) or not x_start.is_floating_point():
-        raise TypeError(f"x_start must be a floating-point tensor, got {getattr(x_start, 'dtype', type(x_start))}")
-    diffusion.check_timesteps(t, x_start.shape[0])
-    with fp32_math(x_start.device):
-        x_start32 = x_start.to(math_dtype(x_start))
-        if noise is None:
-            noise = gaussian_noise(x_start32, generator)
-        x_t = diffusion.q_sample(x_start32, t, noise.to(x_start32.dtype))
-    model_output = model(x_t, diffusion.model_timesteps(t), **(model_kwargs or {}))
-    return losses_from_output(diffusion, model_output, x_start32, x_t, t, noise)
+    x_start, x_t, noise, model_output = _noised_pass(diffusion, model, x_start, t, model_kwargs, noise, generator)
+    return losses_from_output(diffusion, model_output, x_start, x_t, t, noise)

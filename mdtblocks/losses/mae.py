@@ -1,4 +1,4 @@
-"""MaskDiT's training loss: EDM's denoising loss on the visible patches plus an MAE reconstruction loss on the dropped ones."""
+"""MaskDiT's training loss: the objective's denoising loss on the visible patches plus an MAE reconstruction loss on the dropped ones."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from torch import Tensor
 
 from ..blocks import patchify
 from ..masking import MaskPlan
+from ..objectives.base import PointwiseObjective
 from ..objectives.edm import EDMObjective
 
-__all__ = ["visible_patch_mean", "mae_reconstruction_loss", "MaskDiTLoss"]
+__all__ = ["visible_patch_mean", "mae_reconstruction_loss", "MaskDiTLoss", "check_pointwise"]
 
 Image = Float[Tensor, "b c hh ww"]
 
@@ -62,34 +63,56 @@ def mae_reconstruction_loss(
     return (per_patch * dropped).sum(dim=1) / dropped.sum(dim=1)
 
 
+def check_pointwise(objective: object) -> None:
+    """Raise ``TypeError`` unless ``objective`` gives its loss terms per element (``pointwise_losses``), as the
+    Gaussian diffusion, flow matching and EDM do: the visible-patch mean needs them before their reduction."""
+    if not callable(getattr(objective, "pointwise_losses", None)):
+        raise TypeError(
+            f"MaskDiT's loss averages the objective's terms over the visible patches, so it needs an objective with "
+            f"pointwise_losses() (the Gaussian diffusion, flow matching, EDM); {type(objective).__name__} has none"
+        )
+
+
 @dataclass(frozen=True)
 class MaskDiTLoss:
-    """The MaskDiT step loss for one plan of dropped tokens (Zheng et al. 2024, Section 3).
+    """The MaskDiT step loss for one plan of dropped tokens (Zheng et al. 2024, Section 3), over any objective.
 
-    With a plan, the backbone runs with ``ids_keep = plan.ids_keep``; the loss is EDM's
-    weighted denoising error averaged over the visible patches, plus ``mae_weight``
-    times the MAE loss between the denoised output and the (normalised) noisy input on
-    the dropped patches. The MAE target is the noisy input because the decoder sees
-    nothing of the dropped patches and has to reconstruct what the network was given.
-    Without a plan (the unmasked fine-tune stage, or sampling) it is EDM's plain loss.
+    With a plan, the backbone runs with ``ids_keep = plan.ids_keep``; the loss is the
+    objective's loss with every per-element term (its
+    :meth:`~mdtblocks.objectives.base.PointwiseObjective.pointwise_losses`) averaged over
+    the visible patches instead of all of them, plus ``mae_weight`` times the MAE loss
+    between the objective's reconstruction and the (normalised) noisy input on the
+    dropped patches. The MAE target is the noisy input because the decoder sees nothing
+    of the dropped patches and has to reconstruct what the network was given.
+
+    - **EDM** (MaskDiT's own): ``lambda(sigma) (D - x_0)^2`` on the visible patches; the
+      MAE term compares the denoised ``D``.
+    - **The Gaussian diffusion**: its mse term and, with learned sigma, its vb term,
+      each averaged over the visible patches' elements (the vb term is a sum of one KL
+      per element, so this is the bound's term on the visible elements alone); the MAE
+      term compares the prediction channels (epsilon, ``x_0`` or ``v``).
+    - **Flow matching**: its mse (and cosine) terms on the visible patches; the MAE term
+      compares the prediction (velocity, score or noise).
+
+    Without a plan (the unmasked fine-tune stage, or sampling) it is the objective's
+    plain loss.
 
     Attributes:
-        objective: the EDM objective (its preconditioning and loss weight).
+        objective: the objective (EDM, the Gaussian diffusion, flow matching: any with ``pointwise_losses``).
         patch_size: the backbone's patch side.
         mae_weight: weight of the MAE term (official: 0.1).
         norm_pix: standardise each MAE target patch (official: true).
     """
 
     patch_size: int
-    objective: EDMObjective = field(default_factory=EDMObjective)
+    objective: PointwiseObjective = field(default_factory=EDMObjective)
     mae_weight: float = 0.1
     norm_pix: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.patch_size, bool) or not isinstance(self.patch_size, int) or self.patch_size < 1:
             raise ValueError(f"patch_size must be a positive int, got {self.patch_size!r}")
-        if not isinstance(self.objective, EDMObjective):
-            raise TypeError(f"MaskDiTLoss needs an EDMObjective, got {type(self.objective).__name__}")
+        check_pointwise(self.objective)
         w = self.mae_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
             raise ValueError(f"mae_weight must be a non-negative finite number, got {w!r}")
@@ -98,12 +121,21 @@ class MaskDiTLoss:
         self,
         net: Callable[..., Tensor],
         x_start: Image,
-        sigma: Shaped[Tensor, "b"],
+        times: Shaped[Tensor, "b"],
         noise: Image,
         plan: MaskPlan | None,
         model_kwargs: Mapping[str, Any],
     ) -> dict[str, Float[Tensor, "b"]]:
-        """Per-sample terms: ``"loss"`` (to average and backpropagate), ``"denoise"`` and, with a plan, ``"mae"``.
+        """Per-sample terms: ``"loss"`` (to average and backpropagate), ``"denoise"`` (the objective's loss on the
+        visible patches), the objective's named terms on them and, with a plan, ``"mae"``.
+
+        Args:
+            net: the backbone as called.
+            x_start: clean data.
+            times: the objective's times (EDM: ``sigma``).
+            noise: the pass's noise.
+            plan: the dropped tokens, or ``None`` for a pass over every token.
+            model_kwargs: further model arguments (labels).
 
         Raises:
             ValueError: ``model_kwargs`` already holds ``ids_keep``, or shapes disagree.
@@ -111,17 +143,19 @@ class MaskDiTLoss:
         if "ids_keep" in model_kwargs:
             raise ValueError("pass the dropped tokens as plan, not as model_kwargs['ids_keep']")
         kwargs = dict(model_kwargs)
-        if plan is not None:
-            kwargs["ids_keep"] = plan.ids_keep
-        pred = self.objective.predict(net, x_start, sigma, noise, kwargs)
         if plan is None:
-            denoise = pred.weighted_error.flatten(1).mean(dim=1)
-            return {"loss": denoise, "denoise": denoise}
-        denoise = visible_patch_mean(pred.weighted_error, plan.mask, self.patch_size)
-        terms = {"denoise": denoise}
+            terms = self.objective.losses(net, x_start, times, noise, kwargs)
+            return {**terms, "denoise": terms["loss"]}
+        kwargs["ids_keep"] = plan.ids_keep
+        pointwise = self.objective.pointwise_losses(net, x_start, times, noise, kwargs)
+        visible = pointwise.reduce(lambda term: visible_patch_mean(term, plan.mask, self.patch_size))
+        denoise = visible.pop("loss")
+        terms = {"denoise": denoise, **visible}
         loss = denoise
         if self.mae_weight > 0:
-            mae = mae_reconstruction_loss(pred.denoised, pred.noisy, plan.mask, self.patch_size, norm_pix=self.norm_pix)
+            mae = mae_reconstruction_loss(
+                pointwise.reconstruction, pointwise.noisy, plan.mask, self.patch_size, norm_pix=self.norm_pix
+            )
             terms["mae"] = mae
             loss = denoise + self.mae_weight * mae
         return {"loss": loss, **terms}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -14,18 +15,36 @@ from torch import Tensor, nn
 
 from ..blocks import FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, sincos_2d, unpatchify
 from ..io import read_json, write_json
+from ..masking import validate_ids_keep
+from ..masking.route import RoutePlan
 from .config import DiTConfig, config_from_dict
 from .inputs import check_inputs
 from .presets import preset
 from .shards import DEFAULT_MAX_SHARD_SIZE, read_weights, write_weights
 
-__all__ = ["DiffusionBackbone"]
+__all__ = ["DiffusionBackbone", "EmbeddedInputs"]
 
 M = TypeVar("M", bound="DiffusionBackbone")
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 ALIGN_PREFIX = "alignment_head."  # mdtblocks.alignment.ALIGN_MODULE: a training-only head, never exported
+
+
+@dataclass(frozen=True)
+class EmbeddedInputs:
+    """The opening of a forward pass, shared by the backbones (:meth:`DiffusionBackbone.embed_inputs`).
+
+    Attributes:
+        tokens: ``(b, n, d)`` the patch tokens with the position table added (all ``n``; a
+            pass with ``ids_keep`` gathers the kept ones where it needs them).
+        c: ``(b, d)`` the conditioning vector ``embed(t) + embed(y)``.
+        routes: the pass's checked token routes, in block order (empty without routing).
+    """
+
+    tokens: Float[Tensor, "b n d"]
+    c: Float[Tensor, "b d"]
+    routes: tuple[RoutePlan, ...]
 
 
 class DiffusionBackbone(ModelMixin):
@@ -95,6 +114,36 @@ class DiffusionBackbone(ModelMixin):
         """Final layer and unpatchify to ``(b, out_channels, H, W)``."""
         cfg = self.config
         return unpatchify(self.final_layer(h, c), cfg.patch_size, cfg.out_channels, cfg.grid)
+
+    def embed_inputs(
+        self,
+        x: Float[Tensor, "b c hh ww"],
+        t: Shaped[Tensor, "b"],
+        y: Int[Tensor, "b"],
+        ids_keep: Int[Tensor, "b k"] | None = None,
+        route: object = None,
+    ) -> EmbeddedInputs:
+        """Validate the inputs, embed the patches (plus positions) and the condition, check ``ids_keep`` and ``route``.
+
+        ``route`` is checked with the subclass's ``check_route(route, batch, num_kept)``
+        against the tokens the pass brings to each span (``num_kept`` with ``ids_keep``).
+        """
+        self.check_inputs(x, t, y)
+        tokens = self.x_embedder(x) + self.pos_embed  # (b, n, d)
+        c = self.condition(t, y)  # (b, d)
+        num_kept = None
+        if ids_keep is not None:
+            validate_ids_keep(ids_keep, x.shape[0], self.num_tokens, self.check_values)
+            num_kept = ids_keep.shape[1]
+        routes = () if route is None else self.check_route(route, x.shape[0], num_kept)
+        return EmbeddedInputs(tokens, c, routes)
+
+    def check_route(self, route: object, batch_size: int, num_kept: int | None = None) -> tuple[RoutePlan, ...]:
+        """Raise ``TypeError``/``ValueError`` unless ``route`` fits this model and pass; return its routes.
+
+        Backbones that route tokens override this; the base refuses every route.
+        """
+        raise ValueError(f"{type(self).__name__} does not route tokens (route= is not supported)")
 
     def check_inputs(self, x: object, t: object, y: object) -> None:
         """Validate ``(x, t, y)`` against the config (see :func:`~mdtblocks.models.inputs.check_inputs`)."""

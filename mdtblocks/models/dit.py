@@ -67,10 +67,9 @@ class DiT(DiffusionBackbone):
         """
         if ids_keep is not None:
             raise ValueError("DiT has no masked pass; ids_keep must be None")
-        self.check_inputs(x, t, y)
-        h = self.x_embedder(x) + self.pos_embed
-        c = self.condition(t, y)
-        router = SpanRouter(self.check_route(route, x.shape[0]))
+        opening = self.embed_inputs(x, t, y, route=route)
+        h, c = opening.tokens, opening.c
+        router = SpanRouter(opening.routes)
         for i, blk in enumerate(self.blocks):
             h = router.leave(i, blk(router.enter(i, h), c))
         return self.head(h, c)
@@ -84,10 +83,13 @@ class DiT(DiffusionBackbone):
             raise ValueError(f"route start {start!r} is not a block index in [0, {len(self.blocks)})")
         return self.num_tokens if num_kept is None else num_kept
 
-    def check_route(self, route: object, batch_size: int) -> tuple[RoutePlan, ...]:
-        """Raise ``TypeError``/``ValueError`` unless ``route`` fits this model and batch; return its routes."""
+    def check_route(self, route: object, batch_size: int, num_kept: int | None = None) -> tuple[RoutePlan, ...]:
+        """Raise ``TypeError``/``ValueError`` unless ``route`` fits this model and batch; return its routes.
+
+        ``num_kept`` is accepted for the backbones' common signature; DiT has no pass that keeps fewer tokens.
+        """
         routes = as_routes(route)
         for r in routes:
             check_span(r.start, r.end, len(self.blocks))
-            r.validate(batch_size, self.num_tokens, self.check_values)
+            r.validate(batch_size, self.num_tokens if num_kept is None else num_kept, self.check_values)
         return routes

@@ -18,13 +18,48 @@ from ..masking.plan import MaskPlan
 from ..masking.route import Route, RoutePlan
 from .base import DiffusionBackbone
 
-__all__ = ["forward_flops"]
+__all__ = ["forward_flops", "forward_flop_counts", "FlopCounts"]
+
+_ATTENTION_OPS = ("bmm", "baddbmm")
+"""The batched products of the reference attention path: ``q k^T`` and ``softmax(.) v`` (nothing else uses them)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FlopCounts:
+    """Multiply-adds of one forward pass, with attention's token-pair products apart.
+
+    Attributes:
+        total: every multiply-add (what :func:`forward_flops` returns).
+        attention: the attention scores ``q k^T`` and their product with the values: ``2 m^2 d``
+            for a block over ``m`` tokens of width ``d`` (quadratic in the tokens).
+    """
+
+    total: int
+    attention: int
+
+    @property
+    def rest(self) -> int:
+        """Everything but :attr:`attention`: projections, MLPs, modulation, patch embedding, the head."""
+        return self.total - self.attention
 
 
 def forward_flops(
     model: DiffusionBackbone, kept_tokens: int | None = None, route: Route | Sequence[Route] | None = None
 ) -> int:
-    """Multiply-adds of one image's forward pass of ``model``'s architecture.
+    """Multiply-adds of one image's forward pass of ``model``'s architecture (:func:`forward_flop_counts`'s total).
+
+    Args:
+        model: as :func:`forward_flop_counts`.
+        kept_tokens: as :func:`forward_flop_counts`.
+        route: as :func:`forward_flop_counts`.
+    """
+    return forward_flop_counts(model, kept_tokens, route).total
+
+
+def forward_flop_counts(
+    model: DiffusionBackbone, kept_tokens: int | None = None, route: Route | Sequence[Route] | None = None
+) -> FlopCounts:
+    """Multiply-adds of one image's forward pass of ``model``'s architecture, attention's products apart.
 
     The count is taken by running a copy of the architecture (built from ``model.config``
     on the meta device, so nothing is allocated or computed) under PyTorch's FLOP counter,
@@ -42,7 +77,8 @@ def forward_flops(
             ``route_tokens`` says: the kept tokens in an MDT encoder during the masked pass).
 
     Returns:
-        Multiply-adds (one per multiply-add; matrix products, convolution and attention).
+        Multiply-adds (one per multiply-add; matrix products, convolution and attention), in
+        all and those of attention's score and value products.
     """
     if not isinstance(model, DiffusionBackbone):
         raise TypeError(f"forward_flops needs an mdtblocks model, got {type(model).__name__}")
@@ -68,7 +104,9 @@ def forward_flops(
         kwargs["route"] = plans
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         copy(x, t, y, **kwargs)
-    return counter.get_total_flops() // 2  # the counter counts a multiply-add as two
+    ops = counter.get_flop_counts().get("Global", {})
+    attention = sum(count for op, count in ops.items() if str(op).split(".")[-1] in _ATTENTION_OPS)
+    return FlopCounts(total=counter.get_total_flops() // 2, attention=attention // 2)  # the counter counts a multiply-add as two
 
 
 def _meta_plan(route: Route, num_tokens: int) -> RoutePlan:

@@ -8,7 +8,7 @@ from jaxtyping import Float, Int, Shaped
 from torch import Tensor, nn
 
 from ..blocks import AdaLNBlock, FinalLayer, ZeroNullLabelEmbedder, sincos_2d
-from ..masking import MaskSampler, validate_ids_keep
+from ..masking import MaskSampler
 from ..masking.route import RoutePlan, as_routes, check_span
 from ..masking.router import SpanRouter
 from ..masking.maskdit import maskdit_drop_rule
@@ -34,8 +34,9 @@ class MaskDiT(DiffusionBackbone):
       (:class:`~mdtblocks.blocks.ZeroNullLabelEmbedder`).
 
     Without ``ids_keep`` (sampling, and the unmasked fine-tune stage) every token goes
-    through both halves and the mask token is unused. The training loss is EDM's on the
-    visible patches plus an MAE reconstruction term on the dropped ones
+    through both halves and the mask token is unused. The training loss is the objective's
+    (EDM as in the paper, or the Gaussian diffusion or flow matching) on the visible
+    patches plus an MAE reconstruction term on the dropped ones
     (:mod:`mdtblocks.losses.mae`); the token choice is :attr:`mask_sampler`, a
     :class:`~mdtblocks.masking.MaskSampler` of ratio ``mask_ratio``.
 
@@ -158,12 +159,9 @@ class MaskDiT(DiffusionBackbone):
         Returns:
             ``(b, out_channels, input_size, input_size)`` for every patch, dropped ones included.
         """
-        self.check_inputs(x, t, y)
-        tokens = self.x_embedder(x) + self.pos_embed  # (b, n, d)
-        c = self.condition(t, y)  # (b, d)
+        opening = self.embed_inputs(x, t, y, ids_keep, route)
+        tokens, c = opening.tokens, opening.c  # (b, n, d), (b, d)
         if ids_keep is not None:
-            validate_ids_keep(ids_keep, x.shape[0], self.num_tokens, self.check_values)
             tokens = tokens.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))  # (b, k, d)
-        routes = self.check_route(route, x.shape[0], None if ids_keep is None else ids_keep.shape[1]) if route is not None else ()
-        h = self.encode(tokens, c, routes)
+        h = self.encode(tokens, c, opening.routes)
         return self.head(self.decode(h, c, ids_keep), c)

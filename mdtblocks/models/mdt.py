@@ -8,7 +8,7 @@ from jaxtyping import Float, Int, Shaped
 from torch import Tensor, nn
 
 from ..blocks import AdaLNBlock, gather_relative_index, relative_position_index, sincos_2d
-from ..masking import MaskSampler, SideInterpolater, validate_ids_keep
+from ..masking import MaskSampler, SideInterpolater
 from ..masking.route import RoutePlan, as_routes, check_span
 from ..masking.router import SpanRouter
 from .base import DiffusionBackbone
@@ -127,12 +127,8 @@ class MaskedDiffusionTransformer(DiffusionBackbone):
             ``(b, out_channels, input_size, input_size)``: epsilon (and the variance
             interpolation ``v`` channels when ``learn_sigma``).
         """
-        self.check_inputs(x, t, y)
-        tokens = self.x_embedder(x) + self.pos_embed
-        c = self.condition(t, y)
-        if ids_keep is not None:
-            validate_ids_keep(ids_keep, x.shape[0], self.num_tokens, self.check_values)
-        routes = self.check_route(route, x.shape[0], None if ids_keep is None else ids_keep.shape[1])
+        opening = self.embed_inputs(x, t, y, ids_keep, route)
+        tokens, c, routes = opening.tokens, opening.c, opening.routes
         enc_routes = tuple(r for r in routes if r.end <= len(self.encoder))
         if ids_keep is None:
             h = self.encode(tokens, c, routes=enc_routes)

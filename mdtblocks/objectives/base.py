@@ -15,6 +15,7 @@ pure noise, 1 at clean data.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -23,9 +24,11 @@ from torch import Tensor
 
 from ..registry import Registry
 
-__all__ = ["Objective", "register_objective", "objective_from_record", "OBJECTIVES"]
+__all__ = ["Objective", "PointwiseObjective", "PointwiseLosses", "register_objective", "objective_from_record", "OBJECTIVES"]
 
 Image = Float[Tensor, "b c hh ww"]
+ElementMap = Float[Tensor, "b cc hh ww"]
+"""A loss term per element: ``cc`` is the image's channels, or 1 for a term per pixel (flow's cosine term)."""
 
 
 @runtime_checkable
@@ -89,6 +92,64 @@ class Objective(Protocol):
 
     def to_record(self) -> dict[str, Any]:
         """Every option as JSON values, with ``"kind"``: what a run's ``config.json`` stores."""
+        ...
+
+
+@dataclass(frozen=True)
+class PointwiseLosses:
+    """One pass's loss terms before they are reduced over the elements of each sample.
+
+    The objective's per-sample ``losses`` are these maps averaged over every element;
+    a token rule that scores only some patches (MaskDiT's dropping) averages them over
+    those patches instead (:meth:`reduce`).
+
+    Attributes:
+        terms: term name -> its per-element map ``(b, cc, hh, ww)``, any per-sample
+            weighting already applied (Gaussian: ``"mse"`` and, with learned sigma,
+            ``"vb"``; flow: ``"mse"`` and ``"cosine"``; EDM: ``"mse"``, weighted by
+            ``lambda(sigma)``).
+        weights: term name -> its factor in ``"loss"`` (missing: 1).
+        noisy: ``(b, c, hh, ww)`` the noisy input the network was given (before any input scaling).
+        reconstruction: ``(b, c, hh, ww)`` the output an MAE term compares with ``noisy`` on
+            patches the network did not see: EDM's denoised ``D`` (as MaskDiT), the
+            network's prediction channels for the Gaussian diffusion and flow matching
+            (their data estimates divide by the signal scale and grow without bound near pure noise).
+    """
+
+    terms: Mapping[str, ElementMap]
+    noisy: Image
+    reconstruction: Image
+    weights: Mapping[str, float] = field(default_factory=dict)
+
+    def reduce(self, reduction: Callable[[ElementMap], Float[Tensor, "b"]]) -> dict[str, Float[Tensor, "b"]]:
+        """Per-sample terms under ``reduction``, and their weighted sum as ``"loss"``."""
+        out = {name: reduction(term) for name, term in self.terms.items()}
+        loss: Tensor | None = None
+        for name, value in out.items():
+            weight = self.weights.get(name, 1.0)
+            weighted = value if weight == 1.0 else weight * value
+            loss = weighted if loss is None else loss + weighted
+        if loss is None:
+            raise ValueError("PointwiseLosses has no terms")
+        return {"loss": loss, **out}
+
+
+@runtime_checkable
+class PointwiseObjective(Objective, Protocol):
+    """An :class:`Objective` that also gives its loss terms per element (what MaskDiT's dropping needs)."""
+
+    def pointwise_losses(
+        self,
+        net: Callable[..., Tensor],
+        x_start: Image,
+        times: Shaped[Tensor, "b"],
+        noise: Image,
+        model_kwargs: Mapping[str, Any],
+    ) -> PointwiseLosses:
+        """The pass of :meth:`Objective.losses`, with its terms before the reduction over elements.
+
+        Averaging every term over all elements gives :meth:`Objective.losses` (up to rounding).
+        """
         ...
 
 

@@ -18,10 +18,10 @@ from torch import Tensor
 
 from ..diffusion.factory import create_diffusion
 from ..diffusion.gaussian import GaussianDiffusion
-from ..diffusion.losses import training_losses
+from ..diffusion.losses import element_training_losses, training_losses
 from ..diffusion.noise import gaussian_noise
 from ..diffusion.process import fp32_math, math_dtype
-from .base import Image, register_objective
+from .base import Image, PointwiseLosses, register_objective
 
 __all__ = ["GaussianObjective"]
 
@@ -102,6 +102,24 @@ class GaussianObjective:
     ) -> dict[str, Float[Tensor, "b"]]:
         """``"loss"``, ``"mse"`` and (learned sigma) ``"vb"`` of one pass (:func:`~mdtblocks.diffusion.training_losses`)."""
         return training_losses(self.diffusion, net, x_start, times, dict(model_kwargs), noise)
+
+    def pointwise_losses(
+        self,
+        net: Callable[..., Tensor],
+        x_start: Image,
+        times: Shaped[Tensor, "b"],
+        noise: Image,
+        model_kwargs: Mapping[str, Any],
+    ) -> PointwiseLosses:
+        """The terms of :meth:`losses` per element (:func:`~mdtblocks.diffusion.losses.element_training_losses`).
+
+        ``"mse"`` and, with learned sigma, ``"vb"``: the variational bound's term per
+        element, so that over a subset of patches (MaskDiT's visible ones) it is the mean
+        of the bound's terms on that subset. The MAE reconstruction is the network's
+        prediction channels (epsilon, ``x_0`` or ``v``, as :attr:`predict` says).
+        """
+        out = element_training_losses(self.diffusion, net, x_start, times, dict(model_kwargs), noise)
+        return PointwiseLosses(out.terms, noisy=out.x_t, reconstruction=out.prediction)
 
     def data_fraction(self, times: Shaped[Tensor, "b"]) -> Float[Tensor, "b"]:
         """``1 - t / T`` for the original process's steps ``t`` (what the network, and guidance, see)."""

@@ -2,15 +2,22 @@
 
 MaskDiT (Zheng et al., TMLR 2024) drops a random share of every sample's tokens
 before the encoder and lets a light decoder with a learned mask token fill them in. The
-step's single pass is scored by :class:`~mdtblocks.losses.MaskDiTLoss`: EDM's weighted
-error averaged over the kept patches, plus ``mae_weight`` times an MAE reconstruction error
-on the dropped ones. It draws the same kind of plan as MDT's masked pass
-(:class:`~mdtblocks.masking.MaskSampler`), so the three methods' token choices are rules over
-one mask plan. At ``mask_ratio`` 0 (the unmasked fine-tune) it is the plain EDM step.
+step's single pass is scored by :class:`~mdtblocks.losses.MaskDiTLoss`: the objective's
+per-element loss terms averaged over the kept patches, plus ``mae_weight`` times an MAE
+reconstruction error on the dropped ones. It draws the same kind of plan as MDT's masked
+pass (:class:`~mdtblocks.masking.MaskSampler`), so the three methods' token choices are
+rules over one mask plan. At ``mask_ratio`` 0 (the unmasked fine-tune) it is the
+objective's plain step.
 
-Supported: MaskDiT backbones (the decoder's mask token fills the dropped positions) and
-the EDM objective (the loss reads its per-element error and denoised output); other
-backbones and objectives are refused with a message.
+Supported:
+
+- objectives: every one with per-element terms (``pointwise_losses``): EDM (MaskDiT's
+  own), the Gaussian diffusion (its vb term, with learned sigma, averaged over the visible
+  elements as the mse term is) and flow matching;
+- backbones whose forward takes ``ids_keep`` and still returns every patch: MaskDiT (its
+  decoder fills the dropped positions with a mask token) and MDT/MDTv2 (the
+  side-interpolater fills them). DiT and SiT are refused: every block runs on the tokens
+  it is given and nothing produces the dropped patches' outputs (the MAE term's input).
 """
 
 from __future__ import annotations
@@ -71,24 +78,26 @@ class MaskDiTDropRule:
         return (TokenPass("dropped", ids_keep=plan.ids_keep, primary=True),)
 
     def check_objective(self, objective: object) -> None:
-        """Raise ``ValueError`` unless ``objective`` is EDM's."""
-        from ..objectives.edm import EDMObjective
-
-        if not isinstance(objective, EDMObjective):
+        """Raise ``ValueError`` unless ``objective`` gives its loss terms per element (``pointwise_losses``)."""
+        if not callable(getattr(objective, "pointwise_losses", None)):
             raise ValueError(
-                f"MaskDiT's dropping rule trains with the EDM objective (its loss on the visible patches and MAE term read "
-                f"EDM's per-element error); got the {getattr(objective, 'kind', type(objective).__name__)!r} objective. "
-                "Use --objective edm, or route tokens (--route) instead"
+                f"MaskDiT's dropping averages the objective's loss over the visible patches, which needs its terms per "
+                f"element (pointwise_losses: the Gaussian diffusion, flow matching, EDM); the "
+                f"{getattr(objective, 'kind', type(objective).__name__)!r} objective has none. Route tokens (--route) instead"
             )
 
     def check_model(self, model: nn.Module) -> None:
-        """Raise ``ValueError`` unless ``model`` is a MaskDiT (a decoder with a mask token fills the dropped tokens)."""
-        from ..models.maskdit import MaskDiT
+        """Raise ``ValueError`` unless ``model`` fills the dropped positions itself (MaskDiT, MDT, MDTv2).
 
-        if self.mask_ratio > 0 and not isinstance(model, MaskDiT):
+        Such a backbone has encoder blocks that see only the kept tokens (``kept_only_blocks``)
+        and a part that puts the dropped positions back (MaskDiT's mask token, MDT's
+        side-interpolater), so its output covers every patch.
+        """
+        if self.mask_ratio > 0 and getattr(model, "kept_only_blocks", 0) <= 0:
             raise ValueError(
-                f"MaskDiT's token dropping needs a MaskDiT backbone, whose decoder fills the dropped tokens with a mask "
-                f"token; {type(model).__name__} has none (for DiT/MDT/MDTv2 use MDT's masked pass or --route)"
+                f"MaskDiT's token dropping needs a backbone that runs on the kept tokens and fills the dropped ones back "
+                f"(MaskDiT's decoder mask token, MDT's side-interpolater); {type(model).__name__} runs every block on the "
+                "tokens it is given and returns no output for dropped patches (for DiT and SiT route tokens with --route)"
             )
 
     def losses(

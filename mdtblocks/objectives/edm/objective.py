@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Float, Shaped
 from torch import Tensor
 
-from ..base import register_objective
+from ..base import PointwiseLosses, register_objective
 from .heun import ChurnOptions, heun_sampler
 from .precond import EDMDenoiser, EDMPreconditioning
 from .schedule import karras_sigmas, log_normal_sigmas, sigma_ramp
@@ -106,8 +106,8 @@ class EDMObjective:
     ) -> EDMPrediction:
         """The preconditioned pass and its weighted squared error per element, for given ``sigma`` and ``noise``.
 
-        Extra losses over patches (MaskDiT's, :mod:`mdtblocks.losses.mae`) reduce this
-        result their own way; :meth:`losses` takes the plain mean.
+        :meth:`pointwise_losses` hands it to reductions over patches (MaskDiT's,
+        :mod:`mdtblocks.losses.mae`); :meth:`losses` takes the plain mean.
 
         Raises:
             ValueError: shapes that do not match, or non-positive levels.
@@ -135,6 +135,19 @@ class EDMObjective:
         """``{"loss": mean of lambda(sigma) (D - x_0)^2 per sample}`` (EDM eq. 8 with the weight of Table 1)."""
         pred = self.predict(net, x_start, times, noise, model_kwargs)
         return {"loss": pred.weighted_error.flatten(1).mean(dim=1)}
+
+    def pointwise_losses(
+        self,
+        net: Callable[..., Tensor],
+        x_start: Image,
+        times: Shaped[Tensor, "b"],
+        noise: Image,
+        model_kwargs: Mapping[str, Any],
+    ) -> PointwiseLosses:
+        """:meth:`predict` as loss terms per element: ``"mse"`` is ``lambda(sigma) (D - x_0)^2``; the MAE
+        reconstruction is the denoised ``D`` against the noisy input (MaskDiT's MAE term)."""
+        pred = self.predict(net, x_start, times, noise, model_kwargs)
+        return PointwiseLosses({"mse": pred.weighted_error}, noisy=pred.noisy, reconstruction=pred.denoised)
 
     def data_fraction(self, times: Shaped[Tensor, "b"]) -> Float[Tensor, "b"]:
         """Where ``sigma`` lies on the sampling schedule: 0 at ``sigma_max`` (and above), 1 at ``sigma_min`` (and below).

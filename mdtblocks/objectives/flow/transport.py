@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Shaped
 from torch import Tensor
 
-from ..base import register_objective
+from ..base import PointwiseLosses, register_objective
 from .likelihood import Likelihood, ProbeFn, ode_likelihood, rademacher
 from .ode import ODE_METHODS, Callback, VelocityFn, ode_sample, time_grid
 from .paths import DIFFUSION_FORMS, PATHS, Path, expand_like, make_path
@@ -158,6 +158,22 @@ class FlowMatching:
         cosine weight, ``"cosine"``. A backbone that also emits variance channels
         (``learn_sigma``) has them dropped, as SiT's forward does.
         """
+        terms = self.pointwise_losses(net, x_start, times, noise, model_kwargs).reduce(mean_flat)
+        return {name: terms[name] for name in ("mse", "loss", "cosine") if name in terms}
+
+    def pointwise_losses(
+        self,
+        net: Net,
+        x_start: Float[Tensor, "b c hh ww"],
+        times: Shaped[Tensor, "b"],
+        noise: Float[Tensor, "b c hh ww"],
+        model_kwargs: Mapping[str, Any],
+    ) -> PointwiseLosses:
+        """The terms of :meth:`losses` per element: ``"mse"`` ``(b, c, hh, ww)`` and the cosine term per pixel ``(b, 1, hh, ww)``.
+
+        The MAE reconstruction (MaskDiT's dropping) is the network's prediction (velocity,
+        score or noise) and its noisy input ``x_t``.
+        """
         path = self.interpolant
         t, x0, x1 = times, noise, x_start
         xt = path.interpolate(t, x0, x1)
@@ -165,7 +181,7 @@ class FlowMatching:
         out = _prediction(net(xt, t, **model_kwargs), xt)
         terms: dict[str, Tensor] = {}
         if self.prediction == "velocity":
-            terms["mse"] = mean_flat((out - ut) ** 2)
+            terms["mse"] = (out - ut) ** 2
         else:
             _, drift_var = path.drift(xt, t)
             sigma_t, _ = path.sigma(expand_like(t, xt))
@@ -176,13 +192,13 @@ class FlowMatching:
             else:
                 weight = 1
             target = (out - x0) if self.prediction == "noise" else (out * sigma_t + x0)
-            terms["mse"] = mean_flat(weight * (target**2))
-        terms["loss"] = terms["mse"]
+            terms["mse"] = weight * (target**2)
+        weights = {}
         if self.cosine_weight:
             # LightningDiT: 1 - cosine similarity of predicted and target velocity over channels, per pixel.
-            terms["cosine"] = mean_flat(1 - F.cosine_similarity(out, ut, dim=1))
-            terms["loss"] = terms["mse"] + self.cosine_weight * terms["cosine"]
-        return terms
+            terms["cosine"] = (1 - F.cosine_similarity(out, ut, dim=1)).unsqueeze(1)
+            weights["cosine"] = float(self.cosine_weight)
+        return PointwiseLosses(terms, noisy=xt, reconstruction=out, weights=weights)
 
     def data_fraction(self, times: Shaped[Tensor, "b"]) -> Float[Tensor, "b"]:
         """``t`` itself: flow time is already 0 at noise and 1 at data."""

@@ -57,9 +57,10 @@ def recipe_objective(cfg: Any, model: nn.Module) -> Objective:
 
 
 def learns_sigma(cfg: Any, model_class: str) -> bool:
-    """Whether the recipe's model predicts the variance too: the Gaussian diffusion's learned sigma, and flow matching's
-    backbones as SiT keeps them (the flow objective drops those channels); not EDM nor MaskDiT."""
-    return model_class != "MaskDiT" and cfg.objective in ("gaussian", "flow")
+    """Whether the recipe's model predicts the variance too: the Gaussian diffusion's learned sigma (every model,
+    MaskDiT included: with dropping its vb term covers the visible patches), and flow matching's backbones as SiT
+    keeps them (the flow objective drops those channels; not MaskDiT's); never with EDM."""
+    return cfg.objective == "gaussian" or (cfg.objective == "flow" and model_class != "MaskDiT")
 
 
 def recipe_route(cfg: Any, model: nn.Module) -> Route | None:
@@ -103,8 +104,6 @@ def axes_problems(cfg: Any, model_class: str) -> list[str]:
     if cfg.route_span is not None and (cfg.route is None or len(cfg.route_span) != 2):
         problems.append(f"--route-span takes START END with --route RATIO, got {' '.join(map(str, cfg.route_span))}"
                         + ("" if cfg.route is not None else " without --route"))
-    if model_class == "MaskDiT" and cfg.objective != "edm":
-        problems.append(f"MaskDiT models train with --objective edm (its dropping loss reads EDM's error), got {cfg.objective}")
     return problems
 
 
