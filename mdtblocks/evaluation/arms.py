@@ -35,7 +35,8 @@ from ..tokens import MaskDiTDropRule, MaskedTwoPassRule, PlainRule, RoutedRule
 
 __all__ = [
     "ARMS", "NFE_SAMPLERS", "Arm", "alignment", "alignment_head_flops", "arm", "build_arm_criterion",
-    "inception_resolution", "register_arm", "sampler_at_nfe",
+    "inception_resolution", "register_arm", "sampler_at_nfe", "model_rule", "two_pass", "plain", "routed",
+    "maskdit_drop", "MASKDIT_DROP_RATIO",
 ]
 
 BACKBONES = ("DiT", "MDT", "MDTv2", "MaskDiT")
@@ -57,7 +58,8 @@ def edm(options: Mapping[str, Any]) -> Objective:
 
 
 def model_rule(model: nn.Module, options: Mapping[str, Any]) -> Any:
-    """The token rule the model's config implies (DiT: plain; MDT: its two passes, the study's masked draws)."""
+    """The token rule the model's config records (its preset's published ratios; DiT: plain; MDT: its two passes,
+    the study's masked draws): the default of an arm that names no rule."""
     return rule_of_model(model, options.get("masked_draws", "independent"))
 
 
