@@ -216,7 +216,7 @@ def test_embedders_shapes(b, d, freq, classes, p, seed):
     feats = timestep_frequencies(t, freq)
     assert feats.shape == (b, freq) and bool((feats.abs() <= 1).all())
     assert TimestepEmbedder(d, freq)(t).shape == (b, d)
-    labels = LabelEmbedder(classes, d, p)
+    labels = LabelEmbedder(classes, d, has_null=p > 0)
     assert labels.embedding_table.num_embeddings == classes + (p > 0)
     y = torch.randint(0, classes, (b,), generator=g)
     assert labels(y).shape == (b, d)

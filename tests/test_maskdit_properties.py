@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from mdtblocks import MaskDiT, MaskDiTConfig, forward_flops
 from mdtblocks.blocks import ZeroNullLabelEmbedder
+from mdtblocks.criterion import LabelDropout
 from mdtblocks.compat import maskdit_from_official, maskdit_to_official
 from mdtblocks.losses import MaskDiTLoss, mae_reconstruction_loss, visible_patch_mean
 from mdtblocks.masking import MaskSampler, plan_from_ids_keep
@@ -131,15 +132,19 @@ def test_flops_fall_with_dropped_tokens():
 
 
 def test_zero_null_label_embedder():
-    emb = ZeroNullLabelEmbedder(4, 8, dropout_prob=0.0)
+    emb = ZeroNullLabelEmbedder(4, 8)
     assert emb.embedding_table.weight.shape == (4, 8) and emb.has_null and emb.null_class == 4
     out = emb(torch.tensor([0, 4, 3]))
     assert torch.equal(out[1], torch.zeros(8))
     torch.testing.assert_close(out[0], emb.embedding_table.weight[0])
+    # The drops are the criterion's; a MaskDiT's config maps to its LabelDropout, and the null class is 4.
     labels = torch.tensor([1, 2])
-    assert torch.equal(emb.drop(labels, torch.Generator().manual_seed(0)), labels)
-    dropping = ZeroNullLabelEmbedder(4, 8, dropout_prob=0.999)
-    assert torch.equal(dropping.drop(labels, torch.Generator().manual_seed(0)), torch.tensor([4, 4]))
+    for prob, expected in ((0.0, labels), (0.999, torch.tensor([4, 4]))):
+        model = MaskDiT(MaskDiTConfig(input_size=8, hidden_size=32, depth=1, num_heads=2, num_classes=4,
+                                      decoder_hidden_size=32, decoder_depth=1, decoder_num_heads=2,
+                                      class_dropout_prob=prob))
+        assert LabelDropout.of_model(model) == LabelDropout(prob) and model.y_embedder.null_class == 4
+        assert torch.equal(model.drop_labels(labels, torch.Generator().manual_seed(0)), expected)
 
 
 def test_save_and_load_round_trip(tmp_path):

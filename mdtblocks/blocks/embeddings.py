@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 __all__ = ["timestep_frequencies", "TimestepEmbedder", "LabelEmbedder", "ZeroNullLabelEmbedder"]
@@ -55,49 +55,32 @@ class TimestepEmbedder(nn.Module):
 class LabelEmbedder(nn.Module):
     """Class label -> ``d``-vector, with an extra null class ``num_classes`` for guidance.
 
-    Label dropout is not hidden in ``forward``: call :meth:`drop` with an explicit
-    generator, so that training is reproducible and resumable bit for bit.
+    The embedder only embeds: which labels become the null class in training is drawn by
+    the criterion (:class:`~mdtblocks.criterion.labels.LabelDropout`), from the step's
+    generator, so training is reproducible and resumable bit for bit.
 
     Args:
         num_classes: number of real classes; labels live in ``[0, num_classes)``.
         hidden_size: output width ``d``.
-        dropout_prob: probability of replacing a label by the null class in training.
-            A table row for the null class exists iff ``dropout_prob > 0`` (official layout).
+        has_null: give the table a row for the null class ``num_classes`` (the official
+            models have one iff their ``class_dropout_prob > 0``).
     """
 
-    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float = 0.1) -> None:
+    def __init__(self, num_classes: int, hidden_size: int, has_null: bool = True) -> None:
         super().__init__()
+        if not isinstance(has_null, bool):
+            raise TypeError(
+                f"has_null must be a bool, got {has_null!r} (label dropout is the criterion's LabelDropout; "
+                "a model with class_dropout_prob p has a null row iff p > 0)"
+            )
         self.num_classes = num_classes
-        self.dropout_prob = dropout_prob
-        self.has_null = dropout_prob > 0
-        self.embedding_table = nn.Embedding(num_classes + int(self.has_null), hidden_size)
+        self.has_null = has_null
+        self.embedding_table = nn.Embedding(num_classes + int(has_null), hidden_size)
 
     @property
     def null_class(self) -> int | None:
         """Index of the unconditional label, or ``None`` if the table has no such row."""
         return self.num_classes if self.has_null else None
-
-    def draw_drops(
-        self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
-    ) -> Bool[Tensor, "b"]:
-        """Which of ``batch`` labels become the null class: each with probability ``dropout_prob``.
-
-        The coin flips are drawn on ``generator``'s device (CPU by default) from
-        ``generator``, so the same generator state gives the same drops; without a null
-        class nothing is drawn and nothing drops. The result is moved to ``device``.
-        """
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        if not self.has_null:
-            return torch.zeros(batch, dtype=torch.bool, device=device or gen_device)
-        flips = torch.rand(batch, generator=generator, device=gen_device)
-        return (flips < self.dropout_prob).to(device or gen_device)
-
-    def drop(self, labels: Int[Tensor, "b"], generator: torch.Generator | None = None) -> Int[Tensor, "b"]:
-        """Replace each label by the null class with probability ``dropout_prob`` (see :meth:`draw_drops`)."""
-        if not self.has_null:
-            return labels
-        drops = self.draw_drops(labels.shape[0], generator, labels.device)
-        return torch.where(drops, torch.full_like(labels, self.num_classes), labels)
 
     def forward(self, labels: Int[Tensor, "b"]) -> Float[Tensor, "b d"]:
         """Look up the embedding of each label (the null class included)."""
@@ -115,33 +98,16 @@ class ZeroNullLabelEmbedder(LabelEmbedder):
     label by zeroing its one-hot vector, so the unconditional embedding is the zero
     vector and has no parameters. Here label ``num_classes`` is that null class; the
     table has ``num_classes`` rows (the transposed official weight), and the null class
-    exists whatever ``dropout_prob`` is (guidance needs it even when training never drops).
+    always exists (guidance needs it even when training never drops).
 
     Args:
         num_classes: number of real classes; labels live in ``[0, num_classes]``.
         hidden_size: output width ``d``.
-        dropout_prob: probability of replacing a label by the null class in training.
     """
 
-    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float = 0.1) -> None:
-        super().__init__(num_classes, hidden_size, dropout_prob)
+    def __init__(self, num_classes: int, hidden_size: int) -> None:
+        super().__init__(num_classes, hidden_size, has_null=True)
         self.embedding_table = nn.Embedding(num_classes, hidden_size)
-        self.has_null = True
-
-    def draw_drops(
-        self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
-    ) -> Bool[Tensor, "b"]:
-        """As :meth:`LabelEmbedder.draw_drops`; nothing is drawn and nothing drops when ``dropout_prob`` is 0."""
-        if self.dropout_prob == 0:
-            gen_device = generator.device if generator is not None else torch.device("cpu")
-            return torch.zeros(batch, dtype=torch.bool, device=device or gen_device)
-        return super().draw_drops(batch, generator, device)
-
-    def drop(self, labels: Int[Tensor, "b"], generator: torch.Generator | None = None) -> Int[Tensor, "b"]:
-        """Replace each label by the null class with probability ``dropout_prob``."""
-        if self.dropout_prob == 0:
-            return labels
-        return super().drop(labels, generator)
 
     def forward(self, labels: Int[Tensor, "b"]) -> Float[Tensor, "b d"]:
         """The table row of each real label; zeros for the null class ``num_classes``."""

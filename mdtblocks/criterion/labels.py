@@ -34,8 +34,21 @@ class LabelDropout:
 
     @classmethod
     def of_model(cls, model: torch.nn.Module) -> LabelDropout:
-        """The dropout a backbone's config asks for (``class_dropout_prob``; what old runs used)."""
-        return cls(float(model.y_embedder.dropout_prob))
+        """The dropout a backbone's config records: its legacy ``class_dropout_prob`` field.
+
+        Configs and official checkpoints carry ``class_dropout_prob`` (DiT, MDT: 0.1); it also
+        decides whether the model has a null-class row (iff above 0). It is read here, as the
+        record of the dropout the model was published (or a legacy run trained) with.
+
+        Raises:
+            TypeError: ``model`` has no config with ``class_dropout_prob`` (give ``LabelDropout(prob)``).
+        """
+        prob = getattr(getattr(model, "config", None), "class_dropout_prob", None)
+        if prob is None:
+            raise TypeError(
+                f"{type(model).__name__} has no config recording class_dropout_prob; give LabelDropout(prob) explicitly"
+            )
+        return cls(float(prob))
 
     def draw(
         self, batch: int, generator: torch.Generator, device: torch.device | str | None = None

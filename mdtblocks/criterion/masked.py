@@ -1,8 +1,9 @@
 """``MaskedDiffusionObjective``: the earlier name of the criterion "Gaussian diffusion x MDT's two-pass rule".
 
 Kept for code written against it (the parity tests, benchmarks, user scripts): it takes a
-:class:`~mdtblocks.diffusion.GaussianDiffusion` and reads the mask plan and the label
-dropout from the model it draws for, as before. New code builds a
+:class:`~mdtblocks.diffusion.GaussianDiffusion` and builds the token rule and the label
+dropout from the legacy fields of the model's config (:func:`rule_of_model`,
+:meth:`LabelDropout.of_model <mdtblocks.criterion.labels.LabelDropout.of_model>`), as before. New code builds a
 :class:`~mdtblocks.criterion.Criterion` from an objective and a token rule.
 """
 
@@ -18,7 +19,8 @@ from torch import Tensor, nn
 
 from ..diffusion.gaussian import GaussianDiffusion
 from ..objectives.gaussian import GaussianObjective
-from ..tokens.rules import MaskedTwoPassRule, PlainRule, TokenRule
+from ..tokens.legacy import rule_of_config
+from ..tokens.rules import MaskedTwoPassRule, TokenRule
 from ..typing import Image, Labels
 from .criterion import Criterion
 from .draws import StepRandomness, Streams
@@ -28,11 +30,22 @@ __all__ = ["MaskedDiffusionObjective", "rule_of_model"]
 
 
 def rule_of_model(model: nn.Module, masked_draws: str = "independent", masked_weight: float | int = 1.0) -> TokenRule:
-    """The token rule an MDT or DiT backbone's config implies (its ``mask_ratio`` fields; DiT: the plain rule)."""
-    sampler = getattr(model, "mask_sampler", None)
-    if sampler is None:
-        return PlainRule()
-    return MaskedTwoPassRule(sampler.ratio, sampler.ratio_range, masked_weight, masked_draws)  # type: ignore[arg-type]
+    """The token rule a backbone's config records: its published (or legacy) mask ratios as a rule.
+
+    :func:`~mdtblocks.tokens.rule_of_config` of ``model.config``: MDT's two passes, MaskDiT's
+    dropping, or DiT's plain rule.
+
+    Raises:
+        TypeError: ``model`` has no ``config`` (a model of your own: build its rule, e.g.
+            ``MaskedTwoPassRule(0.3)``, and a :class:`Criterion` with it).
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        raise TypeError(
+            f"{type(model).__name__} has no config recording a token rule; build the rule yourself "
+            "(e.g. MaskedTwoPassRule(0.3) or PlainRule()) and a Criterion with it"
+        )
+    return rule_of_config(config, masked_draws, masked_weight)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,8 @@ class MaskedDiffusionObjective:
     ``masked_draws="independent"`` (the default) the masked pass has its own noise and its
     own label drops, as in the official MDT and MDTv2 trainers; with ``"shared"`` it reuses
     those of the unmasked pass. Without a mask plan (DiT) the loss is the unmasked one
-    alone. The token rule and the label dropout are read from the model it draws for.
+    alone. The token rule and the label dropout are those the config of the model it draws
+    for records (:func:`rule_of_model`).
 
     Attributes:
         diffusion: the training process (``create_diffusion()``; MDTv2: ``snr_gamma=5``).

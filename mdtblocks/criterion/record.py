@@ -3,8 +3,8 @@
 A run records ``config["criterion"] = Criterion.to_record()``: the objective with all its
 options, the token rule, the label dropout and the extra losses. A run written before
 this record existed reads as what trained it: the Gaussian diffusion (linear, 1000 steps,
-the recipe's ``snr_gamma``) with the rule of its model's mask fields (MDT's two-pass rule,
-or DiT's plain one).
+the recipe's ``snr_gamma``) with the rule its model config's legacy mask fields record
+(:func:`~mdtblocks.tokens.rule_of_config`: MDT's two-pass rule, or DiT's plain one).
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from typing import Any
 from ..objectives.base import objective_from_record
 from ..registry import Registry
 from ..objectives.gaussian import GaussianObjective
-from ..tokens.rules import MaskedTwoPassRule, PlainRule, TokenRule, rule_from_record
+from ..tokens.legacy import rule_of_config
+from ..tokens.maskdit import MaskDiTDropRule
+from ..tokens.rules import PlainRule, rule_from_record
 from .criterion import Criterion, ExtraLoss
 from .labels import LabelDropout
 
@@ -61,12 +63,9 @@ def legacy_criterion(run: Mapping[str, Any]) -> Criterion:
         predict=run.get("predict", "epsilon"),
         snr_gamma=run.get("snr_gamma"),
     )
-    tokens: TokenRule = PlainRule()
-    if model.get("mask_ratio") is not None and model.get("class", "MaskedDiffusionTransformer") != "DiT":
-        tokens = MaskedTwoPassRule(
-            float(model["mask_ratio"]), float(model.get("mask_ratio_range", 0.0)),
-            masked_draws=run.get("masked_draws") or "independent",
-        )
+    tokens = rule_of_config(model, run.get("masked_draws") or "independent")  # the model's legacy mask fields
+    if tokens.kind == MaskDiTDropRule.kind:  # MaskDiT came after the record: every MaskDiT run has one
+        raise ValueError("a MaskDiT run records its criterion (EDM, MaskDiT's dropping) in config.json, and this one has none")
     return Criterion(objective, tokens, LabelDropout(float(model.get("class_dropout_prob", 0.1))))
 
 

@@ -31,11 +31,12 @@ from ..objectives.base import Objective
 from ..objectives.edm import EDMObjective
 from ..objectives.flow import FlowMatching
 from ..objectives.gaussian import GaussianObjective
-from ..tokens import MaskDiTDropRule, RoutedRule
+from ..tokens import MaskDiTDropRule, MaskedTwoPassRule, PlainRule, RoutedRule
 
 __all__ = [
     "ARMS", "NFE_SAMPLERS", "Arm", "alignment", "alignment_head_flops", "arm", "build_arm_criterion",
-    "inception_resolution", "register_arm", "sampler_at_nfe",
+    "inception_resolution", "register_arm", "sampler_at_nfe", "model_rule", "two_pass", "plain", "routed",
+    "maskdit_drop", "MASKDIT_DROP_RATIO",
 ]
 
 BACKBONES = ("DiT", "MDT", "MDTv2", "MaskDiT")
@@ -57,12 +58,15 @@ def edm(options: Mapping[str, Any]) -> Objective:
 
 
 def model_rule(model: nn.Module, options: Mapping[str, Any]) -> Any:
-    """The token rule the model's config implies (DiT: plain; MDT: its two passes, the study's masked draws)."""
+    """The token rule the model's config records (its preset's published ratios; DiT: plain; MDT: its two passes,
+    the study's masked draws): the default of an arm that names no rule."""
     return rule_of_model(model, options.get("masked_draws", "independent"))
 
 
-def routed(ratio: float) -> Callable[[nn.Module, Mapping[str, Any]], Any]:
-    """``(model, options) -> rule``: the model's rule with TREAD routing of ``ratio`` over the default span.
+def routed(
+    ratio: float, rule: Callable[[nn.Module, Mapping[str, Any]], Any] | None = None
+) -> Callable[[nn.Module, Mapping[str, Any]], Any]:
+    """``(model, options) -> rule``: ``rule`` (default: the model's) with TREAD routing of ``ratio`` over the default span.
 
     The span is :func:`~mdtblocks.masking.default_span`; a stack too short for it (``--quick``'s
     4 blocks) routes around every block but the first and the last.
@@ -77,14 +81,34 @@ def routed(ratio: float) -> Callable[[nn.Module, Mapping[str, Any]], Any]:
             if blocks < 3:
                 raise
             start, end = 1, blocks - 1
-        return RoutedRule(model_rule(model, options), Route(int(start), int(end), float(ratio)))
+        inner = (rule or model_rule)(model, options)
+        return RoutedRule(inner, Route(int(start), int(end), float(ratio)))
 
     return tokens
 
 
+def two_pass(ratio: float, width: float = 0.0) -> Callable[[nn.Module, Mapping[str, Any]], Any]:
+    """``(model, options) -> rule``: MDT's two passes at mask ratio ``ratio + U(0, width)``, the study's masked draws."""
+    MaskedTwoPassRule(ratio, width)  # checks the ratios when the arm is defined
+
+    def tokens(model: nn.Module, options: Mapping[str, Any]) -> Any:
+        return MaskedTwoPassRule(ratio, width, masked_draws=options.get("masked_draws", "independent"))
+
+    return tokens
+
+
+def plain(model: nn.Module, options: Mapping[str, Any]) -> Any:
+    """DiT's plain step: every token, one pass (on an MDT network: no masked pass)."""
+    return PlainRule()
+
+
+MASKDIT_DROP_RATIO = 0.5
+"""The MaskDiT arm's share of dropped tokens (the official pre-training's)."""
+
+
 def maskdit_drop(model: nn.Module, options: Mapping[str, Any]) -> Any:
-    """MaskDiT's dropping at the model's ``mask_ratio``, MAE weight 0.1 (its pre-training)."""
-    return MaskDiTDropRule(float(model.config.mask_ratio or 0.0), mae_weight=0.1)
+    """MaskDiT's dropping of :data:`MASKDIT_DROP_RATIO` of the tokens, MAE weight 0.1 (its pre-training)."""
+    return MaskDiTDropRule(MASKDIT_DROP_RATIO, mae_weight=0.1)
 
 
 def maskdit_unmasked(model: nn.Module, options: Mapping[str, Any]) -> Any:
@@ -168,9 +192,12 @@ class Arm:
         backbone: the budget-matched family: ``"DiT"`` (one block more than MDT's encoder
             and decoder, for its side-interpolater), ``"MDT"``, ``"MDTv2"`` or ``"MaskDiT"``.
         objective: ``options -> Objective`` (options: the study's settings, e.g. ``snr_gamma``).
-        tokens: ``(model, options) -> TokenRule``; default: the rule of the model's config.
+        tokens: ``(model, options) -> TokenRule``, which owns the arm's mask ratios (:func:`two_pass`,
+            :func:`plain`, :func:`maskdit_drop`, :func:`routed`); default: the rule the model's
+            config records (its preset's published ratios, :func:`~mdtblocks.tokens.rule_of_config`).
         extra_losses: ``(model, options) -> extra losses`` of the criterion; default: none.
-        model_changes: config fields changed from the family's (``{"mask_ratio": None}``: no masked pass).
+        model_changes: config fields changed from the family's (``{"decoder_depth": 1}``); the
+            token choice is ``tokens``'s, not the config's.
         extra_forward_flops: ``(model, options) -> forward multiply-adds per image`` of the
             extra losses' heads, for the FLOPs axis; default: none.
         finetune_fraction: share of the steps spent in a final fine-tune with ``finetune_tokens``
@@ -270,14 +297,15 @@ def sampler_at_nfe(objective: Objective, nfe: int, gaussian_sampler: str = "ddim
 
 
 for _row in (
-    Arm("DiT", "DiT", about="DiT under the Gaussian diffusion (the baseline)"),
-    Arm("MDTv2", "MDTv2", about="MDTv2 (mask ratio 0.3 + U(0, 0.2)) under the Gaussian diffusion"),
-    Arm("MDTv2-nomask", "MDTv2", model_changes={"mask_ratio": None},
+    Arm("DiT", "DiT", tokens=plain, about="DiT under the Gaussian diffusion (the baseline)"),
+    Arm("MDTv2", "MDTv2", tokens=two_pass(0.3, 0.2),
+        about="MDTv2 (mask ratio 0.3 + U(0, 0.2)) under the Gaussian diffusion"),
+    Arm("MDTv2-nomask", "MDTv2", tokens=plain,
         about="the MDTv2 network without its masked pass: masking's own effect"),
-    Arm("MDT", "MDT", about="MDT v1 (fixed mask ratio 0.3) under the Gaussian diffusion"),
-    Arm("SiT", "DiT", objective=flow, about="DiT + flow matching (SiT: linear path, velocity, Euler)"),
-    Arm("MDTv2-flow", "MDTv2", objective=flow, about="MDTv2 + flow matching"),
-    Arm("SiT-TREAD", "DiT", objective=flow, tokens=routed(0.5),
+    Arm("MDT", "MDT", tokens=two_pass(0.3), about="MDT v1 (fixed mask ratio 0.3) under the Gaussian diffusion"),
+    Arm("SiT", "DiT", objective=flow, tokens=plain, about="DiT + flow matching (SiT: linear path, velocity, Euler)"),
+    Arm("MDTv2-flow", "MDTv2", objective=flow, tokens=two_pass(0.3, 0.2), about="MDTv2 + flow matching"),
+    Arm("SiT-TREAD", "DiT", objective=flow, tokens=routed(0.5, plain),
         about="DiT + flow + TREAD routing: half the tokens skip the default span of blocks"),
     # MaskDiT's decoder: one block of the study's width and heads (the study sets them), so that
     # encoder + decoder have the DiT arm's block count and the budget stays within 10%.
@@ -288,14 +316,14 @@ for _row in (
               "the steps are its unmasked fine-tune"),
     # Alignment: the projector (REPA's head) trains with the backbone but is dropped from the
     # exported weights, so it is outside the parameter budget; its FLOPs are on the FLOPs axis.
-    Arm("SiT-REPA", "DiT", objective=flow, extra_losses=alignment("repa"), extra_forward_flops=alignment_head_flops,
+    Arm("SiT-REPA", "DiT", objective=flow, tokens=plain, extra_losses=alignment("repa"), extra_forward_flops=alignment_head_flops,
         about="DiT + flow + REPA (offline FID Inception encoder; projector outside the parameter budget, "
               "its FLOPs counted)"),
-    Arm("MDTv2-flow-REPA", "MDTv2", objective=flow, extra_losses=alignment("repa"),
+    Arm("MDTv2-flow-REPA", "MDTv2", objective=flow, tokens=two_pass(0.3, 0.2), extra_losses=alignment("repa"),
         extra_forward_flops=alignment_head_flops,
         about="MDTv2 + flow + REPA on the plain pass (offline FID Inception encoder; projector outside the "
               "parameter budget, its FLOPs counted)"),
-    Arm("SiT-dispersive", "DiT", objective=flow, extra_losses=alignment("dispersive"),
+    Arm("SiT-dispersive", "DiT", objective=flow, tokens=plain, extra_losses=alignment("dispersive"),
         about="DiT + flow + the dispersive loss (weight-free alignment: no parameters, no head FLOPs)"),
 ):
     register_arm(_row)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..blocks import FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, sincos_2d, unpatchify
 from ..io import read_json, write_json
-from ..masking import validate_ids_keep
+from ..masking import MaskSampler, validate_ids_keep
 from ..masking.route import RoutePlan
 from .config import DiTConfig, config_from_dict
 from .inputs import check_inputs
@@ -74,7 +74,9 @@ class DiffusionBackbone(ModelMixin):
         d = config.hidden_size
         self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, d)
         self.t_embedder = TimestepEmbedder(d)
-        self.y_embedder = LabelEmbedder(config.num_classes, d, config.class_dropout_prob)
+        # The null-class row exists iff the config's (legacy) class_dropout_prob is above 0, the
+        # official layout; the drops themselves are the criterion's (LabelDropout).
+        self.y_embedder = LabelEmbedder(config.num_classes, d, has_null=config.class_dropout_prob > 0)
         n = config.grid[0] * config.grid[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, n, d))
         self.final_layer = FinalLayer(d, config.patch_size, config.out_channels)
@@ -150,8 +152,30 @@ class DiffusionBackbone(ModelMixin):
         check_inputs(self.config, x, t, y, self.y_embedder.has_null, self.check_values)
 
     def drop_labels(self, y: Int[Tensor, "b"], generator: torch.Generator | None = None) -> Int[Tensor, "b"]:
-        """Classifier-free-guidance label dropout with an explicit generator (training only)."""
-        return self.y_embedder.drop(y, generator)
+        """Compatibility: ``y`` with labels dropped as the config's ``class_dropout_prob`` records.
+
+        Label dropout belongs to the criterion: training draws it with the criterion's
+        :class:`~mdtblocks.criterion.labels.LabelDropout`; this method applies
+        ``LabelDropout.of_model(self)`` with ``generator`` (the global CPU generator if
+        ``None``), for code written against it. The model keeps only the null-class row.
+        """
+        from ..criterion.labels import LabelDropout  # the criterion's rule (a layer above models)
+
+        dropout = LabelDropout.of_model(self)
+        drop = dropout.draw(y.shape[0], torch.default_generator if generator is None else generator, y.device)
+        return dropout.apply(y, drop, self.config.num_classes)
+
+    @property
+    def mask_sampler(self) -> MaskSampler | None:
+        """Compatibility view: the mask sampler of the training rule the config's legacy fields record.
+
+        Training policy is the token rule's (:mod:`mdtblocks.tokens`): a run draws its mask
+        plans from its criterion's rule, never from here. This view is the sampler of
+        :func:`~mdtblocks.tokens.rule_of_config` of the config (MDT, MDTv2: the published
+        ratios; MaskDiT: its drop ratio), kept for code and tests that draw plans from the
+        model. ``None`` when the config records no masked training (DiT, SiT).
+        """
+        return None
 
     # --- feature taps -------------------------------------------------------------------
     def trunk(self) -> list[nn.Module]:

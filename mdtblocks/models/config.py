@@ -172,7 +172,10 @@ class DiTConfig:
         num_heads: attention heads.
         mlp_ratio: MLP width multiple.
         num_classes: real classes; the null class ``num_classes`` exists iff ``class_dropout_prob > 0``.
-        class_dropout_prob: label dropout for classifier-free guidance.
+        class_dropout_prob: the legacy record of the label dropout the model was published
+            (or a legacy run trained) with; it decides whether the null-class row exists.
+            The drops are the criterion's :class:`~mdtblocks.criterion.labels.LabelDropout`
+            (:meth:`~mdtblocks.criterion.labels.LabelDropout.of_model` maps this field).
         learn_sigma: predict the variance too (output channels doubled).
         attention_backend: ``"sdpa"``, ``"xformers"`` or ``"math"``.
     """
@@ -210,7 +213,15 @@ class DiTConfig:
 
 @dataclass(frozen=True)
 class MDTConfig(DiTConfig):
-    """Sizes and masking of a :class:`~mdtblocks.MaskedDiffusionTransformer` (MDT v1 or MDTv2).
+    """Sizes of a :class:`~mdtblocks.MaskedDiffusionTransformer` (MDT v1 or MDTv2), and the legacy record of its mask ratios.
+
+    The mask ratios are training policy, owned by the token rule
+    (:class:`~mdtblocks.tokens.MaskedTwoPassRule`, recorded in a run's
+    ``config.json["criterion"]``). The two ``mask_ratio`` fields stay so that presets,
+    official checkpoints and old config files keep their published ratios: they are read
+    only by :func:`~mdtblocks.tokens.rule_of_config` (the rule they record) and the model's
+    compatibility :attr:`~mdtblocks.MaskedDiffusionTransformer.mask_sampler`; the forward
+    pass never reads them.
 
     Attributes:
         depth: transformer blocks outside the side-interpolater. MDT v1: ``depth -
@@ -219,9 +230,9 @@ class MDTConfig(DiTConfig):
             halves joined by long shortcuts, as the official code builds them.
         decode_layer: decoder blocks after the side-interpolater.
         side_blocks: blocks inside the side-interpolater (1 officially).
-        mask_ratio: lower end of the training mask ratio, ``None`` for a model without
-            masked training (the side-interpolater and mask token still exist).
-        mask_ratio_range: width of the per-batch random mask ratio interval (MDTv2: 0.2).
+        mask_ratio: legacy record: lower end of the published training mask ratio (0.3),
+            ``None`` for no masked training (the side-interpolater still exists).
+        mask_ratio_range: legacy record: width of the per-batch random ratio interval (MDTv2: 0.2).
         long_skip: MDTv2's long shortcuts from the first to the second encoder half.
         dense_skip: MDTv2's dense shortcut of the input tokens into every decoder block.
     """
@@ -257,8 +268,10 @@ class MaskDiTConfig(DiTConfig):
         decoder_hidden_size: decoder width.
         decoder_depth: decoder blocks.
         decoder_num_heads: decoder attention heads.
-        mask_ratio: training ratio of dropped tokens (official: 0.5), ``None`` for a model
-            without a drop rule; 0 is the unmasked fine-tune stage.
+        mask_ratio: legacy record of the published drop ratio (official: 0.5; 0 or ``None``:
+            no dropping, the unmasked fine-tune). Training drops with the criterion's
+            :class:`~mdtblocks.tokens.MaskDiTDropRule`; :func:`~mdtblocks.tokens.rule_of_config`
+            maps this field to it.
     """
 
     learn_sigma: bool = False

@@ -36,7 +36,6 @@ class DiT(DiffusionBackbone):
             AdaLNBlock(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio, grid=None, backend=cfg.attention_backend)  # type: ignore[arg-type]
             for _ in range(cfg.depth)
         )
-        self.mask_sampler = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -37,8 +37,9 @@ class MaskDiT(DiffusionBackbone):
     through both halves and the mask token is unused. The training loss is the objective's
     (EDM as in the paper, or the Gaussian diffusion or flow matching) on the visible
     patches plus an MAE reconstruction term on the dropped ones
-    (:mod:`mdtblocks.losses.mae`); the token choice is :attr:`mask_sampler`, a
-    :class:`~mdtblocks.masking.MaskSampler` of ratio ``mask_ratio``.
+    (:mod:`mdtblocks.losses.mae`); the token choice is the criterion's
+    :class:`~mdtblocks.tokens.MaskDiTDropRule` (the config's ``mask_ratio`` is its legacy
+    record, and :attr:`mask_sampler` a compatibility view of it).
 
     Build with :meth:`from_preset` (``"MaskDiT-XL/2"``, ...) or from a
     :class:`~mdtblocks.models.config.MaskDiTConfig`.
@@ -51,7 +52,7 @@ class MaskDiT(DiffusionBackbone):
         super().__init__(config)
         cfg = config
         d, dd = cfg.hidden_size, cfg.decoder_hidden_size
-        self.y_embedder = ZeroNullLabelEmbedder(cfg.num_classes, d, cfg.class_dropout_prob)
+        self.y_embedder = ZeroNullLabelEmbedder(cfg.num_classes, d)
         self.pos_embed.requires_grad_(False)  # fixed sin-cos, as in DiT
         self.blocks = nn.ModuleList(
             AdaLNBlock(d, cfg.num_heads, cfg.mlp_ratio, backend=cfg.attention_backend)  # type: ignore[arg-type]
@@ -67,8 +68,14 @@ class MaskDiT(DiffusionBackbone):
             for _ in range(cfg.decoder_depth)
         )
         self.final_layer = FinalLayer(dd, cfg.patch_size, cfg.out_channels, cond_size=d)
-        self.mask_sampler: MaskSampler | None = maskdit_drop_rule(cfg.mask_ratio) if cfg.mask_ratio is not None else None
         self.reset_parameters()
+
+    @property
+    def mask_sampler(self) -> MaskSampler | None:  # type: ignore[override]
+        """Compatibility view: the drop sampler of the config's legacy ``mask_ratio`` (``None`` at 0 or
+        ``None``); training draws from the criterion's :class:`~mdtblocks.tokens.MaskDiTDropRule`."""
+        ratio = self.config.mask_ratio
+        return maskdit_drop_rule(ratio) if ratio is not None else None
 
     def reset_parameters(self) -> None:
         """Official initialisation: DiT's for the encoder, the same zeroing for the decoder, N(0, 0.02) mask token."""
@@ -151,7 +158,7 @@ class MaskDiT(DiffusionBackbone):
             t: ``(b,)`` times, embedded as given.
             y: ``(b,)`` labels in ``[0, num_classes]``; ``num_classes`` is the null class.
             ids_keep: the ``(b, k)`` kept tokens of a training pass with dropping (e.g.
-                ``model.mask_sampler(...).ids_keep``); ``None`` runs every token. The
+                ``MaskDiTDropRule(0.5).draw(...).ids_keep``); ``None`` runs every token. The
                 output does not depend on their order within a row.
             route: TREAD token routing in training (drawn over the tokens the encoder sees:
                 ``route_tokens``); its routed tokens skip encoder blocks ``[start, end)``.

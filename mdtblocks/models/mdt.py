@@ -34,6 +34,11 @@ class MaskedDiffusionTransformer(DiffusionBackbone):
     (inference, the unmasked training loss) it sees all of them and the
     side-interpolater is skipped.
 
+    The side-interpolater and the decoder's position table are architecture and live here;
+    which tokens a training pass keeps is the token rule's
+    (:class:`~mdtblocks.tokens.MaskedTwoPassRule`). The config's ``mask_ratio`` fields are the
+    legacy record of that rule, and :attr:`mask_sampler` a compatibility view of them.
+
     Build with :meth:`from_preset` (``"MDT-XL/2"``, ``"MDTv2-S/2"``, ...) or from an
     :class:`~mdtblocks.models.config.MDTConfig`; load official weights with
     :func:`~mdtblocks.load_official`.
@@ -58,10 +63,14 @@ class MaskedDiffusionTransformer(DiffusionBackbone):
         self.decoder = nn.ModuleList(block(fuses_skip=cfg.dense_skip) for _ in range(cfg.decode_layer))
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, d))
         self.register_buffer("rel_index", relative_position_index(grid), persistent=False)
-        self.mask_sampler: MaskSampler | None = (
-            MaskSampler(cfg.mask_ratio, cfg.mask_ratio_range) if cfg.mask_ratio is not None else None
-        )
         self.reset_parameters()
+
+    @property
+    def mask_sampler(self) -> MaskSampler | None:  # type: ignore[override]
+        """Compatibility view: ``MaskSampler(mask_ratio, mask_ratio_range)`` of the config's legacy
+        fields (``None`` if ``mask_ratio`` is ``None``); training draws from the criterion's rule."""
+        cfg = self.config
+        return MaskSampler(cfg.mask_ratio, cfg.mask_ratio_range) if cfg.mask_ratio is not None else None
 
     def reset_parameters(self) -> None:
         """Official initialisation (sin-cos tables for both position embeddings)."""
@@ -116,7 +125,7 @@ class MaskedDiffusionTransformer(DiffusionBackbone):
             t: the objective's times (integer or float valued, any finite value: Gaussian step indices, flow t, ...).
             y: class labels in ``[0, num_classes]`` (``num_classes`` is the null class).
             ids_keep: for the masked training pass, the ``(b, k)`` kept-token indices in
-                row-major patch order (e.g. ``model.mask_sampler(...).ids_keep``). The
+                row-major patch order (a token rule's plan, e.g. ``MaskedTwoPassRule(0.3).draw(...).ids_keep``). The
                 result does not depend on their order within a row.
             route: token routing for training (see :class:`~mdtblocks.masking.route.Route`
                 and :meth:`route_tokens`), one drawn route or a list with disjoint spans: its

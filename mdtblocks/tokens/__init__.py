@@ -4,6 +4,7 @@ from ..masking import MaskPlan, MaskSampler, SideInterpolater, mark_kept_dynamic
 from .rules import TOKEN_RULES, MaskedTwoPassRule, PlainRule, TokenPass, TokenRule, register_token_rule, rule_from_record
 from .routing import RoutedRule, check_rule_model, draw_routes
 from .maskdit import MaskDiTDropRule
+from .legacy import rule_of_config
 
 __all__ = [
     "MaskPlan",
@@ -24,4 +25,5 @@ __all__ = [
     "TOKEN_RULES",
     "register_token_rule",
     "rule_from_record",
+    "rule_of_config",
 ]

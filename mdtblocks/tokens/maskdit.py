@@ -63,13 +63,17 @@ class MaskDiTDropRule:
         if not isinstance(self.norm_pix, bool):
             raise TypeError(f"MaskDiTDropRule.norm_pix must be a bool, got {self.norm_pix!r}")
 
+    @property
+    def sampler(self) -> MaskSampler | None:
+        """The mask sampler of ``mask_ratio`` (``None`` at ratio 0: nothing is dropped)."""
+        return MaskSampler(float(self.mask_ratio)) if self.mask_ratio > 0 else None
+
     def draw(
         self, batch: int, num_tokens: int, generator: torch.Generator, device: torch.device | str | None = None
     ) -> MaskPlan | None:
         """A random plan dropping ``mask_ratio`` of the tokens (``None`` at ratio 0)."""
-        if self.mask_ratio == 0:
-            return None
-        return MaskSampler(float(self.mask_ratio))(batch, num_tokens, generator=generator, device=device)
+        sampler = self.sampler
+        return None if sampler is None else sampler(batch, num_tokens, generator=generator, device=device)
 
     def passes(self, plan: MaskPlan | None) -> tuple[TokenPass, ...]:
         """One primary pass: over the kept tokens with a plan, over all of them without."""

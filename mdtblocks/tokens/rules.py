@@ -82,6 +82,11 @@ class PlainRule:
     kind: ClassVar[str] = "plain"
     own_draws: ClassVar[bool] = False
 
+    @property
+    def sampler(self) -> None:
+        """No mask sampler: the rule masks nothing."""
+        return None
+
     def draw(
         self, batch: int, num_tokens: int, generator: torch.Generator, device: torch.device | str | None = None
     ) -> None:

@@ -1,5 +1,6 @@
 """The training axes a recipe's flags choose: the objective (``--objective``), token routing (``--route``,
-``--route-span``), MaskDiT's dropping (its models' ``mask_ratio``) and a start from other weights (``--init-from``).
+``--route-span``), the token rule's ratios (``--mask-ratio``, ``--mask-ratio-range``) and a start from other weights
+(``--init-from``).
 
 Every recipe builds its criterion here (:func:`recipe_criterion`), so the flags mean the
 same in each; the criterion's record in ``config.json`` says what trained the run.
@@ -7,6 +8,7 @@ same in each; the criterion's record in ``config.json`` says what trained the ru
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,12 +20,15 @@ from ...criterion import Criterion, LabelDropout, rule_of_model
 from ...masking import Route, default_span
 from ...objectives import EDMObjective, GaussianObjective
 from ...objectives.base import Objective
-from ...tokens import MaskDiTDropRule, RoutedRule, TokenRule, check_rule_model
+from ...tokens import RoutedRule, TokenRule, check_rule_model
 
 __all__ = [
     "RECIPE_OBJECTIVES", "objective_names", "recipe_objective", "recipe_route", "recipe_tokens", "recipe_criterion",
-    "axes_problems", "learns_sigma", "grid_sampler", "load_init_weights",
+    "axes_problems", "learns_sigma", "grid_sampler", "load_init_weights", "RULE_RATIOS",
 ]
+
+RULE_RATIOS = ("mask_ratio", "mask_ratio_range")
+"""The recipe flags that set the token rule's ratios (``--mask-ratio``, ``--mask-ratio-range``)."""
 
 
 def _gaussian(cfg: Any, model: nn.Module) -> Objective:
@@ -78,13 +83,27 @@ def recipe_route(cfg: Any, model: nn.Module) -> Route | None:
 
 
 def recipe_tokens(cfg: Any, model: nn.Module) -> TokenRule:
-    """The token rule: MaskDiT's dropping for MaskDiT models, else the model's (MDT's two passes, DiT's plain), routed with ``--route``."""
-    from ...models.maskdit import MaskDiT
+    """The token rule, which owns the run's mask ratios, routed with ``--route``.
 
-    if isinstance(model, MaskDiT):
-        tokens: TokenRule = MaskDiTDropRule(float(model.config.mask_ratio or 0.0), mae_weight=0.1)
-    else:
-        tokens = rule_of_model(model, cfg.masked_draws)
+    The rule of the model's preset (:func:`~mdtblocks.criterion.rule_of_model`: MaskDiT's
+    dropping, MDT's two passes with ``--masked-draws``, DiT's plain step), its ratios replaced
+    by ``--mask-ratio`` and ``--mask-ratio-range`` where given. The flags do not change the
+    model, whose config keeps the preset's published ratios as their legacy record.
+
+    Raises:
+        ValueError: a ratio flag the rule has no ratio for, or ratios the rule refuses.
+    """
+    tokens = rule_of_model(model, cfg.masked_draws)
+    ratios = {n: getattr(cfg, n, None) for n in RULE_RATIOS if getattr(cfg, n, None) is not None}
+    if ratios:
+        known = {f.name for f in dataclasses.fields(tokens)} if dataclasses.is_dataclass(tokens) else set()
+        stray = sorted(set(ratios) - known)
+        if stray:
+            raise ValueError(
+                f"{', '.join('--' + n.replace('_', '-') for n in stray)} does not apply to the "
+                f"{tokens.kind!r} token rule of {type(model).__name__}"
+            )
+        tokens = dataclasses.replace(tokens, **{n: float(v) for n, v in ratios.items()})  # type: ignore[type-var]
     route = recipe_route(cfg, model)
     return tokens if route is None else RoutedRule(tokens, route)
 

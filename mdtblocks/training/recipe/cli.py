@@ -61,8 +61,13 @@ class RecipeConfig:
     hidden_size: int | None = flag(None, "override the preset's width")
     num_heads: int | None = flag(None, "override the preset's attention heads")
     decode_layer: int | None = flag(None, "override the preset's decoder blocks (MDT, MDTv2)")
-    mask_ratio: float | None = flag(None, "override the (lower end of the) mask ratio (MDT, MDTv2)")
-    mask_ratio_range: float | None = flag(None, "override the width of the mask ratio interval (MDTv2)")
+    mask_ratio: float | None = flag(
+        None, "the token rule's (lower end of the) mask ratio (MDT, MDTv2; MaskDiT: its drop ratio); "
+        "default: the preset's published one"
+    )
+    mask_ratio_range: float | None = flag(
+        None, "the token rule's width of the mask ratio interval (MDT, MDTv2); default: the preset's published one"
+    )
     image_size: int = flag(256, "image side in pixels")
     num_classes: int | None = flag(None, "classes; none: taken from the dataset")
     vae: str | None = flag(

@@ -35,7 +35,7 @@ from ..guard import NonFiniteSteps
 from ..loop import train
 from ..signals import EXIT_CODES
 from ...io import read_json
-from .axes import axes_problems, grid_sampler, learns_sigma, load_init_weights, recipe_criterion
+from .axes import RULE_RATIOS, axes_problems, grid_sampler, learns_sigma, load_init_weights, recipe_criterion
 from .checks import config_problems, model_problems, path_problems
 from .cli import RecipeConfig, build_parser, choose_config, parse_flags, presets_of
 from .align import build_alignment
@@ -53,8 +53,11 @@ OFFICIAL_FIELDS = (
 )
 """The flags ``--official`` fixes to the official script's values (learning rate, batch and steps stay free)."""
 
-MODEL_OVERRIDES = ("depth", "hidden_size", "num_heads", "decode_layer", "mask_ratio", "mask_ratio_range")
-"""Recipe flags that override a preset's config field (each only where the preset has that field)."""
+MODEL_OVERRIDES = ("depth", "hidden_size", "num_heads", "decode_layer")
+"""Recipe flags that override a preset's config field (each only where the preset has that field).
+
+(The ratio flags, :data:`~mdtblocks.training.recipe.axes.RULE_RATIOS`, set the token rule's
+ratios, not the model's: :func:`~mdtblocks.training.recipe.axes.recipe_tokens`.)"""
 
 DEMO: dict[str, Any] = dict(
     depth=6, hidden_size=128, num_heads=4, image_size=16, vae=None, steps=1800, global_batch_size=32, lr=2e-3,
@@ -131,10 +134,10 @@ class TrainRecipe:
                 parser.error(f"--lr none: {self.script} has no learning rate for size {size!r}; give --lr")
             cfg = dataclasses.replace(cfg, lr=self.lr_by_size[size])
         cls_name, preset_fields = PRESETS[cfg.model]
-        unused = [n for n in MODEL_OVERRIDES if getattr(cfg, n) is not None and n not in preset_fields]
+        unused = [n for n in MODEL_OVERRIDES + RULE_RATIOS if getattr(cfg, n) is not None and n not in preset_fields]
         if unused:
             flags = ", ".join("--" + n.replace("_", "-") for n in unused)
-            parser.error(f"{flags} does not apply to {cfg.model} (a {cls_name} has no such field)")
+            parser.error(f"{flags} does not apply to {cfg.model} (a {cls_name} has no such field or ratio)")
         given = parse_flags(RecipeConfig, argv, self.description, defaults)
         problems = config_problems(cfg) + objective_problems(cfg, given) + axes_problems(cfg, PRESETS[cfg.model][0])
         if problems:
@@ -286,7 +289,8 @@ def known_input(cfg: RecipeConfig) -> tuple[dict[str, int], dict[str, str]]:
 def refuse_model(cfg: RecipeConfig, known: dict[str, int], labels: dict[str, str]) -> None:
     """Exit 2 with one ``error:`` line if the model the flags ask for cannot be built (see :func:`model_problems`)."""
     preset_fields = PRESETS[cfg.model][1]
-    names = [n for n in MODEL_OVERRIDES if n in preset_fields]
+    # The ratio flags are the rule's, but obey the ranges of the config fields that record them: checked with them.
+    names = [n for n in MODEL_OVERRIDES + RULE_RATIOS if n in preset_fields]
     fields = {**preset_fields, **model_overrides(cfg, names), **known}
     problems = model_problems(cfg, fields, given=[n for n in names if getattr(cfg, n) is not None], labels=labels)
     if problems:
