@@ -1,7 +1,11 @@
 """Training objectives, one module each, behind one interface (:class:`~mdtblocks.objectives.base.Objective`)."""
 
-from .base import OBJECTIVES, Objective, objective_from_record, register_objective
+from .base import OBJECTIVES, Objective, SchedulerSampling, objective_from_record, register_objective
 from .edm import EDMObjective
 from .gaussian import GaussianObjective
+from .sampling_spec import SamplerOption, SamplingSpec, sampling_spec
 
-__all__ = ["Objective", "GaussianObjective", "EDMObjective", "OBJECTIVES", "register_objective", "objective_from_record"]
+__all__ = [
+    "Objective", "SchedulerSampling", "GaussianObjective", "EDMObjective", "OBJECTIVES", "register_objective",
+    "objective_from_record", "SamplerOption", "SamplingSpec", "sampling_spec",
+]
