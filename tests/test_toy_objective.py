@@ -304,3 +304,16 @@ def test_pipeline_samples_an_outside_objective_through_its_own_loop(toy_run: Pat
     assert guided.shape == (2, 3, 8, 8) and torch.isfinite(guided).all()
     with pytest.raises(ValueError, match="the toy objective predicts x0"):
         MDTPipeline(transformer=pipe.transformer, scheduler=DPMSolverMultistepScheduler(), objective=pipe.config.objective)
+
+
+def test_a_finished_draw_of_an_earlier_version_is_kept(toy_run: Path, tmp_path: Path) -> None:
+    """A record written before an option existed (at its default), or with a flag since dropped, is the same command."""
+    out = sample_toy(toy_run, tmp_path / "s")
+    made = json.loads((out / "sample_config.json").read_text())
+    del made["settings"]["x0_clip"]  # the option came later: the earlier command drew at its default
+    made["settings"]["atol"] = 1e-6  # a flag that command had and this one no longer has for this objective
+    (out / "sample_config.json").write_text(json.dumps(made))
+    before = (out / "samples.npz").read_bytes()
+    assert sample_toy(toy_run, tmp_path / "s") == out and (out / "samples.npz").read_bytes() == before
+    with pytest.raises(ValueError, match=r"--x0-clip 0.5 \(recorded: None\)"):
+        sample_toy(toy_run, tmp_path / "s", "--x0-clip", "0.5")  # not the default: another command
