@@ -274,6 +274,7 @@ def parse_command(argv: list[str] | None) -> Command:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     given = _tuples(vars(namespace))
     options = {**spec.defaults(), **{k: v for k, v in given.items() if k in spec.defaults()}}
+    cfg = SampleConfig(**{k: v for k, v in given.items() if k not in options})  # as the second pass read them
     cfg = dataclasses.replace(cfg, sampler=choose_sampler(cfg, objective, spec),
                               steps=cfg.steps if cfg.steps is not None else spec.default_steps)
     problems = spec.problems(options, {**dataclasses.asdict(cfg), **options})
