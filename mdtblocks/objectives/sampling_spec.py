@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SamplerOption", "SamplingSpec", "sampling_spec"]
+__all__ = ["Check", "SamplerOption", "SamplingSpec", "sampling_spec"]
 
 Check = Callable[[Any, Mapping[str, Any]], "str | None"]
 """``check(value, flags)``: why ``value`` is refused (one line), or ``None``; ``flags`` holds every flag's value by name."""
