@@ -9,7 +9,10 @@ Usage::
 The run's recipe config (``CKPT/../../config.json``) tells the VAE (``null``: pixel
 space) and image size; flags override it. Its criterion record tells the objective the
 model was trained with (a run without one was trained with the Gaussian diffusion), which
-decides the sampling math; a sampler of another objective is refused. Samples are drawn in global batches of
+decides the sampling math: the objective declares its samplers, their defaults and the
+flags of their options (``--ckpt RUN --help`` lists that run's; its ``sampling`` spec,
+:mod:`mdtblocks.objectives.sampling_spec`). A sampler or an option flag of another
+objective is refused. Samples are drawn in global batches of
 ``--batch-size``; batch ``j`` uses a generator seeded from ``(--seed, j)`` and rank
 ``r`` of ``W`` draws batches ``r, r + W, ...``. Every rank thus draws different seeds,
 the gathered set has no duplicates, and the result does not depend on the number of processes.
@@ -25,6 +28,8 @@ same command resumes``) and exit code 130. One run at a time holds ``OUT`` (``OU
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
 import logging
 import math
@@ -46,17 +51,16 @@ from mdtblocks.data import grid_scale, load_autoencoder, recorded_vae_source, sa
 from mdtblocks.folderlock import hold_output_folder
 from mdtblocks.interrupt import exit_on_interrupt
 from mdtblocks.io import atomic_write, read_json, write_json
+from mdtblocks.objectives import OBJECTIVES, SamplingSpec, sampling_spec
 from mdtblocks.progress import ProgressRecord, check_settings, settings_disagreement
 from mdtblocks.sampling import check_sampler, sample
 from mdtblocks.training import Distributed, latest_checkpoint, setup_distributed
 from mdtblocks.training.randomness import derive_seed
-from mdtblocks.training.recipe import exit_on_bad_input, flag, parse_flags, setup_logging
+from mdtblocks.training.recipe import build_parser, exit_on_bad_input, flag, setup_logging
+from mdtblocks.training.recipe.cli import add_flags
 from mdtblocks.training.recipe.run_vae import check_run_vae
 
 log = logging.getLogger("mdtblocks.sample")
-
-# Our flag names -> mdtblocks.sampling.sample's sampler names.
-SAMPLER_NAMES = {"ddpm": "ddpm", "ddim": "ddim", "dpm-solver": "dpm_solver++"}
 
 
 @dataclass(frozen=True)
@@ -70,11 +74,10 @@ class SampleConfig:
     )
     num_samples: int = flag(64, "images to generate over all processes (50000 for FID)")
     sampler: str | None = flag(
-        None, "sampler, one of the run's objective's samplers (Gaussian: ddpm, ddim, dpm-solver; flow: euler, heun, "
-        "dopri5, sde_euler, sde_heun; edm: heun, euler); none: ddpm for a Gaussian run, sde_euler for a flow run (the "
-        "papers' 250-step evaluations), heun for an EDM run"
+        None, "sampler, one of the samplers of the objective the run records (listed below with their options); none: "
+        "that objective's default"
     )
-    steps: int = flag(250, "sampling steps")
+    steps: int | None = flag(None, "sampling steps; none: the default of the objective the run records (listed below)")
     cfg_scale: float = flag(1.0, "classifier-free guidance scale; 1 disables guidance")
     scale_pow: float = flag(0.0, "MDT's power-cosine guidance schedule power (MDT: 4); 0: constant scale (DiT)")
     guided_channels: int | None = flag(None, "output channels to guide; none: all (3 reproduces the official eval)")
@@ -92,18 +95,6 @@ class SampleConfig:
         False, "torch.compile each transformer block: a compile first (seconds to a minute), then faster steps (the same function)"
     )
     overwrite: bool = flag(False, "discard what --out holds (finished samples or a part-done draw) and draw anew")
-    # --- flow-matching runs only (--objective flow, recipes/sit_imagenet256.py) -----------------------------
-    atol: float = flag(1e-6, "dopri5 absolute tolerance (flow runs)")
-    rtol: float = flag(1e-3, "dopri5 relative tolerance (flow runs)")
-    last_step: Literal["Mean", "Tweedie", "Euler", "none"] = flag("Mean", "last step of the SDE samplers (flow runs)")
-    last_step_size: float = flag(0.04, "length in time of the SDE's last step (flow runs)")
-    sde_noise: Literal["code", "paper"] = flag(
-        "code", "SDE noise scale: sqrt(2 w dt) as SiT's code (reproduces its numbers) or sqrt(w dt) as its paper (flow runs)"
-    )
-    time_shift: float | None = flag(None, "shift of the flow time grid towards noise (SD3, LightningDiT); none: no shift (flow runs)")
-    guidance_interval: tuple[float, ...] = flag(
-        (), "guide only for flow times t in [LO, HI] (0 noise, 1 data), e.g. 0.1 1.0; none given: every step (flow runs)"
-    )
 
     def __post_init__(self) -> None:
         if not self.ckpt:
@@ -125,23 +116,10 @@ class SampleConfig:
         if self.seed < 0:
             raise ValueError(f"--seed {self.seed} is negative; allowed: a non-negative integer")
         for name in ("num_samples", "steps", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.scale_pow < 0:
             raise ValueError(f"--scale-pow must be non-negative, got {self.scale_pow}")
-        if self.guidance_interval:
-            lo_hi = self.guidance_interval
-            if len(lo_hi) != 2 or not 0 <= lo_hi[0] <= 1 or not 0 <= lo_hi[1] <= 1:
-                raise ValueError(f"--guidance-interval {' '.join(map(str, lo_hi))}: expected two flow times LO HI in [0, 1]")
-            if lo_hi[0] > lo_hi[1]:
-                raise ValueError(f"--guidance-interval {lo_hi[0]} {lo_hi[1]} is reversed: expected LO <= HI")
-            if self.scale_pow:
-                raise ValueError("--guidance-interval and --scale-pow are two guidance schedules; give one")
-        if not (self.atol > 0 and self.rtol > 0 and 0 <= self.last_step_size < 1):
-            raise ValueError(f"--atol {self.atol} and --rtol {self.rtol} must be positive, --last-step-size "
-                             f"{self.last_step_size} in [0, 1)")
-        if self.time_shift is not None and not self.time_shift > 0:
-            raise ValueError(f"--time-shift must be positive, got {self.time_shift}")
 
 
 def parse_labels(text: str | None, num_classes: int) -> list[int] | None:
@@ -166,48 +144,166 @@ def parse_labels(text: str | None, num_classes: int) -> list[int] | None:
     return labels
 
 
-FLOW_ONLY = ("atol", "rtol", "last_step", "last_step_size", "sde_noise", "time_shift", "guidance_interval")
-"""Flags of the flow samplers: refused for a Gaussian run."""
+HELP = ("-h", "--help")
 
 
-def choose_sampler(cfg: SampleConfig, objective: Any, given: dict[str, Any]) -> str:
-    """The sampler flag for the checkpoint's objective: ``--sampler``, checked against its samplers, or its default.
+@dataclass(frozen=True)
+class Command:
+    """A parsed command: the flags every run has, the objective the checkpoint records, and its samplers' options.
+
+    Attributes:
+        cfg: the common flags, ``sampler`` and ``steps`` resolved (the objective's defaults where not given).
+        objective: the objective the run was trained with (its record in the run's ``config.json``).
+        spec: what that objective offers a sampling command (:func:`~mdtblocks.objectives.sampling_spec`).
+        options: every option of its samplers by name (given or default), as the flags give them.
+    """
+
+    cfg: SampleConfig
+    objective: Any
+    spec: SamplingSpec
+    options: dict[str, Any]
+
+    @property
+    def sampler(self) -> str:
+        """The objective's name of the chosen sampler (``--sampler`` is its flag name)."""
+        return self.spec.sampler_flags(tuple(self.objective.samplers))[self.cfg.sampler]
+
+    def keywords(self) -> dict[str, Any]:
+        """What the options set in :func:`mdtblocks.sampling.sample` for the chosen sampler."""
+        return self.spec.keywords(self.sampler, self.options)
+
+
+def run_objective(cfg: SampleConfig) -> Any:
+    """The objective that trained the checkpoint: the run's record (or, for a bare checkpoint, the model's own config)."""
+    return read_criterion({"model_config": read_json(Path(cfg.ckpt) / "config.json"), **run_settings(cfg)}).objective
+
+
+def options_class(objective: Any, spec: SamplingSpec) -> type:
+    """A dataclass with one flag per option of ``objective``'s samplers (for :func:`add_flags`)."""
+    common = {f.name for f in dataclasses.fields(SampleConfig)}
+    clash = [o.flag for o in spec.options if o.name in common]
+    if clash:
+        raise ValueError(f"the {objective.kind!r} objective declares sampler options {', '.join(clash)}, flags that "
+                         "recipes/sample.py has for every run; rename them in its sampling spec")
+    fields = [(o.name, o.type, flag(o.default, o.help)) for o in spec.options]
+    return dataclasses.make_dataclass(f"{type(objective).__name__}Options", fields, frozen=True)
+
+
+def known_specs() -> dict[str, tuple[Any, SamplingSpec]]:
+    """``kind -> (objective, spec)`` of every registered objective that builds from its bare kind (its defaults)."""
+    known = {}
+    for kind in sorted(OBJECTIVES):
+        try:
+            objective = OBJECTIVES.build({"kind": kind})
+        except (ValueError, TypeError, KeyError):
+            continue  # needs options to be built: its flags show with --ckpt of such a run
+        known[kind] = (objective, sampling_spec(objective))
+    return known
+
+
+def add_option_group(parser: argparse.ArgumentParser, objective: Any, spec: SamplingSpec, skip: set[str]) -> None:
+    """The objective's samplers, defaults and option flags as a group of ``parser``'s help (those in ``skip`` left out)."""
+    samplers = ", ".join(spec.sampler_flags(tuple(objective.samplers)))
+    default = spec.default_sampler_flag(tuple(objective.samplers))
+    shared = [o.flag for o in spec.options if o.name in skip]
+    group = parser.add_argument_group(
+        f"runs of the {objective.kind!r} objective",
+        f"--sampler {samplers} (default: {default}, {spec.default_steps} steps)"
+        + (f"; also {', '.join(shared)} as above" if shared else ""),
+    )
+    cls = options_class(objective, spec)
+    kept = [f for f in dataclasses.fields(cls) if f.name not in skip]
+    add_flags(group, dataclasses.make_dataclass(cls.__name__, [(f.name, f.type, f) for f in kept], frozen=True))
+    skip.update(f.name for f in kept)
+
+
+def print_help(given: dict[str, Any]) -> None:
+    """``--help``: the common flags, then the samplers and options of the run's objective (``--ckpt``) or of each known one."""
+    parser = build_parser(SampleConfig, __doc__)
+    objective = None
+    if "ckpt" in given:
+        with contextlib.suppress(ValueError, FileNotFoundError):
+            objective = run_objective(SampleConfig(**given))
+    groups = {objective.kind: (objective, sampling_spec(objective))} if objective is not None else known_specs()
+    skip: set[str] = set()
+    for objective, spec in groups.values():
+        add_option_group(parser, objective, spec, skip)
+    parser.print_help()
+
+
+def foreign_flags(rest: list[str], objective: Any, cfg: SampleConfig) -> None:
+    """Refuse option flags of another objective's samplers, naming the run's objective.
 
     Raises:
-        ValueError: a sampler or flow flag of another objective than the one the run records.
+        ValueError: ``rest`` (what the run's flags left) holds such a flag.
     """
-    kind = objective.kind
-    if kind != "flow":
-        stray = [f"--{n.replace('_', '-')}" for n in FLOW_ONLY if n in given]
-        if stray:
-            raise ValueError(f"{', '.join(stray)} apply to flow-matching runs; {cfg.ckpt} was trained with the {kind!r} objective")
+    names = {token[2:].split("=")[0].replace("-", "_") for token in rest if token.startswith("--")}
+    theirs = {
+        option.flag: kind for kind, (_, spec) in known_specs().items() if kind != objective.kind
+        for option in spec.options if option.name in names
+    }
+    if theirs:
+        kinds = ", ".join(repr(k) for k in sorted(set(theirs.values())))
+        raise ValueError(f"{', '.join(theirs)} apply to runs of the {kinds} objective; {cfg.ckpt} was trained with the "
+                         f"{objective.kind!r} objective (its config.json), whose samplers take none of them")
+
+
+def parse_command(argv: list[str] | None) -> Command:
+    """The command line, read in two passes: the common flags (``--ckpt`` among them), then those of the run's objective.
+
+    Raises:
+        SystemExit: after ``--help`` (0), or for an unknown flag or a bad value (2, argparse's message).
+        ValueError: bad input: a flag of another objective, a sampler it does not have, an option value it refuses.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    common = build_parser(SampleConfig, __doc__)
+    known, _ = common.parse_known_args([a for a in argv if a not in HELP])
+    given = _tuples(vars(known))
+    if any(a in HELP for a in argv):
+        print_help(given)
+        raise SystemExit(0)
+    cfg = SampleConfig(**given)
+    objective = run_objective(cfg)
+    spec = sampling_spec(objective)
+    options_cls = options_class(objective, spec)
+    parser = build_parser(SampleConfig, __doc__)
+    add_flags(parser.add_argument_group(f"runs of the {objective.kind!r} objective"), options_cls)
+    namespace, rest = parser.parse_known_args(argv)
+    if rest:
+        foreign_flags(rest, objective, cfg)
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    given = _tuples(vars(namespace))
+    options = {**spec.defaults(), **{k: v for k, v in given.items() if k in spec.defaults()}}
+    cfg = SampleConfig(**{k: v for k, v in given.items() if k not in options})  # as the second pass read them
+    cfg = dataclasses.replace(cfg, sampler=choose_sampler(cfg, objective, spec),
+                              steps=cfg.steps if cfg.steps is not None else spec.default_steps)
+    problems = spec.problems(options, {**dataclasses.asdict(cfg), **options})
+    if problems:
+        raise ValueError("; ".join(problems))
+    return Command(cfg, objective, spec, options)
+
+
+def _tuples(given: dict[str, Any]) -> dict[str, Any]:
+    """Flags of several values as tuples (argparse gives lists)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+
+
+def choose_sampler(cfg: SampleConfig, objective: Any, spec: SamplingSpec) -> str:
+    """The ``--sampler`` value for the checkpoint's objective: the flag, checked against its samplers, or its default.
+
+    Raises:
+        ValueError: a sampler the objective the run records does not have.
+    """
+    samplers = tuple(objective.samplers)
     if cfg.sampler is None:
-        return default_sampler(objective)
-    names = [name for name, ours in SAMPLER_NAMES.items() if ours in objective.samplers] if kind == "gaussian" else list(objective.samplers)
-    if kind in ("gaussian", "flow") and cfg.sampler not in names:
+        return spec.default_sampler_flag(samplers)
+    names = list(spec.sampler_flags(samplers))
+    if cfg.sampler not in names:
         raise ValueError(
-            f"--sampler {cfg.sampler} does not fit {cfg.ckpt}: its run was trained with the {kind!r} objective "
-            f"(its config.json), whose samplers are {', '.join(names)}"
+            f"--sampler {cfg.sampler} does not fit {cfg.ckpt}: sampler {cfg.sampler!r} does not belong to the "
+            f"{objective.kind!r} objective its run was trained with (its config.json), whose samplers are {', '.join(names)}"
         )
     return cfg.sampler
-
-
-def default_sampler(objective: Any) -> str:
-    """The sampler without ``--sampler``: ``sde_euler`` for flow matching (SiT's evaluation), ``ddpm`` otherwise (the papers')."""
-    if objective.kind == "flow":
-        return "sde_euler"
-    return "ddpm" if objective.kind == "gaussian" else objective.samplers[0]
-
-
-def flow_options(cfg: SampleConfig) -> dict[str, Any]:
-    """The flow samplers' options from the flags (:meth:`~mdtblocks.objectives.flow.FlowMatching.sample`)."""
-    options: dict[str, Any] = {"shift": cfg.time_shift}
-    if cfg.sampler == "dopri5":
-        options.update(atol=cfg.atol, rtol=cfg.rtol)
-    if cfg.sampler in ("sde_euler", "sde_heun"):
-        options.update(last_step=None if cfg.last_step == "none" else cfg.last_step, last_step_size=cfg.last_step_size,
-                       noise_form=cfg.sde_noise)
-    return options
 
 
 def run_settings(cfg: SampleConfig) -> dict[str, Any]:
@@ -217,11 +313,19 @@ def run_settings(cfg: SampleConfig) -> dict[str, Any]:
 
 
 def default_out(cfg: SampleConfig) -> Path:
-    """``RUN/samples/<ckpt>-<weights>-<sampler><steps>-cfg<scale>[-pow<p>]-seed<seed>`` (``CKPT/samples/...`` without a run)."""
+    """``RUN/samples/<ckpt>-<weights>-<sampler><steps>-cfg<scale>[-pow<p>]-seed<seed>`` (``CKPT/samples/...`` without a run).
+
+    A ``cfg`` without ``sampler`` or ``steps`` takes the defaults of the objective the run records.
+    """
     ckpt = Path(cfg.ckpt).resolve()
     pow_tag = f"-pow{cfg.scale_pow:g}" if cfg.scale_pow else ""
-    sampler = cfg.sampler or default_sampler(read_criterion(run_settings(cfg)).objective)
-    tag = f"{ckpt.name}-{cfg.weights}-{sampler}{cfg.steps}-cfg{cfg.cfg_scale:g}{pow_tag}-seed{cfg.seed}"
+    sampler, steps = cfg.sampler, cfg.steps
+    if sampler is None or steps is None:
+        objective = read_criterion(run_settings(cfg)).objective
+        spec = sampling_spec(objective)
+        sampler = sampler or spec.default_sampler_flag(tuple(objective.samplers))
+        steps = steps or spec.default_steps
+    tag = f"{ckpt.name}-{cfg.weights}-{sampler}{steps}-cfg{cfg.cfg_scale:g}{pow_tag}-seed{cfg.seed}"
     run = ckpt.parent.parent
     return (run / "samples" / tag) if (run / "config.json").is_file() else (ckpt / "samples" / tag)
 
@@ -236,15 +340,35 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
     atomic_write(path, write)
 
 
-def output_settings(cfg: SampleConfig, vae: str | None, image_size: int) -> dict[str, Any]:
-    """What decides the samples: every flag but ``--out``, ``--device`` and ``--progress``, with the resolved VAE.
+def output_settings(command: Command, vae: str | None, image_size: int) -> dict[str, Any]:
+    """What decides the samples: every flag but ``--out``, ``--device`` and ``--progress`` (the objective's
+    sampler options included), with the resolved VAE.
 
     The number of processes is left out on purpose: batch ``j`` does not depend on it, so a
     killed 8-GPU run may be finished on one.
     """
+    cfg = command.cfg
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "device", "progress", "overwrite")}
-    settings["guidance_interval"] = list(cfg.guidance_interval)  # as JSON reads it back
+    settings.update(option_values(command))
     return {**settings, "ckpt": str(Path(cfg.ckpt).resolve()), "vae": vae, "image_size": image_size}
+
+
+def option_values(command: Command) -> dict[str, Any]:
+    """The objective's sampler options by name, as JSON reads them back (several values as a list)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in command.options.items()}
+
+
+def as_recorded(settings: dict[str, Any], recorded: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` as the command that wrote ``recorded`` would have recorded them: its flags that this
+    command no longer has (an earlier version's) at their recorded values, options it did not have yet
+    (``defaults``: this objective's) left out where they are at their defaults."""
+    older = {k: v for k, v in recorded.items() if k not in settings}
+    newer = {k for k in defaults if k not in recorded and settings.get(k) == _json(defaults[k])}
+    return {**{k: v for k, v in settings.items() if k not in newer}, **older}
+
+
+def _json(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def batch_path(batches: Path, j: int) -> Path:
@@ -264,13 +388,16 @@ def read_batch(path: Path, size: int, side: int) -> tuple[np.ndarray, np.ndarray
     return images, labels, channels
 
 
-def start_batches(out: Path, settings: dict[str, Any], dist: Any) -> Path:
+def start_batches(out: Path, settings: dict[str, Any], dist: Any, defaults: dict[str, Any] | None = None) -> Path:
     """``OUT/.batches``, its progress record checked against ``settings`` (every rank) or written (rank 0).
+
+    ``defaults``: the objective's sampler options at their defaults (see :func:`as_recorded`).
 
     The flags are recorded before any batch is drawn, so a batch file always belongs to the recorded run.
     """
     batches = out / ".batches"
     if (batches / "progress.json").is_file():
+        settings = as_recorded(settings, read_json(batches / "progress.json").get("settings", {}), defaults or {})
         check_settings(batches / "progress.json", settings, "sampling run")
     dist.barrier()
     if dist.is_main:
@@ -299,25 +426,23 @@ def main(argv: list[str] | None = None) -> Path:
     Returns:
         The output folder.
     """
-    given = parse_flags(SampleConfig, argv, description=__doc__)
-    cfg = SampleConfig(**given)
+    command = parse_command(argv)
+    cfg = command.cfg
     dist = setup_distributed(cfg.device)
     setup_logging(dist)
     run = run_settings(cfg)
     vae = cfg.vae if cfg.vae is not None else recorded_vae_source(run.get("vae"), run.get("vae_provenance"))
-    # What trained the checkpoint: the run's record (or, for a bare checkpoint, the model's own config).
-    objective = read_criterion({"model_config": read_json(Path(cfg.ckpt) / "config.json"), **run}).objective
-    cfg = dataclasses.replace(cfg, sampler=choose_sampler(cfg, objective, given))
     out = Path(cfg.out) if cfg.out is not None else default_out(cfg)
     with exit_on_interrupt(lambda signum: report_interrupt(out, cfg, dist)), hold_output_folder(out, dist):
-        if keep_finished(out, cfg, vae, dist):
+        if keep_finished(out, command, vae, dist):
             dist.close()
             return out
-        return draw(cfg, dist, run, vae, out, objective)
+        return draw(command, dist, run, vae, out)
 
 
-def draw(cfg: SampleConfig, dist: Distributed, run: dict[str, Any], vae: str | None, out: Path, objective: Any) -> Path:
+def draw(command: Command, dist: Distributed, run: dict[str, Any], vae: str | None, out: Path) -> Path:
     """The sampling of :func:`main` while ``out`` is held: load, draw the missing batches, write the outputs."""
+    cfg, objective = command.cfg, command.objective
     model = load_pretrained(cfg.ckpt, weights_name=f"{cfg.weights}.safetensors").to(dist.device).eval()
     if cfg.compile_blocks:
         compile_blocks(model)
@@ -343,9 +468,9 @@ def draw(cfg: SampleConfig, dist: Distributed, run: dict[str, Any], vae: str | N
     if cfg.cfg_scale != 1.0 and getattr(mc, "class_dropout_prob", 0.0) <= 0:
         raise ValueError(f"--cfg-scale {cfg.cfg_scale} needs a model trained with label dropout (it has no null class)")
     fixed_labels = parse_labels(cfg.labels, mc.num_classes)
-    sampler = SAMPLER_NAMES.get(cfg.sampler, cfg.sampler)
+    sampler = command.sampler
     check_sampler(objective, sampler)
-    options = flow_options(cfg) if objective.kind == "flow" else {}
+    keywords = command.keywords()  # the options that this sampler reads, as sample()'s keywords
 
     num_batches = math.ceil(cfg.num_samples / cfg.batch_size)
     mine = list(range(dist.rank, num_batches, dist.world_size))
@@ -354,7 +479,7 @@ def draw(cfg: SampleConfig, dist: Distributed, run: dict[str, Any], vae: str | N
         cfg.num_samples, image_size, image_size, cfg.sampler, cfg.steps, cfg.cfg_scale, cfg.scale_pow,
         num_batches, dist.world_size, out,
     )
-    batches = start_batches(out, output_settings(cfg, vae, image_size), dist)
+    batches = start_batches(out, output_settings(command, vae, image_size), dist, command.spec.defaults())
 
     start = time.perf_counter()
     drawn = 0
@@ -372,8 +497,7 @@ def draw(cfg: SampleConfig, dist: Distributed, run: dict[str, Any], vae: str | N
             z = sample(
                 model, y, sampler=sampler, num_steps=cfg.steps, cfg_scale=cfg.cfg_scale,
                 scale_pow=cfg.scale_pow or None, guided_channels=cfg.guided_channels, generator=gen,
-                progress=cfg.progress and dist.is_main, objective=objective,
-                guidance_interval=tuple(cfg.guidance_interval) or None, **options,
+                progress=cfg.progress and dist.is_main, objective=objective, **keywords,
             )
             x = autoencoder.decode(z).float()
         u8 = to_uint8(x)
@@ -393,9 +517,9 @@ def draw(cfg: SampleConfig, dist: Distributed, run: dict[str, Any], vae: str | N
         # Back from uint8 to [-1, 1] (+0.5: the centre of each level, so the grid's own conversion is exact).
         grid = torch.from_numpy(all_images[:64, ..., :channels]).permute(0, 3, 1, 2).float()
         save_image_grid((grid + 0.5) / 127.5 - 1.0, out / "grid.png", scale=grid_scale(image_size))  # small ones enlarged
-        write_json(out / "sample_config.json", {**dataclasses.asdict(cfg), "vae": vae, "image_size": image_size,
-                                                "objective": objective.to_record(),
-                                                "world_size": dist.world_size, "settings": command_settings(cfg, vae)})
+        write_json(out / "sample_config.json", {**dataclasses.asdict(cfg), **option_values(command), "vae": vae,
+                                                "image_size": image_size, "objective": objective.to_record(),
+                                                "world_size": dist.world_size, "settings": command_settings(command, vae)})
         shutil.rmtree(batches, ignore_errors=True)  # the outputs are complete: the batch files are not needed
         log.info("wrote %s (arr_0 %s uint8, arr_1 labels) and %s", out / "samples.npz", all_images.shape, out / "grid.png")
     dist.barrier()
@@ -403,9 +527,9 @@ def draw(cfg: SampleConfig, dist: Distributed, run: dict[str, Any], vae: str | N
     return out
 
 
-def command_settings(cfg: SampleConfig, vae: str | None) -> dict[str, Any]:
+def command_settings(command: Command, vae: str | None) -> dict[str, Any]:
     """What decides the samples, known before the model is loaded: :func:`output_settings` less the image size."""
-    settings = output_settings(cfg, vae, 0)
+    settings = output_settings(command, vae, 0)
     del settings["image_size"]  # follows from the checkpoint and the VAE
     return settings
 
@@ -414,12 +538,13 @@ OUTPUTS = ("samples.npz", "grid.png", "sample_config.json", ".batches")
 """What a sampling run writes into ``--out`` (``sample_config.json`` last: the mark of a finished run)."""
 
 
-def keep_finished(out: Path, cfg: SampleConfig, vae: str | None, dist: Distributed) -> bool:
+def keep_finished(out: Path, command: Command, vae: str | None, dist: Distributed) -> bool:
     """Whether ``out`` holds this command's finished samples, which are kept (``--overwrite``: cleared first).
 
     Raises:
         ValueError: ``out`` holds the finished samples of another command (and no ``--overwrite``).
     """
+    cfg = command.cfg
     if cfg.overwrite:
         dist.barrier()
         if dist.is_main:
@@ -434,9 +559,9 @@ def keep_finished(out: Path, cfg: SampleConfig, vae: str | None, dist: Distribut
     if not (record.is_file() and (out / "samples.npz").is_file()):
         return False  # new, or part-done: the batches resume
     recorded = read_json(record)
-    mine = command_settings(cfg, vae)
+    mine = command_settings(command, vae)
     if "settings" in recorded:
-        diff = settings_disagreement(recorded["settings"], mine)
+        diff = settings_disagreement(recorded["settings"], as_recorded(mine, recorded["settings"], command.spec.defaults()))
     else:  # written before the settings were recorded: compare the flags it has
         same_keys = [k for k in mine if k in recorded and k not in ("ckpt", "vae")]
         diff = settings_disagreement({k: recorded[k] for k in same_keys}, {k: mine[k] for k in same_keys})

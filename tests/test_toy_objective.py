@@ -3,26 +3,32 @@
 It trains three steps through :func:`mdtblocks.training.train` with MDTv2's two-pass
 token rule and with DiT's plain rule, is recorded in the run's criterion record and
 rebuilt from it, and samples (with guidance) through :func:`mdtblocks.sampling.sample`.
-No module of ``mdtblocks`` knows it.
+With a declared sampling spec (its defaults, an option) and a loop over a diffusers
+scheduler, ``recipes/sample.py`` and the exported pipeline sample it too.
+No module of ``mdtblocks`` and no recipe knows it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 import torch
 from helpers import tiny_dit, tiny_mdt
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import TensorDataset
+from training_utils import load_recipe
 
 from mdtblocks.criterion import Criterion, LabelDropout, read_criterion
 from mdtblocks.data import PixelSpace
-from mdtblocks.objectives import GaussianObjective, Objective, register_objective
+from mdtblocks.io import write_json
+from mdtblocks.objectives import GaussianObjective, Objective, SamplerOption, SamplingSpec, register_objective
 from mdtblocks.sampling import sample
 from mdtblocks.tokens import MaskedTwoPassRule, PlainRule
 from mdtblocks.training import TrainConfig, setup_distributed, train
@@ -145,3 +151,169 @@ def test_the_criterion_terms_of_both_rules() -> None:
         assert criterion.logged(terms) == names
         torch.testing.assert_close(terms["loss"], sum(terms[n] for n in names[1:]) if len(names) > 1 else terms["mse"])
     assert all(float(t.min()) >= 10.0 and float(t.max()) <= 990.0 for t in seen)  # 1000 x t, t in [0.01, 0.99]
+
+
+# --- Sampling it with recipes/sample.py and the pipeline, neither of which knows it ---------------------------------
+
+SEEN: list[dict[str, Any]] = []  # what the toy's samplers were called with
+
+
+@dataclass(frozen=True)
+class CosineX0Sampled(CosineX0):
+    """The toy with a declared sampling spec (an option, its own defaults) and a loop over a diffusers scheduler."""
+
+    kind: ClassVar[str] = "test_cosine_x0_sampled"
+    samplers: ClassVar[tuple[str, ...]] = ("ddim_x0", "ddim_x0_clipped")
+    sampling: ClassVar[SamplingSpec] = SamplingSpec(
+        default_sampler="ddim_x0_clipped", default_steps=3, flag_names={"ddim_x0_clipped": "clipped"},
+        pipeline_scheduler="ddim_sample",
+        options=(
+            SamplerOption("x0_clip", float, 1.0, "bound of the clipped x0 estimates (toy runs)", keyword="x0_bound",
+                          samplers=("ddim_x0_clipped",),
+                          check=lambda v, flags: None if v > 0 else f"--x0-clip must be positive, got {v}"),
+        ),
+    )
+
+    def sample(self, net: Callable[..., Tensor], noise: Tensor, model_kwargs: Mapping[str, Any], *, sampler: str,
+               num_steps: int, generator: torch.Generator | None = None, progress: bool = False, **options: Any) -> Tensor:
+        SEEN.append({"sampler": sampler, "num_steps": num_steps, **options})
+        bound = options.pop("x0_bound", None)
+        clip = self._clipped(net, bound) if bound is not None else net
+        return super().sample(clip, noise, model_kwargs, sampler="ddim_x0", num_steps=num_steps, **options)
+
+    @staticmethod
+    def _clipped(net: Callable[..., Tensor], bound: float) -> Callable[..., Tensor]:
+        return lambda x, t, **kw: net(x, t, **kw).clamp(-bound, bound)
+
+    def diffusers_scheduler(self, kind: str) -> Any:
+        from diffusers import DDIMScheduler
+
+        assert kind == "ddim_sample", kind  # the kind the spec declares for pipelines
+        return DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="sample",
+                             clip_sample=False)
+
+    def check_scheduler(self, scheduler: Any) -> None:
+        if getattr(scheduler.config, "prediction_type", None) != "sample":
+            raise ValueError(f"the toy objective predicts x0: its scheduler must take prediction_type='sample', got "
+                             f"{type(scheduler).__name__}")
+
+    def diffusers_sample(self, scheduler: Any, net: Callable[..., Tensor], noise: Tensor, model_kwargs: Mapping[str, Any],
+                         num_steps: int, progress_bar: Callable[[Any], Any] = iter, **step_kwargs: Any) -> Tensor:
+        scheduler.set_timesteps(num_steps, device=noise.device)
+        x = noise
+        for t in progress_bar(scheduler.timesteps):
+            toy_time = (t.float() / scheduler.config.num_train_timesteps).expand(x.shape[0])
+            x0 = net(x, toy_time * self.scale, **model_kwargs)[:, : x.shape[1]]
+            x = scheduler.step(x0, t, x, **step_kwargs).prev_sample
+        return x
+
+
+register_objective(CosineX0Sampled.kind, lambda record: CosineX0Sampled(scale=float(record.get("scale", 1000.0))))
+
+
+CKPT = "checkpoints/0000001"
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder whose config.json records the toy objective (untrained DiT weights: the math is what is tested)."""
+    run = tmp_path_factory.mktemp("toy") / "run"
+    model = tiny_dit(class_dropout_prob=0.1)
+    ckpt = run / CKPT
+    model.save_pretrained(ckpt)
+    save_file(model.state_dict(), str(ckpt / "ema.safetensors"))
+    criterion = Criterion(CosineX0Sampled(), PlainRule(), LabelDropout(0.1))
+    write_json(run / "config.json", {"vae": None, "image_size": 8, "criterion": criterion.to_record()})
+    return run
+
+
+def sample_toy(run: Path, out: Path, *flags: str) -> Path:
+    return load_recipe("sample").main(["--ckpt", str(run / CKPT), "--num-samples", "2", "--batch-size", "2",
+                                       "--device", "cpu", "--no-progress", "--out", str(out), *flags])
+
+
+def test_sample_recipe_takes_an_outside_objectives_defaults_and_options(toy_run: Path, tmp_path: Path) -> None:
+    SEEN.clear()
+    made = json.loads((sample_toy(toy_run, tmp_path / "a") / "sample_config.json").read_text())
+    # Its default sampler (by its flag name), steps and option, from its spec; the option reaches its sampler.
+    assert (made["sampler"], made["steps"], made["x0_clip"]) == ("clipped", 3, 1.0)
+    assert made["objective"] == {"kind": CosineX0Sampled.kind, "scale": 1000.0}
+    assert SEEN == [{"sampler": "ddim_x0_clipped", "num_steps": 3, "x0_bound": 1.0}]
+    SEEN.clear()
+    made = json.loads((sample_toy(toy_run, tmp_path / "b", "--x0-clip", "0.25", "--steps", "2", "--cfg-scale", "2")
+                       / "sample_config.json").read_text())
+    assert made["x0_clip"] == 0.25 and made["settings"]["x0_clip"] == 0.25
+    assert SEEN == [{"sampler": "ddim_x0_clipped", "num_steps": 2, "x0_bound": 0.25}]
+    SEEN.clear()
+    sample_toy(toy_run, tmp_path / "c", "--sampler", "ddim_x0", "--x0-clip", "0.5")
+    assert SEEN == [{"sampler": "ddim_x0", "num_steps": 3}]  # an option its sampler does not read is not passed
+    # The same command again keeps the finished samples; another option value is another command.
+    assert sample_toy(toy_run, tmp_path / "c", "--sampler", "ddim_x0", "--x0-clip", "0.5") == tmp_path / "c"
+    with pytest.raises(ValueError, match=r"another command: --x0-clip 0.75 \(recorded: 0.5\)"):
+        sample_toy(toy_run, tmp_path / "c", "--sampler", "ddim_x0", "--x0-clip", "0.75")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--x0-clip", "-1"], "--x0-clip must be positive, got -1.0"),
+        (["--sampler", "ddim_x0_clipped"], "--sampler ddim_x0_clipped does not fit .* 'test_cosine_x0_sampled' objective"),
+        (["--sampler", "ddpm"], "sampler 'ddpm' does not belong to the 'test_cosine_x0_sampled' objective"),
+        (["--time-shift", "2"], "--time-shift apply to runs of the 'flow' objective; .* 'test_cosine_x0_sampled' objective"),
+    ],
+)
+def test_sample_recipe_refuses_what_the_outside_objective_does_not_offer(
+    toy_run: Path, tmp_path: Path, flags: list[str], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        sample_toy(toy_run, tmp_path / "s", *flags)
+    assert not (tmp_path / "s").exists()
+
+
+def test_sample_recipe_help_lists_the_runs_objective(toy_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        load_recipe("sample").main(["--ckpt", str(toy_run / CKPT), "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    assert "--x0-clip" in text and "--sampler ddim_x0, clipped (default: clipped, 3 steps)" in text
+    assert "--time-shift" not in text  # another objective's option
+    with pytest.raises(SystemExit) as stop:
+        load_recipe("sample").main(["--ckpt", str(toy_run / CKPT), "--no-such-flag"])
+    assert stop.value.code == 2
+
+
+def test_pipeline_samples_an_outside_objective_through_its_own_loop(toy_run: Path, tmp_path: Path) -> None:
+    from diffusers import DPMSolverMultistepScheduler
+
+    from mdtblocks import MDTPipeline
+    from mdtblocks.pipelines import pipeline_from_checkpoint
+
+    pipe = pipeline_from_checkpoint(toy_run / CKPT)
+    assert pipe.config.objective == {"kind": CosineX0Sampled.kind, "scale": 1000.0}
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler" and pipe.scheduler.config.prediction_type == "sample"
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    got = pipe([1, 3], guidance_scale=1.0, num_inference_steps=4, latents=noise, output_type="latent").images
+    want = CosineX0Sampled().diffusers_sample(CosineX0Sampled().diffusers_scheduler("ddim_sample"), pipe.transformer,
+                                              noise, {"y": torch.tensor([1, 3])}, 4)
+    torch.testing.assert_close(got, want)
+    pipe.save_pretrained(tmp_path / "pipe")
+    again = MDTPipeline.from_pretrained(tmp_path / "pipe")
+    torch.testing.assert_close(again([1, 3], guidance_scale=1.0, num_inference_steps=4, latents=noise,
+                                     output_type="latent").images, want)
+    guided = again([1, 3], guidance_scale=3.0, num_inference_steps=4, latents=noise, output_type="pt").images
+    assert guided.shape == (2, 3, 8, 8) and torch.isfinite(guided).all()
+    with pytest.raises(ValueError, match="the toy objective predicts x0"):
+        MDTPipeline(transformer=pipe.transformer, scheduler=DPMSolverMultistepScheduler(), objective=pipe.config.objective)
+
+
+def test_a_finished_draw_of_an_earlier_version_is_kept(toy_run: Path, tmp_path: Path) -> None:
+    """A record written before an option existed (at its default), or with a flag since dropped, is the same command."""
+    out = sample_toy(toy_run, tmp_path / "s")
+    made = json.loads((out / "sample_config.json").read_text())
+    del made["settings"]["x0_clip"]  # the option came later: the earlier command drew at its default
+    made["settings"]["atol"] = 1e-6  # a flag that command had and this one no longer has for this objective
+    (out / "sample_config.json").write_text(json.dumps(made))
+    before = (out / "samples.npz").read_bytes()
+    assert sample_toy(toy_run, tmp_path / "s") == out and (out / "samples.npz").read_bytes() == before
+    with pytest.raises(ValueError, match=r"--x0-clip 0.5 \(recorded: None\)"):
+        sample_toy(toy_run, tmp_path / "s", "--x0-clip", "0.5")  # not the default: another command

@@ -6,6 +6,15 @@ from the step's generators; the samplers ask it for its sampler family; the run
 record stores :meth:`Objective.to_record` and :func:`objective_from_record` rebuilds it.
 Nothing outside an objective's own module knows its math.
 
+What a sampling command offers for an objective (its samplers' flag names, default
+sampler and steps, the options of its samplers, the diffusers scheduler of its pipeline)
+the objective declares as its ``sampling`` attribute, a
+:class:`~mdtblocks.objectives.sampling_spec.SamplingSpec` (optional: without one its
+samplers go by their own names). An objective with diffusers schedulers has
+``diffusers_scheduler(kind)``; one whose schedulers do not take the network's output as it
+is (flow matching: diffusers counts its noise level the other way) also implements
+:class:`SchedulerSampling`, and the pipeline then records it and samples through it.
+
 Time conventions: each objective owns its time variable (its range and units). The
 backbone embeds whatever time it is given. Guidance schedules are written against
 :meth:`Objective.data_fraction`, which maps the objective's time to ``[0, 1]``: 0 at
@@ -24,7 +33,10 @@ from torch import Tensor
 
 from ..registry import Registry
 
-__all__ = ["Objective", "PointwiseObjective", "PointwiseLosses", "register_objective", "objective_from_record", "OBJECTIVES"]
+__all__ = [
+    "Objective", "PointwiseObjective", "PointwiseLosses", "SchedulerSampling", "register_objective",
+    "objective_from_record", "OBJECTIVES",
+]
 
 Image = Float[Tensor, "b c hh ww"]
 ElementMap = Float[Tensor, "b cc hh ww"]
@@ -150,6 +162,38 @@ class PointwiseObjective(Objective, Protocol):
 
         Averaging every term over all elements gives :meth:`Objective.losses` (up to rounding).
         """
+
+
+@runtime_checkable
+class SchedulerSampling(Protocol):
+    """An objective that samples with a diffusers scheduler through its own loop (:class:`~mdtblocks.MDTPipeline`).
+
+    The pipeline of such an objective records it (``pipe.config.objective``), checks its
+    scheduler with :meth:`check_scheduler` and samples with :meth:`diffusers_sample`. An
+    objective whose diffusers schedulers take the network's output as it is (the Gaussian
+    diffusion: its schedulers hold the whole process) needs neither: the pipeline runs
+    diffusers' own loop over them.
+    """
+
+    def diffusers_scheduler(self, kind: str) -> Any:
+        """A diffusers scheduler of this objective (the ``kind`` its ``sampling`` spec names for a pipeline)."""
+        ...
+
+    def check_scheduler(self, scheduler: Any) -> None:
+        """Refuse (``ValueError``, one line) a diffusers scheduler this objective cannot sample with."""
+        ...
+
+    def diffusers_sample(
+        self,
+        scheduler: Any,
+        net: Callable[..., Tensor],
+        noise: Image,
+        model_kwargs: Mapping[str, Any],
+        num_steps: int,
+        progress_bar: Callable[[Any], Any] = iter,
+        **step_kwargs: Any,
+    ) -> Image:
+        """Integrate ``noise`` to data in ``num_steps`` steps of ``scheduler`` (``step_kwargs`` go to ``scheduler.step``)."""
         ...
 
 

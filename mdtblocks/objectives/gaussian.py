@@ -22,6 +22,7 @@ from ..diffusion.losses import element_training_losses, training_losses
 from ..diffusion.noise import gaussian_noise
 from ..diffusion.process import fp32_math, math_dtype
 from .base import Image, PointwiseLosses, register_objective
+from .sampling_spec import SamplingSpec
 
 __all__ = ["GaussianObjective"]
 
@@ -31,6 +32,8 @@ class GaussianObjective:
     """The Gaussian diffusion of DiT, MDT and MDTv2, with the options of :func:`~mdtblocks.create_diffusion`.
 
     Attributes:
+        sampling: what a sampling command offers (``--sampler ddpm | ddim | dpm-solver``, by
+            default DDPM with 250 steps) and the pipeline's scheduler (DDIM).
         noise_schedule: ``"linear"`` or ``"cosine"`` (``None`` only for a wrapped process of other betas).
         diffusion_steps: steps ``T`` of the training process (the times are ``0 .. T-1``).
         learn_sigma: the network outputs learned-range variance channels.
@@ -45,6 +48,10 @@ class GaussianObjective:
 
     kind: ClassVar[str] = "gaussian"
     samplers: ClassVar[tuple[str, ...]] = ("ddpm", "ddim", "dpm_solver++")
+    # The papers' evaluation: DDPM, 250 steps; exported pipelines run diffusers' DDIM on the same betas.
+    sampling: ClassVar[SamplingSpec] = SamplingSpec(
+        default_sampler="ddpm", default_steps=250, flag_names={"dpm_solver++": "dpm-solver"}, pipeline_scheduler="ddim"
+    )
 
     noise_schedule: str | None = "linear"
     diffusion_steps: int = 1000

@@ -12,6 +12,8 @@ from ..data import KLAutoencoder, load_autoencoder, recorded_vae_source, vae_mis
 from ..criterion.record import read_criterion
 from ..io import read_json
 from ..models.pretrained import load_pretrained
+from ..objectives.base import SchedulerSampling
+from ..objectives.sampling_spec import sampling_spec
 from ..sampling.schedulers import diffusers_scheduler, make_scheduler
 from ..training.checkpoint import latest_checkpoint
 from .mdt_pipeline import MDTPipeline
@@ -86,11 +88,13 @@ def pipeline_from_checkpoint(
         vae: the run's VAE: an ``AutoencoderKL``, an mdtblocks autoencoder around one, or
             its folder; ``None``: the one the run records (pixel space for a pixel run, and
             for a bare checkpoint without a run).
-        scheduler: a diffusers scheduler; default: the one of the objective the run records in
-            its ``config.json`` (DDIM for the Gaussian diffusion, also for a run without the record
-            or a bare checkpoint; ``FlowMatchEulerDiscreteScheduler`` for flow matching, whose
-            record then goes into the pipeline's config); an objective without diffusers
-            schedulers is refused.
+        scheduler: a diffusers scheduler; default: the one that the objective the run records in
+            its ``config.json`` declares for pipelines (``pipeline_scheduler`` of its
+            :class:`~mdtblocks.objectives.sampling_spec.SamplingSpec`: DDIM for the Gaussian
+            diffusion, also for a run without the record or a bare checkpoint;
+            ``FlowMatchEulerDiscreteScheduler`` for flow matching). An objective that samples
+            through its own loop (:class:`~mdtblocks.objectives.base.SchedulerSampling`) goes
+            into the pipeline's config; an objective without diffusers schedulers is refused.
         id2label: class names, for names as labels.
         weights_name: ``"ema.safetensors"`` (sampling weights) or ``"model.safetensors"`` (raw).
         noise_schedule: overrides the record: DDIM over the Gaussian diffusion of this schedule.
@@ -126,13 +130,15 @@ def pipeline_from_checkpoint(
                 f"{', '.join(changed)} (vae_provenance in its config.json); pass the run's VAE"
             )
     objective = read_criterion({"model_config": model.config.to_dict(), **settings}).objective
-    if scheduler is None and (noise_schedule is not None or predict is not None):
+    overridden = noise_schedule is not None or predict is not None
+    if scheduler is None and overridden:
         scheduler = make_scheduler("ddim", noise_schedule=noise_schedule or "linear", predict=predict or "epsilon",
                                    learn_sigma=model.config.learn_sigma)
-    elif scheduler is None:
-        scheduler = diffusers_scheduler(objective, None)  # Gaussian: DDIM; flow: Euler (FlowMatchEulerDiscrete)
-    # A flow run's pipeline records its objective, so from_pretrained samples with the flow math.
-    overridden = noise_schedule is not None or predict is not None
-    record = objective.to_record() if objective.kind != "gaussian" and not overridden else None
+    elif not overridden:
+        # The scheduler the objective declares for pipelines; one without diffusers schedulers is refused here.
+        default = diffusers_scheduler(objective, sampling_spec(objective).pipeline_scheduler)
+        scheduler = default if scheduler is None else scheduler
+    # An objective that runs its own loop over the scheduler is recorded, so from_pretrained samples with its math.
+    record = objective.to_record() if isinstance(objective, SchedulerSampling) and not overridden else None
     return MDTPipeline(transformer=model, scheduler=scheduler, vae=vae, id2label=id2label, latent_space=latent_space,
                        objective=record)

@@ -13,9 +13,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from ..models.base import DiffusionBackbone
+from ..objectives.base import SchedulerSampling, objective_from_record
 from ..sampling.guidance import guide
 from ..sampling.schedulers import scheduler_model_output
-from .flow import flow_denoise, objective_of
 from .labels import label_table, resolve_labels
 
 __all__ = ["MDTPipeline", "OUTPUT_TYPES"]
@@ -52,11 +52,13 @@ class MDTPipeline(DiffusionPipeline):
             (``False``); ``None``: latents if a ``vae`` is given, else decided by the
             channels (other than 1 or 3 cannot be images). A latent model without a VAE
             returns only ``output_type="latent"`` and refuses the image types.
-        objective: the record (:meth:`~mdtblocks.objectives.base.Objective.to_record`) of a
-            non-Gaussian objective the model was trained with; ``None``: the Gaussian diffusion
-            of the scheduler. A flow-matching record makes the pipeline sample the flow ODE with
-            diffusers' ``FlowMatchEulerDiscreteScheduler`` (the network called at ``t = 1 - sigma``
-            with ``-velocity`` as the step's model output, :mod:`~mdtblocks.pipelines.flow`).
+        objective: the record (:meth:`~mdtblocks.objectives.base.Objective.to_record`) of the
+            objective the model was trained with, where that objective samples with its
+            scheduler through its own loop (:class:`~mdtblocks.objectives.base.SchedulerSampling`,
+            e.g. flow matching: the network called at ``t = 1 - sigma`` with ``-velocity`` as the
+            step's model output); it checks the scheduler and runs the steps. ``None``: the
+            scheduler holds the whole process and takes the network's output as it is (the
+            Gaussian diffusion's schedulers), and diffusers' own loop runs.
     """
 
     model_cpu_offload_seq = "transformer->vae"
@@ -79,8 +81,8 @@ class MDTPipeline(DiffusionPipeline):
                 "for a diffusers DiTTransformer2DModel use mdtblocks.compat.dit_from_diffusers"
             )
         if objective is not None:
-            objective_of(objective, scheduler)  # refused here, not at the first call
-            prediction_type = "flow"
+            # Refused here, not at the first call; the objective reads the network's output, not the scheduler.
+            prediction_type = _recorded_objective(objective, scheduler).kind
         if prediction_type is None:
             prediction_type = scheduler.config.get("prediction_type", "epsilon")
         channels = transformer.config.in_channels
@@ -127,7 +129,7 @@ class MDTPipeline(DiffusionPipeline):
 
     def _check_scheduler(self) -> None:
         if self.config.get("objective", None) is not None:
-            objective_of(self.config.objective, self.scheduler)
+            _recorded_objective(self.config.objective, self.scheduler)
             return
         expected = self.config.prediction_type
         got = self.scheduler.config.get("prediction_type", None)
@@ -193,14 +195,14 @@ class MDTPipeline(DiffusionPipeline):
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape} for {b} labels")
         record = self.config.get("objective", None)
-        if record is not None:
-            objective = objective_of(record, self.scheduler)
+        if record is not None:  # the objective's own loop over the scheduler
+            objective = _recorded_objective(record, self.scheduler)
             net, latents, y = guide(
                 model, latents, y, cfg.num_classes, guidance_scale if guided else 1.0, scale_pow=guidance_power,
                 guided_channels=guided_channels, data_fraction=objective.data_fraction,
             )
-            x = flow_denoise(objective, self.scheduler, net, latents.to(device), y, num_inference_steps,
-                             self.progress_bar, **step_kwargs)[:b]
+            x = objective.diffusers_sample(self.scheduler, net, latents.to(device), {"y": y}, num_inference_steps,
+                                           self.progress_bar, **step_kwargs)[:b]
             images = self._decode(x, output_type)
             self.maybe_free_model_hooks()
             return ImagePipelineOutput(images=images) if return_dict else (images,)
@@ -235,3 +237,20 @@ class MDTPipeline(DiffusionPipeline):
             return images
         arr = images.cpu().permute(0, 2, 3, 1).float().numpy()
         return arr if output_type == "np" else self.numpy_to_pil(arr)
+
+
+def _recorded_objective(record: dict[str, Any], scheduler: Any) -> SchedulerSampling:
+    """The objective a pipeline's config records, with ``scheduler`` checked by it.
+
+    Raises:
+        ValueError: for an objective that does not sample with a diffusers scheduler itself,
+            or a scheduler it cannot sample with.
+    """
+    objective = objective_from_record(record)
+    if not isinstance(objective, SchedulerSampling):
+        raise ValueError(
+            f"the pipeline records a {objective.kind!r} objective, which does not sample with a diffusers scheduler "
+            "itself (no diffusers_sample); sample its checkpoints with recipes/sample.py"
+        )
+    objective.check_scheduler(scheduler)
+    return objective

@@ -290,7 +290,7 @@ def accumulate_gradients(
     over ranks, so the summed gradient is that of the global-batch mean loss whatever
     the split. Gradients are synchronised only on the last micro batch. The terms are
     those the criterion logs (:meth:`~mdtblocks.criterion.Criterion.logged`): ``loss``
-    and, for MDT's two passes, ``loss_unmasked`` and ``loss_masked``.
+    and its token rule's per-pass terms.
     """
     totals: dict[str, Tensor] = {}
     for i in range(accum):
@@ -338,7 +338,7 @@ def optimizer_step(
         ema: the EMA model, updated with ``ema_decay``; or ``[(ema_model, decay), ...]`` for
             several averages (the official ``--ema_rate 0.9999,0.9``).
         criterion: the loss (a :class:`~mdtblocks.criterion.Criterion`, or anything with its
-            ``__call__`` and ``logged``, such as ``MaskedDiffusionObjective``).
+            ``__call__`` and ``logged``).
         optimizer: built over ``model``'s trainable parameters.
         latents: this rank's clean batch.
         y: its labels, before dropout.

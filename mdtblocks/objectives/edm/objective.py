@@ -12,6 +12,7 @@ from jaxtyping import Float, Shaped
 from torch import Tensor
 
 from ..base import PointwiseLosses, register_objective
+from ..sampling_spec import SamplingSpec
 from .heun import ChurnOptions, heun_sampler
 from .precond import EDMDenoiser, EDMPreconditioning
 from .schedule import karras_sigmas, log_normal_sigmas, sigma_ramp
@@ -60,6 +61,8 @@ class EDMObjective:
 
     kind: ClassVar[str] = "edm"
     samplers: ClassVar[tuple[str, ...]] = ("heun", "euler")
+    # recipes/sample.py's defaults for an EDM run: Heun, 250 steps (no diffusers scheduler, so no pipeline).
+    sampling: ClassVar[SamplingSpec] = SamplingSpec(default_sampler="heun", default_steps=250)
 
     sigma_data: float = 0.5
     p_mean: float = -1.2

@@ -20,9 +20,12 @@ from jaxtyping import Float, Shaped
 from torch import Tensor
 
 from ..base import PointwiseLosses, register_objective
+from ..sampling_spec import SamplingSpec
 from .likelihood import Likelihood, ProbeFn, ode_likelihood, rademacher
 from .ode import ODE_METHODS, Callback, VelocityFn, ode_sample, time_grid
 from .paths import DIFFUSION_FORMS, PATHS, Path, expand_like, make_path
+from .sampling import FLOW_SAMPLING
+from .scheduler import check_flow_scheduler, scheduler_sample
 from .sde import LAST_STEPS, SDE_METHODS, NoiseFn, noise_factor, sde_sample
 from .times import TIME_SAMPLERS, draw_training_times
 
@@ -69,6 +72,7 @@ class FlowMatching:
         logit_scale: scale of the logit-normal.
         cosine_weight: weight of LightningDiT's ``1 - cos(v_pred, v_target)`` term (per pixel over
             channels, averaged); 0 turns it off. Velocity prediction only.
+        sampling: what a sampling command offers for a flow run (:data:`~mdtblocks.objectives.flow.sampling.FLOW_SAMPLING`).
     """
 
     path: str = "Linear"
@@ -83,6 +87,7 @@ class FlowMatching:
 
     kind: ClassVar[str] = "flow"
     samplers: ClassVar[tuple[str, ...]] = ("euler", "heun", "dopri5", "sde_euler", "sde_heun")
+    sampling: ClassVar[SamplingSpec] = FLOW_SAMPLING
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -392,7 +397,7 @@ class FlowMatching:
         0 and step ``x + (sigma_next - sigma) * out``: the pipeline calls the network at
         ``t = 1 - sigma`` and passes ``out = -velocity`` (:meth:`velocity`, so every path and
         prediction fits); a sampling interval ``[t0, t1]`` shorter than ``[0, 1]`` (a positive
-        ``sample_eps``) is mapped onto the sigma grid linearly (:mod:`mdtblocks.pipelines.flow`).
+        ``sample_eps``) is mapped onto the sigma grid linearly (:mod:`mdtblocks.objectives.flow.scheduler`).
 
         Raises:
             ValueError: for another ``kind``.
@@ -402,6 +407,23 @@ class FlowMatching:
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+
+    def check_scheduler(self, scheduler: Any) -> None:
+        """Refuse a scheduler other than ``FlowMatchEulerDiscreteScheduler`` (:func:`~mdtblocks.objectives.flow.scheduler.check_flow_scheduler`)."""
+        check_flow_scheduler(scheduler)
+
+    def diffusers_sample(
+        self,
+        scheduler: Any,
+        net: Net,
+        noise: Float[Tensor, "b c hh ww"],
+        model_kwargs: Mapping[str, Any],
+        num_steps: int,
+        progress_bar: Callable[[Any], Any] = iter,
+        **step_kwargs: Any,
+    ) -> Float[Tensor, "b c hh ww"]:
+        """The Euler ODE on ``scheduler``'s sigma grid (:func:`~mdtblocks.objectives.flow.scheduler.scheduler_sample`)."""
+        return scheduler_sample(self, scheduler, net, noise, model_kwargs, num_steps, progress_bar, **step_kwargs)
 
     # --- the run record --------------------------------------------------------------------
     def to_record(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from ...data import DEFAULT_VAE
 from ...models import PRESETS
 from .axes import objective_names
 
-__all__ = ["flag", "default_num_workers", "presets_of", "RecipeConfig", "build_parser", "parse_flags", "choose_config", "exit_on_bad_input"]
+__all__ = ["flag", "default_num_workers", "presets_of", "RecipeConfig", "build_parser", "add_flags", "parse_flags", "choose_config", "exit_on_bad_input"]
 
 C = TypeVar("C")
 
@@ -193,6 +193,13 @@ def build_parser(cls: type, description: str = "", defaults: Any = None) -> argp
     Optional fields accept ``none``.
     """
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flags(parser, cls, defaults)
+    return parser
+
+
+def add_flags(parser: Any, cls: type, defaults: Any = None) -> None:
+    """Add one ``--kebab-case`` flag per field of the dataclass ``cls`` to ``parser`` (a parser or an argument group),
+    as :func:`build_parser` does."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         name = f.name.replace("_", "-")
@@ -212,7 +219,6 @@ def build_parser(cls: type, description: str = "", defaults: Any = None) -> argp
         else:
             metavar = f.metadata.get("metavar") or base.__name__.upper()
             parser.add_argument(f"--{name}", type=_converter(base, optional, name), metavar=metavar, **kwargs)
-    return parser
 
 
 def parse_flags(

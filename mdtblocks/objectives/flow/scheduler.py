@@ -1,4 +1,4 @@
-"""Flow-matching sampling inside :class:`~mdtblocks.MDTPipeline`: diffusers' ``FlowMatchEulerDiscreteScheduler`` over the objective's velocity.
+"""Flow matching with diffusers' ``FlowMatchEulerDiscreteScheduler``: the loop that :class:`~mdtblocks.MDTPipeline` runs.
 
 Conventions: the objective's time ``t`` is 0 at noise and 1 at data (SiT); diffusers' flow
 schedulers use the noise level ``sigma = 1 - t`` and step ``x + (sigma_next - sigma) * out``.
@@ -12,52 +12,54 @@ that samples over ``[t0, t1]`` (a positive ``sample_eps``) maps the grid linearl
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
-from ..objectives.base import objective_from_record
+if TYPE_CHECKING:
+    from .transport import FlowMatching
 
-__all__ = ["objective_of", "flow_denoise"]
+__all__ = ["SCHEDULER_CLASS", "check_flow_scheduler", "scheduler_sample"]
+
+SCHEDULER_CLASS = "FlowMatchEulerDiscreteScheduler"
+"""The diffusers scheduler a flow model samples with (its class name)."""
 
 
-def objective_of(record: Mapping[str, Any], scheduler: Any) -> Any:
-    """The flow objective a pipeline's config records, checked against its scheduler.
+def check_flow_scheduler(scheduler: Any) -> None:
+    """Refuse a scheduler other than diffusers' ``FlowMatchEulerDiscreteScheduler`` (a Gaussian one would sample
+    a flow model with the wrong math).
 
     Raises:
-        ValueError: for a record that is not flow matching, or a scheduler that is not diffusers'
-            ``FlowMatchEulerDiscreteScheduler`` (a Gaussian scheduler would sample a flow model with the wrong math).
+        ValueError: for another scheduler.
     """
-    objective = objective_from_record(record)
-    if objective.kind != "flow":
-        raise ValueError(f"the pipeline records a {objective.kind!r} objective; only flow matching is sampled this way")
-    if type(scheduler).__name__ != "FlowMatchEulerDiscreteScheduler":
+    if type(scheduler).__name__ != SCHEDULER_CLASS:
         raise ValueError(
             f"this pipeline's model was trained with flow matching, but its scheduler is {type(scheduler).__name__}; "
-            "use diffusers' FlowMatchEulerDiscreteScheduler (FlowMatching().diffusers_scheduler())"
+            f"use diffusers' {SCHEDULER_CLASS} (FlowMatching().diffusers_scheduler())"
         )
-    return objective
 
 
-def flow_denoise(
-    objective: Any,
+def scheduler_sample(
+    objective: FlowMatching,
     scheduler: Any,
     net: Callable[..., Tensor],
-    x: Float[Tensor, "b c hh ww"],
-    y: Int[Tensor, "b"],
-    num_inference_steps: int,
+    noise: Float[Tensor, "b c hh ww"],
+    model_kwargs: Mapping[str, Any],
+    num_steps: int,
     progress_bar: Callable[[Any], Any] = iter,
     **step_kwargs: Any,
 ) -> Float[Tensor, "b c hh ww"]:
-    """Integrate noise ``x`` to data with ``scheduler`` (a ``FlowMatchEulerDiscreteScheduler``) over ``objective``'s velocity."""
+    """Integrate ``noise`` to data with ``scheduler`` (``FlowMatchEulerDiscreteScheduler``) over ``objective``'s velocity."""
+    check_flow_scheduler(scheduler)
     velocity = objective.velocity(net)
     t0, t1 = objective.interval(eval=True)  # (0, 1) unless sample_eps shortens it
-    scheduler.set_timesteps(num_inference_steps, device=x.device)
-    sigmas = scheduler.sigmas.to(x.device)
+    scheduler.set_timesteps(num_steps, device=noise.device)
+    sigmas = scheduler.sigmas.to(noise.device)
+    x = noise
     for i, t in enumerate(progress_bar(scheduler.timesteps)):
         flow_t = (t0 + (t1 - t0) * (1 - sigmas[i])).to(torch.float32).expand(x.shape[0])
-        v = velocity(x, flow_t, y=y)
+        v = velocity(x, flow_t, **model_kwargs)
         x = scheduler.step((-(t1 - t0) * v).to(x.dtype), t, x, **step_kwargs).prev_sample
     return x
