@@ -64,6 +64,10 @@ class RecipeConfig:
     mask_ratio: float | None = flag(None, "override the (lower end of the) mask ratio (MDT, MDTv2)")
     mask_ratio_range: float | None = flag(None, "override the width of the mask ratio interval (MDTv2)")
     image_size: int = flag(256, "image side in pixels")
+    flip: bool = flag(
+        True, "add the mirrored copy of every image (horizontal flips double the data); the built-in digits turn it "
+        "off, as a mirrored digit is not a digit"
+    )
     num_classes: int | None = flag(None, "classes; none: taken from the dataset")
     vae: str | None = flag(
         DEFAULT_VAE, "diffusers AutoencoderKL name or folder; 'none' trains in pixel space", metavar="NAME_OR_DIR"
