@@ -126,7 +126,7 @@ def load_run_data(cfg: RecipeConfig, builtin_channels: int = 1, given: Collectio
         return RunData(dataset, ae, dataset.num_classes, latent_shape, cfg.vae, cfg.image_size,
                        vae_provenance=vae_provenance(ae), summary=summary, warnings=(warning,) if warning else ())
     dataset = DigitsDataset(image_size=cfg.image_size, channels=builtin_channels, flip=cfg.flip)
-    ae = load_autoencoder(None, channels=builtin_channels, flip=cfg.flip)
+    ae = load_autoencoder(None, channels=builtin_channels)
     latent_shape = (builtin_channels, cfg.image_size)
     summary = describe("the built-in digits", dataset.num_classes, dataset.num_images, cfg.image_size, latent_shape,
                        flip=cfg.flip)
