@@ -58,6 +58,30 @@ def test_mdt_and_dit_paper_defaults() -> None:
         assert (cfg.model, cfg.lr, cfg.global_batch_size, cfg.weight_decay, cfg.ema_decay) == (model, lr, 256, 0.0, 0.9999)
 
 
+@pytest.mark.parametrize("name", RECIPES + ["sit_imagenet256", "maskdit_imagenet256", "repa_imagenet256"])
+def test_builtin_digits_are_not_mirrored(name: str) -> None:
+    """The built-in run trains on the digits as written: a mirrored digit is not a digit (``--flip`` brings flips back)."""
+    from mdtblocks.training.recipe import load_run_data
+
+    module = load_recipe(name)
+    recipe = module.RECIPES["pretrain"] if name.startswith("maskdit") else module.RECIPE
+    cfg, builtin = recipe.configure([])
+    assert builtin and cfg.flip is False
+    data = load_run_data(cfg)
+    assert len(data.dataset) == data.dataset.num_images == 1797 and "no flips" in data.summary
+    plain = DigitsDataset(flip=False)
+    assert all(torch.equal(data.dataset[i][0], plain[i][0]) for i in range(0, 1797, 97))  # the digits as written
+    flipped, _ = recipe.configure(["--flip"])  # the user's choice wins over the built-in default
+    assert flipped.flip is True and len(load_run_data(flipped).dataset) == 2 * 1797
+
+
+def test_flips_stay_on_for_image_folders_unless_turned_off() -> None:
+    """Natural images keep their mirrored copies by default; ``--no-flip`` drops them."""
+    recipe = load_recipe("mdtv2_imagenet256").RECIPE
+    assert recipe.configure(["--data", "/nonexistent"])[0].flip is True
+    assert recipe.configure(["--data", "/nonexistent", "--no-flip"])[0].flip is False
+
+
 def test_builtin_default_runs_end_to_end(tmp_path: Path) -> None:
     """The built-in default (its model and data), two steps with a smaller batch: every documented file appears."""
     out = tmp_path / "run"

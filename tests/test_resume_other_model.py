@@ -28,3 +28,13 @@ def test_resuming_with_another_model_is_refused(tmp_path: Path) -> None:
     errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "holds the weights of another model" in errors[0], second.stderr[-3000:]
     assert "missing: ['" in errors[0] and "not in this model: []" in errors[0]  # the keys this model adds are named
+
+
+def test_resuming_with_other_flips_is_refused(tmp_path: Path) -> None:
+    """A built-in run trained with --flip (twice the samples) and resumed without it stops with one line naming --flip."""
+    first = train(tmp_path, *TINY, "--steps", "1", "--flip")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = train(tmp_path, *TINY, "--steps", "2")
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-3000:]
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "trained on other data" in errors[0] and "--flip" in errors[0], second.stderr[-3000:]

@@ -30,7 +30,7 @@ log = logging.getLogger("mdtblocks.training")
 
 
 class ResumeRefused(ValueError):
-    """The run folder's newest checkpoint cannot be resumed by this command (another seed, rank count or model)."""
+    """The run folder's newest checkpoint cannot be resumed by this command (another seed, rank count, model or data)."""
 
 
 
@@ -110,7 +110,13 @@ def resume(
         )
     load_full_state(model, ckpt.model, optimizer, ckpt.optimizer, cfg.strategy, dist)
     load_full_state(ema, ckpt.ema, None, None, cfg.strategy, dist)
-    batches.load_state_dict(ckpt.state.data[dist.rank])
+    try:
+        batches.load_state_dict(ckpt.state.data[dist.rank])
+    except ValueError as err:  # another dataset length (e.g. --flip changed): refused, not a traceback
+        raise ResumeRefused(
+            f"{path} was trained on other data than this command loads ({err}); give the same data flags "
+            "(--data, --latents, --flip), or a new --out"
+        ) from None
     if ckpt.state.torch_rng:
         torch.set_rng_state(torch.frombuffer(bytearray.fromhex(ckpt.state.torch_rng), dtype=torch.uint8))
     if guard is not None:

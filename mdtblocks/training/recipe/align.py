@@ -55,7 +55,7 @@ def build_alignment(cfg: RecipeConfig, model: nn.Module, dataset: Any) -> tuple[
     encoder = load_align_encoder(cfg.align_encoder)
     record = encoder.record()
     if cfg.latents is not None:
-        dataset = LatentDataset(cfg.latents, align_encoder=record)  # refuses another encoder's features
+        dataset = LatentDataset(cfg.latents, flip=cfg.flip, align_encoder=record)  # refuses another encoder's features
         encoder_in_loop = None
     else:
         encoder_in_loop = encoder.to(next(model.parameters()).device)

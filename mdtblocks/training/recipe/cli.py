@@ -69,6 +69,10 @@ class RecipeConfig:
         None, "the token rule's width of the mask ratio interval (MDT, MDTv2); default: the preset's published one"
     )
     image_size: int = flag(256, "image side in pixels")
+    flip: bool = flag(
+        True, "add the mirrored copy of every image (horizontal flips double the data); the built-in digits turn it "
+        "off, as a mirrored digit is not a digit"
+    )
     num_classes: int | None = flag(None, "classes; none: taken from the dataset")
     vae: str | None = flag(
         DEFAULT_VAE, "diffusers AutoencoderKL name or folder; 'none' trains in pixel space", metavar="NAME_OR_DIR"

@@ -96,7 +96,7 @@ def load_run_data(cfg: RecipeConfig, builtin_channels: int = 1, given: Collectio
             from the :class:`RecipeConfig` defaults count as given.
     """
     if cfg.latents is not None:
-        dataset = LatentDataset(cfg.latents)
+        dataset = LatentDataset(cfg.latents, flip=cfg.flip)
         c, h, w = dataset.latent_shape
         if h != w:
             raise ValueError(f"latents in {cfg.latents} are {h}x{w}; the models take square inputs")
@@ -109,26 +109,27 @@ def load_run_data(cfg: RecipeConfig, builtin_channels: int = 1, given: Collectio
         image_size = check_cache_image_size(dataset, ae.downsample, cfg.image_size, "image_size" in explicit)
         layout = dataset.meta.get("layout")
         source = f"latent cache {cfg.latents}" + (f" (of {layout})" if layout else "")
-        summary = describe(source, dataset.num_classes, dataset.num_images, image_size, (c, h))
+        summary = describe(source, dataset.num_classes, dataset.num_images, image_size, (c, h), flip=cfg.flip)
         return RunData(dataset, ae, dataset.num_classes, (c, h), vae_name, image_size,
                        vae_provenance=vae_provenance(vae), summary=summary)
     if cfg.data is not None:
-        dataset = ImageFolderDataset(cfg.data, cfg.image_size)
+        dataset = ImageFolderDataset(cfg.data, cfg.image_size, flip=cfg.flip)
         ae = load_autoencoder(cfg.vae)
         if cfg.image_size % ae.downsample:
             raise ValueError(f"--image-size {cfg.image_size} is not divisible by the VAE's downsampling {ae.downsample}")
         latent_shape = (ae.latent_channels, cfg.image_size // ae.downsample)
         native = dataset.native_side()
         summary = describe(f"{cfg.data} ({dataset.layout})", dataset.num_classes, dataset.num_images, cfg.image_size,
-                           latent_shape, native)
+                           latent_shape, native, flip=cfg.flip)
         multiple = ae.downsample * int(PRESETS[cfg.model][1].get("patch_size", 1)) if cfg.model in PRESETS else ae.downsample
         warning = upsampling_warning(native, cfg.image_size, multiple)
         return RunData(dataset, ae, dataset.num_classes, latent_shape, cfg.vae, cfg.image_size,
                        vae_provenance=vae_provenance(ae), summary=summary, warnings=(warning,) if warning else ())
-    dataset = DigitsDataset(image_size=cfg.image_size, channels=builtin_channels)
+    dataset = DigitsDataset(image_size=cfg.image_size, channels=builtin_channels, flip=cfg.flip)
     ae = load_autoencoder(None, channels=builtin_channels)
     latent_shape = (builtin_channels, cfg.image_size)
-    summary = describe("the built-in digits", dataset.num_classes, dataset.num_images, cfg.image_size, latent_shape)
+    summary = describe("the built-in digits", dataset.num_classes, dataset.num_images, cfg.image_size, latent_shape,
+                       flip=cfg.flip)
     return RunData(dataset, ae, dataset.num_classes, latent_shape, None, cfg.image_size, summary=summary)
 
 
@@ -140,6 +141,7 @@ def describe(
     shape: tuple[int, int],
     native: int | None = None,
     shape_name: str = "model input",
+    flip: bool = True,
 ) -> str:
     """The data sentence of the start of a run's log.
 
@@ -151,11 +153,13 @@ def describe(
         shape: ``(channels, side)`` of the model input.
         native: the images' own shorter side, when known.
         shape_name: what ``shape`` is called (``"latents"`` for an extraction).
+        flip: whether mirrored copies double the images (``"x2 with flips"``) or not (``"no flips"``).
     """
     own = f" ({native} px on disk)" if native is not None and native != image_size else ""
     c, side = shape
     return (
-        f"data: {source}: {num_classes} classes, {num_images} images (x2 with flips); images {image_size}x{image_size}"
+        f"data: {source}: {num_classes} classes, {num_images} images ({'x2 with flips' if flip else 'no flips'}); "
+        f"images {image_size}x{image_size}"
         f"{own}; {shape_name} {c}x{side}x{side}"
     )
 

@@ -61,7 +61,7 @@ ratios, not the model's: :func:`~mdtblocks.training.recipe.axes.recipe_tokens`.)
 
 DEMO: dict[str, Any] = dict(
     depth=6, hidden_size=128, num_heads=4, image_size=16, vae=None, steps=1800, global_batch_size=32, lr=2e-3,
-    ema_decay=0.995, ckpt_every=600, log_every=50, device="cpu", num_workers=0, num_samples=40,
+    ema_decay=0.995, ckpt_every=600, log_every=50, device="cpu", num_workers=0, num_samples=40, flip=False,
 )
 """The built-in demo's flags shared by the recipes: digits in pixel space, a CPU-sized model, ~5 minutes on 2 cores."""
 
@@ -182,7 +182,7 @@ class TrainRecipe:
         if size < cfg.global_batch_size:
             source = cfg.latents or cfg.data or "the built-in digits"
             parser.error(
-                f"the dataset {source} holds {size} samples (flips included), fewer than --global-batch-size "
+                f"the dataset {source} holds {size} samples{' (flips included)' if cfg.flip else ''}, fewer than --global-batch-size "
                 f"{cfg.global_batch_size}; use a smaller batch or more data"
             )
         channels, side = data.latent_shape
