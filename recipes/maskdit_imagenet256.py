@@ -13,7 +13,8 @@ AdamW without weight decay, EMA 0.9999, label dropout 0.1.
 
 Each phase is an ordinary run: rerunning a command with the same ``--out`` resumes from
 its newest checkpoint (a resumed fine-tune ignores ``--init-from``). Sample grids and
-``recipes/sample.py`` use EDM's Heun sampler (official evaluation: 40 levels, guidance 1.5).
+``recipes/sample.py`` use EDM's Heun sampler (official evaluation: 40 levels, guidance 1.5;
+``recipes/sample.py`` takes 40 levels by default, and EDM's churn as ``--churn`` flags).
 
     python recipes/maskdit_imagenet256.py                                   # built-in demo: digits on CPU
     python recipes/maskdit_imagenet256.py --phase finetune                  # demo fine-tune of the demo run

@@ -235,3 +235,47 @@ def test_bad_input_messages_without_the_import_hook():
     cmd = [sys.executable, "-m", "pytest", *tests, "-q", "-o", "addopts=", "-p", "no:cacheprovider"]
     run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and "2 passed" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+def test_the_sampling_spec_takes_maskdits_levels_and_passes_churn_to_sample():
+    from mdtblocks.masking.maskdit import MASKDIT_IMAGENET256_SAMPLING
+    from mdtblocks.sampling import sample
+
+    spec = EDMObjective.sampling
+    # recipes/sample.py's default for an EDM run: MaskDiT's official evaluation, Heun on 40 levels
+    assert (spec.default_sampler, spec.default_steps) == ("heun", MASKDIT_IMAGENET256_SAMPLING["num_steps"]) == ("heun", 40)
+    assert [o.flag for o in spec.options] == ["--churn", "--churn-min", "--churn-max", "--churn-noise"]
+    defaults = spec.keywords("heun", spec.defaults())
+    assert defaults == {"S_churn": 0.0, "S_min": 0.0, "S_max": math.inf, "S_noise": 1.0}
+    assert spec.keywords("euler", spec.defaults()) == defaults  # both samplers read the churn
+    churned = spec.keywords("heun", {"churn": 10.0, "churn_min": 0.01, "churn_max": 50.0, "churn_noise": 1.007})
+    assert churned == {"S_churn": 10.0, "S_min": 0.01, "S_max": 50.0, "S_noise": 1.007}
+    model, y = tiny_dit(learn_sigma=False), torch.tensor([0, 3])
+
+    def draw(**keywords):
+        return sample(model, y, sampler="heun", num_steps=4, objective=EDMObjective(),
+                      generator=torch.Generator().manual_seed(0), **keywords)
+
+    plain = draw()
+    assert torch.equal(draw(**defaults), plain)  # churn 0: the deterministic sampler
+    assert torch.equal(draw(**churned), draw(**churned)) and not torch.allclose(draw(**churned), plain)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"churn": -1.0}, "--churn must be a finite non-negative number, got -1.0"),
+        ({"churn": math.nan}, "--churn must be a finite non-negative number, got nan"),
+        ({"churn_min": -0.5}, "--churn-min must be a finite non-negative number, got -0.5"),
+        ({"churn_noise": math.inf}, "--churn-noise must be a finite non-negative number, got inf"),
+        ({"churn_max": -2.0}, "--churn-max must be a finite non-negative number or none"),
+        ({"churn_min": 2.0, "churn_max": 1.0}, "--churn-min 2.0 exceeds --churn-max 1.0"),
+    ],
+)
+def test_the_sampling_spec_refuses_bad_churn(values, message):
+    spec = EDMObjective.sampling
+    given = {**spec.defaults(), **values}
+    problems = spec.problems(given, given)
+    assert len(problems) == 1 and problems[0].startswith(message), problems
+    assert spec.problems(spec.defaults(), spec.defaults()) == []
+    assert spec.problems({**spec.defaults(), "churn_min": 1.0, "churn_max": 1.0}, {"churn_min": 1.0}) == []

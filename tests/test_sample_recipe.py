@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import subprocess
@@ -11,11 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_dit
 from PIL import Image
 from safetensors.torch import save_file
 
 from mdtblocks import MaskedDiffusionTransformer
+from mdtblocks.criterion import Criterion, LabelDropout
 from mdtblocks.io import write_json
+from mdtblocks.objectives import EDMObjective
+from mdtblocks.tokens import PlainRule
 
 from training_utils import RECIPES, load_recipe, start_killed_after
 
@@ -201,3 +207,97 @@ def test_sample_torchrun_two_processes_matches_one(fake_run: Path, tmp_path: Pat
     assert two["arr_0"].shape == (7, 16, 16, 3)
     assert np.array_equal(two["arr_0"], ref["arr_0"]) and np.array_equal(two["arr_1"], ref["arr_1"])
     assert len({im.tobytes() for im in two["arr_0"]}) == 7
+
+
+# --- an EDM run: Heun on MaskDiT's 40 levels by default, EDM's churn as flags ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def edm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder whose config.json records the EDM objective (untrained DiT weights in pixel space)."""
+    run = tmp_path_factory.mktemp("edm") / "run"
+    model = tiny_dit(learn_sigma=False)
+    ckpt = run / "checkpoints" / "0000001"
+    model.save_pretrained(ckpt)
+    save_file(model.state_dict(), str(ckpt / "ema.safetensors"))
+    criterion = Criterion(EDMObjective(), PlainRule(), LabelDropout(0.1))
+    write_json(run / "config.json", {"vae": None, "image_size": 8, "criterion": criterion.to_record()})
+    return run
+
+
+def sample_edm(run: Path, out: Path | None, monkeypatch: pytest.MonkeyPatch, *flags: str) -> tuple[Path, np.ndarray, dict]:
+    """Sample 2 images of the EDM run: the output folder, the images and what the recipe passed to ``sample``."""
+    recipe = load_recipe("sample")
+    seen: list[dict] = []
+    real = recipe.sample
+    monkeypatch.setattr(recipe, "sample", lambda *a, **k: seen.append(k) or real(*a, **k))
+    where = ["--out", str(out)] if out is not None else []
+    done = recipe.main(["--ckpt", str(run / "checkpoints" / "0000001"), "--num-samples", "2", "--batch-size", "2",
+                        "--device", "cpu", "--no-progress", *where, *flags])
+    monkeypatch.undo()
+    with np.load(done / "samples.npz", allow_pickle=False) as f:
+        images = f["arr_0"]
+    assert len(seen) == 1
+    return done, images, {k: seen[0][k] for k in ("sampler", "num_steps", "S_churn", "S_min", "S_max", "S_noise")}
+
+
+def test_edm_run_samples_heun_on_maskdits_40_levels_by_default(edm_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out, _, seen = sample_edm(edm_run, None, monkeypatch)
+    assert seen == {"sampler": "heun", "num_steps": 40, "S_churn": 0.0, "S_min": 0.0, "S_max": math.inf, "S_noise": 1.0}
+    assert out.parent == edm_run / "samples" and "-heun40-" in out.name
+    made = json.loads((out / "sample_config.json").read_text())
+    assert (made["sampler"], made["steps"], made["churn"], made["churn_max"]) == ("heun", 40, 0.0, None)
+    _, _, seen = sample_edm(edm_run, out.parent / "s3", monkeypatch, "--steps", "3", "--sampler", "euler")
+    assert (seen["sampler"], seen["num_steps"]) == ("euler", 3)  # --steps overrides the default
+
+
+def test_edm_churn_flags_reach_the_sampler(edm_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    steps = ("--steps", "4")
+    _, plain, _ = sample_edm(edm_run, tmp_path / "plain", monkeypatch, *steps)
+    _, zero, seen = sample_edm(edm_run, tmp_path / "zero", monkeypatch, *steps, "--churn", "0", "--churn-noise", "1.5")
+    assert seen["S_churn"] == 0.0 and np.array_equal(zero, plain)  # churn 0: the deterministic sampler
+    churn = ("--churn", "10", "--churn-min", "0.01", "--churn-max", "50", "--churn-noise", "1.007")
+    out, churned, seen = sample_edm(edm_run, tmp_path / "churned", monkeypatch, *steps, *churn)
+    assert seen == {"sampler": "heun", "num_steps": 4, "S_churn": 10.0, "S_min": 0.01, "S_max": 50.0, "S_noise": 1.007}
+    assert not np.array_equal(churned, plain)  # the same seed, fresh noise at the churned levels
+    _, again, _ = sample_edm(edm_run, tmp_path / "again", monkeypatch, *steps, *churn)
+    assert np.array_equal(again, churned)  # the churn noise comes from each batch's seeded generator
+    made = json.loads((out / "sample_config.json").read_text())
+    assert (made["churn"], made["churn_min"], made["churn_max"], made["churn_noise"]) == (10.0, 0.01, 50.0, 1.007)
+    with pytest.raises(ValueError, match=r"another command: --churn 5.0 \(recorded: 10.0\)"):
+        sample_edm(edm_run, out, monkeypatch, *steps, *churn, "--churn", "5")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--churn", "-1"], "--churn must be a finite non-negative number, got -1.0"),
+        (["--churn-noise", "nan"], "--churn-noise must be a finite non-negative number, got nan"),
+        (["--churn-max", "-3"], "--churn-max must be a finite non-negative number or none"),
+        (["--churn", "1", "--churn-min", "2", "--churn-max", "1"], "--churn-min 2.0 exceeds --churn-max 1.0"),
+    ],
+)
+def test_edm_run_refuses_bad_churn(edm_run: Path, tmp_path: Path, flags: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_recipe("sample").main(["--ckpt", str(edm_run / "checkpoints" / "0000001"), "--device", "cpu",
+                                    "--out", str(tmp_path / "s"), *flags])
+    assert not (tmp_path / "s").exists()
+
+
+def test_edm_churn_on_the_command_line(edm_run: Path, fake_run: Path, tmp_path: Path, capsys) -> None:
+    """A bad value: one line, exit 2; the help of an EDM run lists the flags; a Gaussian run refuses them."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(RECIPES / "sample.py"), "--ckpt", str(edm_run / "checkpoints" / "0000001"),
+                           "--churn-min", "5", "--churn-max", "1", "--device", "cpu"],
+                          env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == ["error: --churn-min 5.0 exceeds --churn-max 1.0: expected MIN <= MAX"]
+    with pytest.raises(SystemExit) as stop:
+        load_recipe("sample").main(["--ckpt", str(edm_run / "checkpoints" / "0000001"), "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    assert "--sampler heun, euler (default: heun, 40 steps)" in text
+    assert all(f in text for f in ("--churn ", "--churn-min", "--churn-max", "--churn-noise")) and "--time-shift" not in text
+    with pytest.raises(ValueError, match="--churn apply to runs of the 'edm' objective; .* 'gaussian' objective"):
+        load_recipe("sample").main(["--ckpt", str(fake_run / "checkpoints" / "0000100"), "--churn", "1", "--device", "cpu",
+                                    "--out", str(tmp_path / "g")])

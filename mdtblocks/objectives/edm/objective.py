@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..base import PointwiseLosses, register_objective
 from ..sampling_spec import SamplingSpec
+from .sampling import EDM_SAMPLING
 from .heun import ChurnOptions, heun_sampler
 from .precond import EDMDenoiser, EDMPreconditioning
 from .schedule import karras_sigmas, log_normal_sigmas, sigma_ramp
@@ -61,8 +62,8 @@ class EDMObjective:
 
     kind: ClassVar[str] = "edm"
     samplers: ClassVar[tuple[str, ...]] = ("heun", "euler")
-    # recipes/sample.py's defaults for an EDM run: Heun, 250 steps (no diffusers scheduler, so no pipeline).
-    sampling: ClassVar[SamplingSpec] = SamplingSpec(default_sampler="heun", default_steps=250)
+    # recipes/sample.py's defaults and churn flags for an EDM run: Heun, MaskDiT's 40 levels (no pipeline).
+    sampling: ClassVar[SamplingSpec] = EDM_SAMPLING
 
     sigma_data: float = 0.5
     p_mean: float = -1.2
