@@ -76,13 +76,17 @@ def test_killed_run_resumes_bit_identical(tmp_path: Path) -> None:
         assert max_abs_diff(weights(killed / final, name), weights(clean / final, name)) == 0.0, name
 
 
-def test_resume_refuses_a_different_batch(tmp_path: Path) -> None:
-    """Changing the global batch would silently change the data order: the resume says so instead."""
+def test_resume_refuses_a_different_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Changing the global batch would silently change the data order: the resume says so, one line, exit 2."""
     run(tmp_path, 3)
-    with pytest.raises(ValueError, match="samples per rank per step"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
         load_recipe("mdtv2_imagenet256").main(
             with_flag(TINY, "--global-batch-size", "4") + ["--out", str(tmp_path), "--steps", "6", "--ckpt-every", "3"]
         )
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "was written with 8 samples per rank per step, this run has 4" in err
+    assert "other data" not in err  # the batch, not the data, changed
 
 
 def test_bf16_resume_is_bit_identical(tmp_path: Path) -> None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import torch
 from jaxtyping import Float, Int, Shaped
@@ -31,9 +30,11 @@ WEIGHTS_NAME = "model.safetensors"
 ALIGN_PREFIX = "alignment_head."  # mdtblocks.alignment.ALIGN_MODULE: a training-only head, never exported
 
 
-@dataclass(frozen=True)
-class EmbeddedInputs:
+class EmbeddedInputs(NamedTuple):
     """The opening of a forward pass, shared by the backbones (:meth:`DiffusionBackbone.embed_inputs`).
+
+    A named tuple, not a dataclass: ``torch.compile`` traces it without a graph break, so
+    a masked pass with a dynamic kept count stays one graph.
 
     Attributes:
         tokens: ``(b, n, d)`` the patch tokens with the position table added (all ``n``; a

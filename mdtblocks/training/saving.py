@@ -110,8 +110,15 @@ def resume(
         )
     load_full_state(model, ckpt.model, optimizer, ckpt.optimizer, cfg.strategy, dist)
     load_full_state(ema, ckpt.ema, None, None, cfg.strategy, dist)
+    data_state = ckpt.state.data[dist.rank]
+    if data_state.get("batch_size", batches.batch_size) != batches.batch_size:
+        raise ResumeRefused(
+            f"{path} was written with {data_state['batch_size']} samples per rank per step, this run has "
+            f"{batches.batch_size}: resuming would change the data order (keep --global-batch-size and the number "
+            "of processes), or use a new --out"
+        )
     try:
-        batches.load_state_dict(ckpt.state.data[dist.rank])
+        batches.load_state_dict(data_state)
     except ValueError as err:  # another dataset length (e.g. --flip changed): refused, not a traceback
         raise ResumeRefused(
             f"{path} was trained on other data than this command loads ({err}); give the same data flags "
