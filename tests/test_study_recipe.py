@@ -143,6 +143,56 @@ def test_changed_settings_and_bad_flags_are_refused(quick_study, capsys) -> None
         assert message in capsys.readouterr().err, flags
 
 
+def test_a_seed_run_elsewhere_merges_in_without_retraining(quick_study, tmp_path, monkeypatch, capsys) -> None:
+    """DiT seed 2 trained in a second folder joins a copy of the study's DiT seeds 0 and 1: one 3-seed summary."""
+    study, fixture_out = quick_study
+    other = tmp_path / "other"
+    assert study.main(["--out", str(other), *QUICK, "--arms", "DiT", "--seeds", "2"]) == 0
+    here = tmp_path / "here"
+    shutil.copytree(fixture_out, here)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a merged run was trained again")
+
+    monkeypatch.setattr(study, "train_until", no_training)
+    flags = ["--out", str(here), *QUICK, "--arms", "DiT", "--seeds", "0", "1", "2", "--clock", "cpu"]
+    assert study.main([*flags, "--merge", str(other)]) == 0
+    assert f"--merge {other}: took DiT seed 2 (2 evaluations)" in capsys.readouterr().err
+    merged = json.loads((here / "results.json").read_text())["runs"]["DiT"]
+    assert merged["seeds"]["2"] == json.loads((other / "results.json").read_text())["runs"]["DiT"]["seeds"]["2"]
+    assert merged["seeds"]["0"] == json.loads((fixture_out / "results.json").read_text())["runs"]["DiT"]["seeds"]["0"]
+    assert (here / "runs" / "DiT-seed2" / "timing.json").is_file() and (here / "samples" / "DiT-seed2" / "0000008.png").is_file()
+    summary = (here / "summary.md").read_text()
+    assert "seeds [0, 1, 2]" in summary and "| DiT |" in summary and "| MDTv2 |" not in summary
+    assert "Seconds are the training process's CPU seconds (--clock cpu" in summary
+    # The merged seed's curve is in the table: DiT reaches its own levels in 3 of 3 seeds.
+    assert "| DiT | 3 of 3 seeds |" in summary
+    curves = study.curves_of(study.parse(flags), json.loads((here / "results.json").read_text()))["fd"]["DiT"]
+    assert [c.seconds for c in curves] == [tuple(r["train_cpu_seconds"] for r in merged["seeds"][s]) for s in "012"]
+
+    # A summary of fewer seeds than the folder holds leaves the others out of every column.
+    results = json.loads((here / "results.json").read_text())
+    cfg = study.parse([*flags[:-2], "--seeds", "2"])
+    study.write_summary(cfg, results, study.curves_of(cfg, results), tmp_path / "one.md")
+    final_fd = study.spread([merged["seeds"]["2"][-1]["fd"]])
+    assert final_fd.endswith("(1 seed)") and f"| {final_fd} |" in (tmp_path / "one.md").read_text()
+
+    # A missing or running source is refused with one line, before anything changes.
+    assert study.main([*flags, "--merge", str(tmp_path / "nowhere")]) == 2
+    assert f"error: --merge {tmp_path / 'nowhere'}: no study there" in capsys.readouterr().err
+
+
+def test_a_second_study_on_the_same_folder_is_refused(quick_study, capsys) -> None:
+    from mdtblocks.folderlock import FolderLock
+
+    study, out = quick_study
+    with FolderLock(out), pytest.raises(SystemExit) as stop:
+        study.main(["--out", str(out), *QUICK])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "in use by another run (pid " in err and err.count("\n") == 1
+
+
 def test_routing_and_dropping_arms_run_in_the_study(tmp_path) -> None:
     """SiT-TREAD and MaskDiT train, sample with their own samplers, count their FLOPs and keep the budget.
 

@@ -17,7 +17,7 @@ class Curve:
 
     Attributes:
         steps: evaluated optimizer steps, increasing.
-        seconds: training wall-clock seconds at each evaluated step (evaluation excluded).
+        seconds: training seconds at each evaluated step (wall-clock or CPU; evaluation excluded).
         values: the metric at each step.
         flops: training multiply-adds at each evaluated step (forward and backward), or
             empty when not counted.
