@@ -102,6 +102,22 @@ def test_maskdit_drops_tokens_with_the_other_objectives(objective: str, route: l
         assert json.loads((out / "sample_config.json").read_text())["sampler"] == "ddpm"
 
 
+def test_tokens_flag_trains_mdtv2_with_maskdits_dropping_or_without_its_masked_pass(tmp_path: Path) -> None:
+    """--tokens picks the step's rule on any backbone that can take it; the model is the preset's either way."""
+    _run("mdtv2_imagenet256", TINY, tmp_path / "drop", 2, "--tokens", "maskdit_drop", "--mask-ratio", "0.25")
+    assert _criterion(tmp_path / "drop").tokens == MaskDiTDropRule(0.25, 0.1)
+    rows = [json.loads(line) for line in (tmp_path / "drop" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in losses] == [1, 2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in losses)
+    _run("mdtv2_imagenet256", TINY, tmp_path / "plain", 1, "--tokens", "plain")
+    assert _criterion(tmp_path / "plain").tokens == PlainRule()
+    _run("mdtv2_imagenet256", TINY, tmp_path / "preset", 1, "--tokens", "preset")
+    assert _criterion(tmp_path / "preset").tokens == MaskedTwoPassRule(0.3, 0.2)
+    preset = load_pretrained(tmp_path / "preset" / "checkpoints/0000001").config
+    for run, step in (("drop", 2), ("plain", 1)):  # the preset's network, whatever rule trained it
+        assert load_pretrained(tmp_path / run / f"checkpoints/{step:07d}").config == preset
+
+
 @pytest.mark.parametrize(("recipe", "base", "extra", "message"), [
     ("maskdit_imagenet256", MASKDIT, ["--route", "0.5", "--route-span", "1", "3"], "does not fit the model's 2 blocks"),
     ("maskdit_imagenet256", MASKDIT, ["--objective", "gaussian", "--flow-path", "GVP"], "--flow-path apply to --objective flow"),
@@ -109,6 +125,11 @@ def test_maskdit_drops_tokens_with_the_other_objectives(objective: str, route: l
     ("dit_imagenet256", DIT, ["--objective", "edm", "--snr-gamma", "5"], "--snr-gamma 5(.0)? weights the Gaussian"),
     ("dit_imagenet256", DIT, ["--route-span", "1", "2"], "without --route"),
     ("mdtv2_imagenet256", TINY, ["--route", "0.5", "--route-span", "1", "3"], "span"),
+    ("dit_imagenet256", DIT, ["--tokens", "maskdit_drop"], "for DiT and SiT route tokens with --route"),
+    ("mdtv2_imagenet256", TINY, ["--tokens", "plain", "--mask-ratio", "0.5"], "--mask-ratio does not apply to the 'plain'"),
+    ("mdtv2_imagenet256", TINY, ["--tokens", "maskdit_drop", "--mask-ratio-range", "0.1"], "--mask-ratio-range does not apply"),
+    ("mdtv2_imagenet256", TINY, ["--tokens", "every"], "invalid choice: 'every'"),
+    ("mdtv2_imagenet256", TINY, ["--official", "--tokens", "plain"], "--official fixes the official"),
 ])
 def test_combinations_that_make_no_sense_are_refused(
     recipe: str, base: list[str], extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

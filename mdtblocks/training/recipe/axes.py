@@ -1,6 +1,6 @@
-"""The training axes a recipe's flags choose: the objective (``--objective``), token routing (``--route``,
-``--route-span``), the token rule's ratios (``--mask-ratio``, ``--mask-ratio-range``) and a start from other weights
-(``--init-from``).
+"""The training axes a recipe's flags choose: the objective (``--objective``), the token rule (``--tokens``) and its
+ratios (``--mask-ratio``, ``--mask-ratio-range``), token routing (``--route``, ``--route-span``) and a start from other
+weights (``--init-from``).
 
 Every recipe builds its criterion here (:func:`recipe_criterion`), so the flags mean the
 same in each; the criterion's record in ``config.json`` says what trained the run.
@@ -20,15 +20,26 @@ from ...criterion import Criterion, LabelDropout, rule_of_model
 from ...masking import Route, default_span
 from ...objectives import EDMObjective, GaussianObjective
 from ...objectives.base import Objective
-from ...tokens import RoutedRule, TokenRule, check_rule_model
+from ...tokens import MaskDiTDropRule, PlainRule, RoutedRule, TokenRule, check_rule_model
+from ...tokens.legacy import MASKDIT_MAE_WEIGHT
 
 __all__ = [
     "RECIPE_OBJECTIVES", "objective_names", "recipe_objective", "recipe_route", "recipe_tokens", "recipe_criterion",
-    "axes_problems", "learns_sigma", "grid_sampler", "load_init_weights", "RULE_RATIOS",
+    "axes_problems", "learns_sigma", "grid_sampler", "load_init_weights", "RULE_RATIOS", "RECIPE_TOKENS",
 ]
 
 RULE_RATIOS = ("mask_ratio", "mask_ratio_range")
 """The recipe flags that set the token rule's ratios (``--mask-ratio``, ``--mask-ratio-range``)."""
+
+DROP_RATIO = 0.5
+"""``--tokens maskdit_drop``'s share of dropped tokens on a backbone whose preset records none (MaskDiT's published 50%)."""
+
+RECIPE_TOKENS: dict[str, Callable[[], TokenRule] | None] = {
+    "preset": None,  # the rule the model's preset records
+    "plain": PlainRule,
+    "maskdit_drop": lambda: MaskDiTDropRule(DROP_RATIO, mae_weight=MASKDIT_MAE_WEIGHT),
+}
+"""``--tokens`` name -> the rule it builds when the preset records another one (``None``: the preset's own)."""
 
 
 def _gaussian(cfg: Any, model: nn.Module) -> Objective:
@@ -85,15 +96,25 @@ def recipe_route(cfg: Any, model: nn.Module) -> Route | None:
 def recipe_tokens(cfg: Any, model: nn.Module) -> TokenRule:
     """The token rule, which owns the run's mask ratios, routed with ``--route``.
 
-    The rule of the model's preset (:func:`~mdtblocks.criterion.rule_of_model`: MaskDiT's
-    dropping, MDT's two passes with ``--masked-draws``, DiT's plain step), its ratios replaced
-    by ``--mask-ratio`` and ``--mask-ratio-range`` where given. The flags do not change the
-    model, whose config keeps the preset's published ratios as their legacy record.
+    ``--tokens preset`` (the default) takes the rule of the model's preset
+    (:func:`~mdtblocks.criterion.rule_of_model`: MaskDiT's dropping, MDT's two passes with
+    ``--masked-draws``, DiT's plain step); ``plain`` one pass over every token (MDT without
+    its masked pass, MaskDiT unmasked); ``maskdit_drop`` MaskDiT's dropping of half the
+    tokens with its MAE term (on an MDT backbone, whose side-interpolater fills the dropped
+    positions). ``--mask-ratio`` and ``--mask-ratio-range`` replace the rule's ratios where
+    given. The flags do not change the model, whose config keeps the preset's published
+    ratios as their legacy record.
 
     Raises:
-        ValueError: a ratio flag the rule has no ratio for, or ratios the rule refuses.
+        ValueError: an unknown ``--tokens``, a ratio flag the rule has no ratio for, or ratios the rule refuses.
     """
     tokens = rule_of_model(model, cfg.masked_draws)
+    choice = getattr(cfg, "tokens", "preset")
+    if choice not in RECIPE_TOKENS:
+        raise ValueError(f"--tokens {choice!r} is not one of {tuple(RECIPE_TOKENS)}")
+    build = RECIPE_TOKENS[choice]
+    if build is not None and tokens.kind != choice:
+        tokens = build()
     ratios = {n: getattr(cfg, n, None) for n in RULE_RATIOS if getattr(cfg, n, None) is not None}
     if ratios:
         known = {f.name for f in dataclasses.fields(tokens)} if dataclasses.is_dataclass(tokens) else set()

@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 
 from ...data import DEFAULT_VAE
 from ...models import PRESETS
-from .axes import objective_names
+from .axes import RECIPE_TOKENS, objective_names
 
 __all__ = ["flag", "default_num_workers", "presets_of", "RecipeConfig", "build_parser", "add_flags", "parse_flags", "choose_config", "exit_on_bad_input"]
 
@@ -118,6 +118,12 @@ class RecipeConfig:
     sample_steps: int = flag(50, "steps for the sample grids (DDIM; Euler ODE with --objective flow)")
     sample_cfg_scale: float = flag(4.0, "classifier-free guidance scale of the sample grids (1: none)")
     # Training axes (mdtblocks.training.recipe.axes): token routing, the objective, a start from other weights.
+    tokens: str = flag(
+        "preset", "token rule of a training step: the preset's (MDT: two passes; MaskDiT: dropping; DiT: plain), "
+        "plain (every token, one pass: MDT without its masked pass), or maskdit_drop (half the tokens dropped, MAE "
+        "on them: MaskDiT's step, on MDT backbones too); --mask-ratio sets its ratio",
+        choices=tuple(RECIPE_TOKENS),
+    )
     route: float | None = flag(
         None, "TREAD token routing: share of tokens that skip --route-span in training, in (0, 1); none: no routing",
         metavar="RATIO",

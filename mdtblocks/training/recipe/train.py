@@ -106,6 +106,7 @@ class TrainRecipe:
         fixed = {name: getattr(self.defaults, name) for name in OFFICIAL_FIELDS}
         fixed.update(weight_decay=0.0, ema_decay=0.9999, mask_ratio=None, mask_ratio_range=None)
         fixed["masked_draws"] = "independent"  # DiT: unused (no masked pass)
+        fixed["tokens"] = "preset"
         return fixed
 
     def configure(self, argv: Sequence[str] | None = None) -> tuple[RecipeConfig, bool]:
