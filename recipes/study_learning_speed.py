@@ -123,6 +123,10 @@ class StudyConfig:
     merge: tuple[str, ...] = flag(
         (), "study folders with the same flags (other arms or seeds) whose runs to take in before training", metavar="DIR"
     )
+    report: bool = flag(
+        False, "write the plot and summary from the runs finished so far and train nothing (no lock: a look into a "
+        "study that is still running)"
+    )
     clock: Literal["wall", "cpu"] = flag(
         "wall", "the seconds axis of the plot and summary: wall-clock, or this process's CPU time (on a shared machine)"
     )
@@ -147,6 +151,8 @@ class StudyConfig:
             raise ValueError(f"--ema-decay must lie in [0, 1], got {self.ema_decay}")
         if self.cfg_scale < 1.0:
             raise ValueError(f"--cfg-scale must be at least 1 (1: no guidance), got {self.cfg_scale}")
+        if self.report and self.merge:
+            raise ValueError("--report reads the folder as it is; merge first (--merge without --report), then report")
         if self.eval_samples < 20:
             raise ValueError(f"--eval-samples must be at least 20 for a covariance, got {self.eval_samples}")
         for name in self.arms:  # the models' own check, before anything is built
@@ -169,7 +175,7 @@ class StudyConfig:
     def study_fields(self) -> dict[str, Any]:
         """The fields that define the results (a resumed study must match them)."""
         fields = dataclasses.asdict(self)
-        for name in ("out", "device", "quick", "merge", "clock"):
+        for name in ("out", "device", "quick", "merge", "clock", "report"):
             fields.pop(name)
         return json.loads(json.dumps(fields))  # as results.json stores them (tuples become lists)
 
@@ -455,11 +461,17 @@ def run_one(
         )
 
 
+def finished_records(cfg: StudyConfig, results: dict[str, Any], name: str, seed: int | str) -> list[dict[str, Any]]:
+    """Run ``(name, seed)``'s records if it has been evaluated at its last step, else ``[]`` (not finished)."""
+    records = results["runs"].get(name, {}).get("seeds", {}).get(str(seed), [])
+    return records if records and records[-1]["step"] == cfg.steps else []
+
+
 def curves_of(cfg: StudyConfig, results: dict[str, Any]) -> dict[str, dict[str, list[Curve]]]:
     out: dict[str, dict[str, list[Curve]]] = {m: {} for m in METRICS}
     for name in cfg.arms:
         for seed in cfg.seeds:
-            records = results["runs"].get(name, {}).get("seeds", {}).get(str(seed), [])
+            records = finished_records(cfg, results, name, seed)
             if not records:
                 continue
             for metric in METRICS:
@@ -488,13 +500,14 @@ def write_summary(cfg: StudyConfig, results: dict[str, Any], curves: dict[str, d
         f"Evaluation every {cfg.eval_every} steps: {cfg.eval_samples} EMA samples from the same noise, "
         f"{cfg.sample_steps} network evaluations per image with each arm's own sampler, guidance scale {cfg.cfg_scale}.",
         "",
+        *unfinished_note(cfg, results),
         "| arm | what | parameters | sampler | final FD | final accuracy | final nn ratio | training s / step "
         "| CPU s / step | training MFLOPs / step |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in cfg.arms:
         run = results["runs"].get(name, {})
-        finals = [recs[-1] for seed, recs in run.get("seeds", {}).items() if recs and int(seed) in cfg.seeds]
+        finals = [recs[-1] for recs in (finished_records(cfg, results, name, seed) for seed in cfg.seeds) if recs]
         if not finals:
             continue
         per_step = [r["train_seconds"] / r["step"] for r in finals]
@@ -581,6 +594,18 @@ def write_summary(cfg: StudyConfig, results: dict[str, Any], curves: dict[str, d
     atomic_write(path, lambda p: p.write_text("\n".join(lines) + "\n"))
 
 
+def unfinished_note(cfg: StudyConfig, results: dict[str, Any]) -> list[str]:
+    """A paragraph naming the runs that have not reached their last step (left out of every table), if any."""
+    missing = [f"{name} seed {seed}" for seed in cfg.seeds for name in cfg.arms if not finished_records(cfg, results, name, seed)]
+    if not missing:
+        return []
+    return [
+        f"**Not finished: {len(missing)} of {len(cfg.arms) * len(cfg.seeds)} runs** ({', '.join(missing)}). They are left "
+        "out of every table and curve below; the same command without --report trains them.",
+        "",
+    ]
+
+
 def _known(values: list[float | None], scale: float = 1.0) -> str:
     return spread([v / scale for v in values if v is not None])
 
@@ -620,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.getLogger("mdtblocks.training").setLevel(logging.WARNING)
     dist = setup_distributed(cfg.device)
+    if cfg.report:  # reads results.json (written atomically) and writes only the summary and the plot
+        return study(cfg, train_set, dist)
     with hold_output_folder(cfg.out, dist):  # a second study on this --out stops here with one line (exit 2)
         return study(cfg, train_set, dist)
 
@@ -645,14 +672,15 @@ def study(cfg: StudyConfig, train_set: MNIST5kDataset, dist: Any) -> int:
         ", ".join(cfg.arms), list(cfg.seeds), cfg.steps, cfg.eval_steps, held_out["fd"], held_out["accuracy"],
     )
     try:
-        for seed in cfg.seeds:  # seed-major: an interrupted study already has every arm at some seeds
+        for seed in cfg.seeds if not cfg.report else ():  # seed-major: an interrupted study has every arm at some seeds
             for name in cfg.arms:
                 run_one(cfg, name, seed, out, results, reference, train_set, dist)
     except StudyStopped as stop:
         print(f"interrupted: {stop}", file=sys.stderr)
         dist.close()
         return 128 + stop.signal
-    write_json(out / "results.json", results)
+    if not cfg.report:
+        write_json(out / "results.json", results)
     curves = curves_of(cfg, results)
     floors = {"fd": held_out["fd"], "accuracy": held_out["accuracy"], "nn_ratio": held_out["nn_ratio"]}
     plot_learning_curves(
@@ -660,7 +688,7 @@ def study(cfg: StudyConfig, train_set: MNIST5kDataset, dist: Any) -> int:
         title=f"MNIST-5k, {cfg.steps} steps of batch {cfg.batch_size}, {len(cfg.seeds)} seeds", floors=floors,
     )
     write_summary(cfg, results, curves, out / "summary.md")
-    log.info("wrote %s, %s and %s", out / "results.json", out / "learning_speed.png", out / "summary.md")
+    log.info("wrote %s", ", ".join(str(out / f) for f in ((), ("results.json",))[not cfg.report] + ("learning_speed.png", "summary.md")))
     dist.close()
     return 0
 

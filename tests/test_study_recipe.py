@@ -182,6 +182,34 @@ def test_a_seed_run_elsewhere_merges_in_without_retraining(quick_study, tmp_path
     assert f"error: --merge {tmp_path / 'nowhere'}: no study there" in capsys.readouterr().err
 
 
+def test_report_summarises_the_finished_runs_of_a_running_study(quick_study, tmp_path, monkeypatch) -> None:
+    """--report trains nothing, takes no lock, leaves results.json alone and names the unfinished runs."""
+    from mdtblocks.folderlock import FolderLock
+
+    study, fixture_out = quick_study
+    here = tmp_path / "here"
+    shutil.copytree(fixture_out, here)
+    results = json.loads((here / "results.json").read_text())
+    results["runs"]["MDTv2"]["seeds"]["1"].pop()  # MDTv2 seed 1 evaluated at step 4 only
+    (here / "results.json").write_text(json.dumps(results))
+    before = (here / "results.json").read_bytes()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--report trained")
+
+    monkeypatch.setattr(study, "train_until", no_training)
+    with FolderLock(here):  # the study still running there
+        assert study.main(["--out", str(here), *QUICK, "--report"]) == 0
+    assert (here / "results.json").read_bytes() == before
+    summary = (here / "summary.md").read_text()
+    assert "**Not finished: 1 of 6 runs** (MDTv2 seed 1)" in summary
+    assert "| MDTv2 | 1 of 1 seeds |" in summary and "| SiT | 2 of 2 seeds |" in summary  # its finished seed only
+    cfg = study.parse(["--out", str(here), *QUICK])
+    assert len(study.curves_of(cfg, results)["fd"]["MDTv2"]) == 1
+    with pytest.raises(ValueError, match="--report reads the folder as it is; merge first"):
+        study.parse(["--out", str(here), *QUICK, "--report", "--merge", str(fixture_out)])
+
+
 def test_a_second_study_on_the_same_folder_is_refused(quick_study, capsys) -> None:
     from mdtblocks.folderlock import FolderLock
 
