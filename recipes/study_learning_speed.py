@@ -655,6 +655,8 @@ def study(cfg: StudyConfig, train_set: MNIST5kDataset, dist: Any) -> int:
     """:func:`main` once the flags are checked and ``cfg.out`` is held: merge, train what is missing, summarise."""
     out = Path(cfg.out)
     try:
+        if cfg.report and not (out / "results.json").is_file():
+            raise ValueError(f"--report: no study in {out} (expected {out / 'results.json'})")
         results = load_results(out / "results.json", cfg.study_fields())
         for source in cfg.merge:
             taken = merge_study(out, source, results)
@@ -688,7 +690,8 @@ def study(cfg: StudyConfig, train_set: MNIST5kDataset, dist: Any) -> int:
         title=f"MNIST-5k, {cfg.steps} steps of batch {cfg.batch_size}, {len(cfg.seeds)} seeds", floors=floors,
     )
     write_summary(cfg, results, curves, out / "summary.md")
-    log.info("wrote %s", ", ".join(str(out / f) for f in ((), ("results.json",))[not cfg.report] + ("learning_speed.png", "summary.md")))
+    written = ("learning_speed.png", "summary.md") if cfg.report else ("results.json", "learning_speed.png", "summary.md")
+    log.info("wrote %s", ", ".join(str(out / name) for name in written))
     dist.close()
     return 0
 

@@ -206,6 +206,8 @@ def test_report_summarises_the_finished_runs_of_a_running_study(quick_study, tmp
     assert "| MDTv2 | 1 of 1 seeds |" in summary and "| SiT | 2 of 2 seeds |" in summary  # its finished seed only
     cfg = study.parse(["--out", str(here), *QUICK])
     assert len(study.curves_of(cfg, results)["fd"]["MDTv2"]) == 1
+    assert study.main(["--out", str(tmp_path / "empty"), *QUICK, "--report"]) == 2
+    assert not (tmp_path / "empty").exists()
     with pytest.raises(ValueError, match="--report reads the folder as it is; merge first"):
         study.parse(["--out", str(here), *QUICK, "--report", "--merge", str(fixture_out)])
 
