@@ -24,6 +24,7 @@ from mdtblocks.alignment import ALIGN_MODULE, AlignmentLoss, Dinov2Encoder
 from mdtblocks.criterion import Criterion, LabelDropout, read_criterion, rule_of_model
 from mdtblocks.data import DigitsDataset, encode_dataset, load_autoencoder
 from mdtblocks.objectives import GaussianObjective
+from mdtblocks.tokens import MaskDiTDropRule, MaskedTwoPassRule, PlainRule
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +106,24 @@ def test_bad_options_are_refused() -> None:
         AlignmentLoss("dispersive", 6).attach(model)
     with pytest.raises(ValueError, match="encoder record"):
         AlignmentLoss("repa", 1)
-    with pytest.raises(ValueError, match="needs a masked pass"):
-        AlignmentLoss("dispersive", 1, pass_choice="masked").attach(tiny_dit())
+    dit = tiny_dit()
+    with pytest.raises(ValueError, match="reads the 'masked' pass, but the token rule 'plain' makes only 'unmasked'"):
+        criterion_with(dit, AlignmentLoss("dispersive", 1, pass_choice="masked"))
+
+
+def test_the_criterion_refuses_an_aligned_pass_its_rule_does_not_make() -> None:
+    """The check asks the token rule, not the model: an MDTv2 trained with the plain rule has no masked pass."""
+    model = tiny_mdt(v2=True)
+    objective = GaussianObjective("linear", 1000, learn_sigma=True)
+    for choice in ("masked", "both"):
+        with pytest.raises(ValueError, match="reads the 'masked' pass, but the token rule 'plain'"):
+            Criterion(objective, PlainRule(), LabelDropout.of_model(model), [AlignmentLoss("dispersive", 1, 0.25, choice).attach(model)])
+    Criterion(objective, PlainRule(), LabelDropout.of_model(model), [AlignmentLoss("dispersive", 1, 0.25).attach(model)])
+    two_pass = MaskedTwoPassRule(0.3, 0.2)
+    Criterion(objective, two_pass, LabelDropout.of_model(model), [AlignmentLoss("dispersive", 1, 0.25, "both").attach(model)])
+    # MaskDiT's dropping makes one pass over the kept tokens ('dropped'), not the full one
+    with pytest.raises(ValueError, match="reads the 'unmasked' pass, but the token rule 'maskdit_drop' makes only 'dropped'"):
+        Criterion(objective, MaskDiTDropRule(0.5), LabelDropout.of_model(model), [AlignmentLoss("dispersive", 1, 0.25).attach(model)])
 
 
 # --- the recipes ---------------------------------------------------------------------------------------------------
@@ -210,12 +227,15 @@ def test_bad_alignment_flags_exit_2(cache: Path, dino: Path, tmp_path: Path, cap
         assert exit_info.value.code == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (message, err)
-    with pytest.raises(SystemExit) as exit_info:
-        load_recipe("dit_imagenet256").main(
-            dit_flags(base) + ["--align", "dispersive", "--align-pass", "masked"]
-        )
-    assert exit_info.value.code == 2
-    assert "needs a masked pass" in capsys.readouterr().err
+    for name, argv in (
+        ("dit_imagenet256", dit_flags(base) + ["--align", "dispersive", "--align-pass", "masked"]),
+        ("mdtv2_imagenet256", base + ["--tokens", "plain", "--align", "dispersive", "--align-pass", "both"]),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            load_recipe(name).main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "reads the 'masked' pass, but the token rule 'plain'" in err and "Traceback" not in err, err
 
 
 def test_the_repa_recipe_trains_sit_with_the_flow_and_repa(dino: Path, tmp_path: Path) -> None:

@@ -130,7 +130,7 @@ def test_sample_recipe_refuses_a_sampler_of_another_objective(tmp_path: Path) ->
 def test_a_recipe_run_records_its_criterion(tmp_path: Path) -> None:
     from training_utils import run_tiny
 
-    run_tiny(tmp_path, 1)
+    run_tiny(tmp_path, 1, "--objective", "gaussian")  # the paper's objective (the built-in digits default to flow)
     config = json.loads((tmp_path / "config.json").read_text())
     criterion = read_criterion(config)
     assert criterion == criterion_from_record(config["criterion"])

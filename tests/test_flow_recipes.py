@@ -109,7 +109,7 @@ def test_sample_recipe_refuses_bad_flow_input(flow_run: Path, tmp_path: Path, fl
 
 @pytest.mark.parametrize("flags", [["--sampler", "euler"], ["--time-shift", "3"], ["--sampler", "sde_heun"]])
 def test_sample_recipe_refuses_flow_samplers_for_a_gaussian_run(tmp_path: Path, flags: list[str]) -> None:
-    run_tiny(tmp_path / "g", 1)
+    run_tiny(tmp_path / "g", 1, "--objective", "gaussian")  # the built-in digits default to flow matching
     with pytest.raises(ValueError, match="'gaussian' objective"):
         load_recipe("sample").main(["--ckpt", str(tmp_path / "g/checkpoints/0000001"), "--num-samples", "2",
                                     "--device", "cpu", "--out", str(tmp_path / "s"), *flags])
@@ -122,7 +122,7 @@ def test_sample_recipe_refuses_flow_samplers_for_a_gaussian_run(tmp_path: Path, 
         (["--objective", "flow", "--flow-prediction", "x0"], "invalid choice: 'x0'"),
         (["--objective", "flow", "--flow-prediction", "score", "--flow-loss-weight", "snr"], "unknown loss weight 'snr'"),
         (["--objective", "flow", "--flow-cosine-weight", "0.1", "--flow-prediction", "noise"], "needs prediction='velocity'"),
-        (["--flow-path", "GVP"], "--flow-path apply to --objective flow"),
+        (["--objective", "gaussian", "--flow-path", "GVP"], "--flow-path apply to --objective flow"),
         (["--objective", "flow", "--snr-gamma", "5"], "no SNR weighting"),
     ],
 )

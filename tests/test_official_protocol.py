@@ -81,9 +81,9 @@ def test_plan_from_draws_keeps_the_smallest_noise_and_checks_its_input():
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("mdtv2_imagenet256", dict(optimizer="adan", grad_clip=1.0, snr_gamma=5.0, adan_betas=(0.98, 0.92, 0.99))),
-        ("mdt_imagenet256", dict(optimizer="adamw", grad_clip=None, snr_gamma=None)),
-        ("dit_imagenet256", dict(optimizer="adamw", grad_clip=None, snr_gamma=None)),
+        ("mdtv2_imagenet256", dict(optimizer="adan", grad_clip=1.0, snr_gamma=5.0, adan_betas=(0.98, 0.92, 0.99), objective="gaussian")),
+        ("mdt_imagenet256", dict(optimizer="adamw", grad_clip=None, snr_gamma=None, objective="gaussian")),
+        ("dit_imagenet256", dict(optimizer="adamw", grad_clip=None, snr_gamma=None, objective="gaussian")),
     ],
 )
 def test_official_flag_fixes_the_official_protocol(name, expected):

@@ -108,16 +108,13 @@ class AlignmentLoss:
                 stored features; ``None`` when training from a cache with features.
 
         Raises:
-            ValueError: ``depth`` past the network, a masked pass on a model without one,
-                or an encoder other than the recorded one.
+            ValueError: ``depth`` past the network, or an encoder other than the recorded one.
+                (Whether the token rule makes the aligned passes is checked by the
+                :class:`~mdtblocks.criterion.Criterion` that holds this loss.)
         """
         total = len(model.trunk())
         if self.depth > total:
             raise ValueError(f"align depth {self.depth} is past the network's depth {total}")
-        if self.pass_choice != "plain" and getattr(model, "mask_sampler", None) is None:
-            raise ValueError(
-                f"align pass {self.pass_choice!r} needs a masked pass, but {type(model).__name__} has none; use 'plain'"
-            )
         if encoder is not None and self.encoder is not None and encoder.record() != self.encoder:
             raise ValueError(f"the encoder {encoder.record()} is not the recorded {self.encoder}")
         if self.kind == "repa" and not hasattr(model, ALIGN_MODULE):

@@ -109,6 +109,23 @@ class Criterion:
         check = getattr(self.tokens, "check_objective", None)
         if check is not None:  # a rule that works with some objectives only (MaskDiT's dropping: per-element terms)
             check(self.objective)
+        self._check_extra_passes()
+
+    def _check_extra_passes(self) -> None:
+        """Refuse an extra loss that reads a pass the token rule does not make (e.g. the masked pass of a plain rule)."""
+        wanted = [(loss, tuple(getattr(loss, "passes", ()))) for loss in self.extra_losses]
+        if not any(names for _, names in wanted):
+            return
+        plan = self.tokens.draw(2, 16, torch.Generator().manual_seed(0))  # an example step: which passes it makes
+        made = [p.name for p in self.tokens.passes(plan)]
+        for loss, names in wanted:
+            missing = [name for name in names if name not in made]
+            if missing:
+                raise ValueError(
+                    f"the {getattr(loss, 'name', type(loss).__name__)} loss reads the {', '.join(map(repr, missing))} "
+                    f"pass, but the token rule {self.tokens.kind!r} makes only {', '.join(map(repr, made))}; "
+                    "align a pass the rule makes (--align-pass plain aligns 'unmasked')"
+                )
 
     # --- draws --------------------------------------------------------------------------
     def draw_step(

@@ -39,8 +39,8 @@ def build_alignment(cfg: RecipeConfig, model: nn.Module, dataset: Any) -> tuple[
     not kept: training never runs it. Otherwise the encoder runs on each batch's images.
 
     Raises:
-        ValueError: a depth past the network, a masked pass on a model without one, a
-            cache without this encoder's features, or an encoder folder that is not one.
+        ValueError: a depth past the network, a cache without this encoder's features, or an
+            encoder folder that is not one.
     """
     if cfg.align == "none":
         return None, dataset

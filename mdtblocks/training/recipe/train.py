@@ -49,7 +49,7 @@ log = logging.getLogger("mdtblocks.recipe")
 
 OFFICIAL_FIELDS = (
     "optimizer", "adan_betas", "grad_clip", "snr_gamma", "weight_decay", "ema_decay", "mask_ratio", "mask_ratio_range",
-    "masked_draws",
+    "masked_draws", "objective",
 )
 """The flags ``--official`` fixes to the official script's values (learning rate, batch and steps stay free)."""
 
@@ -99,7 +99,7 @@ class TrainRecipe:
     def official(self) -> dict[str, Any]:
         """The values ``--official`` fixes: the official script's training protocol.
 
-        The paper's optimizer, clipping and loss weighting, no weight decay, the preset's
+        The paper's objective, optimizer, clipping and loss weighting, no weight decay, the preset's
         mask ratios, EMA 0.9999, and (MDT, MDTv2) a masked pass with its own noise and
         label drops, as the official trainers call the loss twice.
         """
@@ -206,10 +206,10 @@ class TrainRecipe:
                 log.info("initial weights: %s", load_init_weights(model, cfg.init_from))
             # --align: an extra loss of the criterion (REPA's projector joins the model's trained weights)
             alignment, dataset = build_alignment(cfg, model, data.dataset)
+            if alignment is not None:  # the criterion checks that its rule makes the aligned passes
+                criterion = dataclasses.replace(criterion, extra_losses=(alignment,))
         except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
             parser.error(str(err))
-        if alignment is not None:
-            criterion = dataclasses.replace(criterion, extra_losses=(alignment,))
         write_run_config(
             cfg.out, cfg, dist, vae=data.vae, image_size=data.image_size, num_classes=num_classes,
             model_preset=cfg.model, model_overrides=overrides, model_config=model.config.to_dict(),
