@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,19 @@ def _vb_maps(
     return kl, nll
 
 
+def _identity(x: Image) -> Image:
+    return x
+
+
+def _vb(
+    diffusion: GaussianProcess, p_out: dict[str, Image], x_start: Image, x_t: Image, t: Timesteps,
+    reduce: Callable[[Image], Tensor],
+) -> Tensor:
+    """The vb term in bits, ``reduce`` applied to the KL and NLL maps before the choice by ``t`` (the two public forms)."""
+    kl, nll = (reduce(m) for m in _vb_maps(diffusion, p_out, x_start, x_t, t))
+    return torch.where((t == 0).view(-1, *([1] * (kl.ndim - 1))), nll, kl) / math.log(2.0)
+
+
 def vb_terms_bpd(
     diffusion: GaussianProcess, p_out: dict[str, Image], x_start: Image, x_t: Image, t: Timesteps
 ) -> Float[Tensor, "b"]:
@@ -50,8 +64,7 @@ def vb_terms_bpd(
     Returns:
         ``(b,)`` bits per dimension.
     """
-    kl, nll = _vb_maps(diffusion, p_out, x_start, x_t, t)
-    return torch.where(t == 0, mean_flat(nll) / math.log(2.0), mean_flat(kl) / math.log(2.0))
+    return _vb(diffusion, p_out, x_start, x_t, t, mean_flat)
 
 
 def vb_terms_per_element(
@@ -62,8 +75,47 @@ def vb_terms_per_element(
     Each element's term is its own Gaussian's KL (or, at ``t = 0``, its discretised NLL),
     so the mean of these over any set of elements is the bound's term on that set alone.
     """
-    kl, nll = _vb_maps(diffusion, p_out, x_start, x_t, t)
-    return torch.where((t == 0).view(-1, *([1] * (kl.ndim - 1))), nll, kl) / math.log(2.0)
+    return _vb(diffusion, p_out, x_start, x_t, t, _identity)
+
+
+def _terms(
+    diffusion: GaussianProcess,
+    model_output: Float[Tensor, "b c2 hh ww"],
+    x_start: Image,
+    x_t: Image,
+    t: Timesteps,
+    noise: Image,
+    reduce: Callable[[Image], Tensor],
+) -> tuple[dict[str, Tensor], Image, Image]:
+    """``(terms, x_t, prediction)`` in the math dtype: ``"vb"`` and ``"mse"`` with ``reduce`` applied to each element map.
+
+    ``reduce`` is :func:`mean_flat` (per sample) or the identity (per element); the
+    weighting and rescaling come after it, so the per-sample terms are computed as they
+    always were, and each per-element term's mean over the elements is the per-sample one.
+    """
+    dtype = math_dtype(x_start)
+    with fp32_math(x_start.device):
+        model_output = model_output.to(dtype)
+        x_start, x_t, noise = x_start.to(dtype), x_t.to(dtype), noise.to(dtype)
+        prediction, var_values = split_model_output(model_output, x_start.shape[1], diffusion.variance_type)
+        terms: dict[str, Tensor] = {}
+        if diffusion.loss_type in ("kl", "rescaled_kl"):
+            out = p_mean_variance_from_output(diffusion, model_output, x_t, t, clip_denoised=False)
+            vb = _vb(diffusion, out, x_start, x_t, t, reduce)
+            terms["vb"] = vb * diffusion.num_timesteps if diffusion.loss_type == "rescaled_kl" else vb
+            return terms, x_t, prediction
+        if var_values is not None:
+            # The vb term trains the variance only: the mean it sees is detached (Nichol & Dhariwal 2021, Sec. 3.1).
+            frozen = torch.cat([prediction.detach(), var_values], dim=1)
+            out = p_mean_variance_from_output(diffusion, frozen, x_t, t, clip_denoised=False)
+            vb = _vb(diffusion, out, x_start, x_t, t, reduce)
+            # rescaled_mse: scaled by T / 1000 so that the vb term does not swamp the mse term (improved DDPM).
+            terms["vb"] = vb * (diffusion.num_timesteps / 1000.0) if diffusion.loss_type == "rescaled_mse" else vb
+        mse = reduce((diffusion.target(x_start, t, noise) - prediction) ** 2)
+        if diffusion.snr_gamma is not None:
+            mse = diffusion.mse_weight(t).to(dtype).view(-1, *([1] * (mse.ndim - 1))) * mse
+        terms["mse"] = mse
+        return terms, x_t, prediction
 
 
 def losses_from_output(
@@ -87,35 +139,11 @@ def losses_from_output(
     Returns:
         ``"loss"``, ``"mse"`` (mse losses) and ``"vb"`` (learned sigma), each ``(b,)``.
     """
-    dtype = math_dtype(x_start)
-    with fp32_math(x_start.device):
-        model_output = model_output.to(dtype)
-        x_start, x_t, noise = x_start.to(dtype), x_t.to(dtype), noise.to(dtype)
-        terms: dict[str, Tensor] = {}
-        if diffusion.loss_type in ("kl", "rescaled_kl"):
-            out = p_mean_variance_from_output(diffusion, model_output, x_t, t, clip_denoised=False)
-            terms["loss"] = vb_terms_bpd(diffusion, out, x_start, x_t, t)
-            if diffusion.loss_type == "rescaled_kl":
-                terms["loss"] = terms["loss"] * diffusion.num_timesteps
-            return terms
-
-        prediction, var_values = split_model_output(model_output, x_start.shape[1], diffusion.variance_type)
-        if var_values is not None:
-            # The vb term trains the variance only: the mean it sees is detached (Nichol & Dhariwal 2021, Sec. 3.1).
-            frozen = torch.cat([prediction.detach(), var_values], dim=1)
-            out = p_mean_variance_from_output(diffusion, frozen, x_t, t, clip_denoised=False)
-            terms["vb"] = vb_terms_bpd(diffusion, out, x_start, x_t, t)
-            if diffusion.loss_type == "rescaled_mse":
-                # Scaled by T / 1000 so that the vb term does not swamp the mse term (improved DDPM).
-                terms["vb"] = terms["vb"] * (diffusion.num_timesteps / 1000.0)
-
-        target = diffusion.target(x_start, t, noise)
-        mse = mean_flat((target - prediction) ** 2)
-        if diffusion.snr_gamma is not None:
-            mse = diffusion.mse_weight(t).to(dtype) * mse
-        terms["mse"] = mse
-        terms["loss"] = mse + terms["vb"] if "vb" in terms else mse
-        return terms
+    terms, _, _ = _terms(diffusion, model_output, x_start, x_t, t, noise, mean_flat)
+    if "mse" not in terms:  # the KL loss types: the bound alone
+        return {"loss": terms["vb"]}
+    terms["loss"] = terms["mse"] + terms["vb"] if "vb" in terms else terms["mse"]
+    return terms
 
 
 @dataclass(frozen=True)
@@ -149,27 +177,8 @@ def element_losses_from_output(
     only; the vb term is then the bound's terms of the visible elements, averaged (each
     element's KL involves only its own mean and variance).
     """
-    dtype = math_dtype(x_start)
-    with fp32_math(x_start.device):
-        model_output = model_output.to(dtype)
-        x_start, x_t, noise = x_start.to(dtype), x_t.to(dtype), noise.to(dtype)
-        prediction, var_values = split_model_output(model_output, x_start.shape[1], diffusion.variance_type)
-        terms: dict[str, Tensor] = {}
-        if diffusion.loss_type in ("kl", "rescaled_kl"):
-            out = p_mean_variance_from_output(diffusion, model_output, x_t, t, clip_denoised=False)
-            vb = vb_terms_per_element(diffusion, out, x_start, x_t, t)
-            terms["vb"] = vb * diffusion.num_timesteps if diffusion.loss_type == "rescaled_kl" else vb
-            return ElementLosses(terms, x_t, prediction)
-        mse = (diffusion.target(x_start, t, noise) - prediction) ** 2
-        if diffusion.snr_gamma is not None:
-            mse = diffusion.mse_weight(t).to(dtype).view(-1, 1, 1, 1) * mse
-        terms["mse"] = mse
-        if var_values is not None:
-            frozen = torch.cat([prediction.detach(), var_values], dim=1)  # the vb term trains the variance only
-            out = p_mean_variance_from_output(diffusion, frozen, x_t, t, clip_denoised=False)
-            vb = vb_terms_per_element(diffusion, out, x_start, x_t, t)
-            terms["vb"] = vb * (diffusion.num_timesteps / 1000.0) if diffusion.loss_type == "rescaled_mse" else vb
-        return ElementLosses(terms, x_t, prediction)
+    terms, x_t, prediction = _terms(diffusion, model_output, x_start, x_t, t, noise, _identity)
+    return ElementLosses({k: terms[k] for k in ("mse", "vb") if k in terms}, x_t, prediction)
 
 
 def _noised_pass(
