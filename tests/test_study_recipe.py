@@ -300,3 +300,46 @@ def test_alignment_targets_are_computed_once_and_read_back_exactly(tmp_path, mon
     plain = study.build_model(cfg, "SiT-REPA", 0)
     no_align = arms.build_arm_criterion(arms.ARMS["SiT"], plain, study.arm_options(cfg))
     assert study.with_cached_targets(no_align, plain, digits, tmp_path) is digits
+
+
+def test_runs_in_parallel_processes_give_the_same_records_and_a_later_single_process_takes_parts_back(
+    tmp_path, monkeypatch
+) -> None:
+    """--jobs 2 (one process per run, 1 thread each) gives bit for bit the records of one process with 1 thread;
+    a part left by a stopped --jobs command is taken back by a one-process command without training."""
+    from mdtblocks.evaluation.study_jobs import leftover_parts, prepare_part
+
+    study = load_recipe("study_learning_speed")
+    flags = [*QUICK, "--arms", "DiT", "--seeds", "0", "1"]
+    assert study.main(["--out", str(tmp_path / "parallel"), *flags, "--jobs", "2"]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert study.main(["--out", str(tmp_path / "one"), *flags, "--jobs", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    timed = ("train_seconds", "train_cpu_seconds", "eval_seconds")
+    parallel, one = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("parallel", "one"))
+    for seed in ("0", "1"):
+        got, want = parallel["runs"]["DiT"]["seeds"][seed], one["runs"]["DiT"]["seeds"][seed]
+        assert [{k: v for k, v in r.items() if k not in timed} for r in got] == [
+            {k: v for k, v in r.items() if k not in timed} for r in want
+        ]
+    assert "2 runs at once, 1 thread(s) each" in parallel["machine"]["description"]
+    assert not (tmp_path / "parallel" / "parts").exists() or not leftover_parts(tmp_path / "parallel")
+
+    # A stopped --jobs command left seed 1 in its part; the folder itself lacks it.
+    out = tmp_path / "parallel"
+    results = json.loads((out / "results.json").read_text())
+    prepare_part(out, "DiT", 1, results)
+    del results["runs"]["DiT"]["seeds"]["1"]
+    shutil.rmtree(out / "runs" / "DiT-seed1")
+    (out / "results.json").write_text(json.dumps(results))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the part's finished run was trained again")
+
+    monkeypatch.setattr(study, "train_until", no_training)
+    assert study.main(["--out", str(out), *flags, "--jobs", "1"]) == 0
+    assert json.loads((out / "results.json").read_text())["runs"]["DiT"] == parallel["runs"]["DiT"]
+    assert leftover_parts(out) == []

@@ -138,3 +138,15 @@ def test_flags_only_given_fields() -> None:
     assert not is_builtin and cfg.model == RecipeConfig.model
     with pytest.raises(SystemExit):
         parse_flags(RecipeConfig, ["--steps", "many"])
+
+
+def test_flags_written_back_read_as_the_same_config() -> None:
+    """to_argv: every field spelled so that parse_flags gives the same config back (floats bit for bit)."""
+    from mdtblocks.training.recipe import to_argv
+
+    cfg = RecipeConfig(lr=None, snr_gamma=1 / 3, route_span=(1, 3), compile=True, pipeline=False, adan_betas=(0.1, 0.2))
+    assert RecipeConfig(**parse_flags(RecipeConfig, to_argv(cfg))) == cfg
+    with pytest.raises(ValueError, match=r"--route-span = None has no flag spelling"):
+        to_argv(RecipeConfig())  # an optional tuple's None has no spelling
+    with pytest.raises(TypeError, match="expected a dataclass instance"):
+        to_argv(RecipeConfig)

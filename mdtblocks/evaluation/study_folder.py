@@ -10,7 +10,7 @@ in a second process) can be merged into one.
 
 Example::
 
-    # two processes (or machines), one seed set each, then one summary over all three seeds
+    # two machines, one seed set each, then one summary over all three seeds (on one machine: --jobs)
     python recipes/study_learning_speed.py --out runs/a --seeds 0 1
     python recipes/study_learning_speed.py --out runs/b --seeds 2
     python recipes/study_learning_speed.py --out runs/a --seeds 0 1 2 --merge runs/b
@@ -25,13 +25,16 @@ from typing import Any
 from ..folderlock import FolderLock
 from ..io import read_json
 
-__all__ = ["CLASSIFIER", "RUN_SELECTION", "load_results", "merge_study", "run_folders"]
+__all__ = ["CLASSIFIER", "TARGETS", "RUN_SELECTION", "load_results", "merge_study", "run_folders"]
 
 RUN_SELECTION = ("arms", "seeds")
 """Settings that choose which runs a command trains, not how a run trains: they may differ between commands on one folder."""
 
 CLASSIFIER = "classifier"
 """The folder of the domain classifier that scores every run's samples."""
+
+TARGETS = "targets"
+"""The folder of the cached alignment targets (a frozen encoder's maps of the training digits), shared by every run."""
 
 PER_ARM = ("params", "step_flops", "finetune_step_flops")
 """An arm's entries besides its seeds' records; they do not depend on the seed or the machine."""

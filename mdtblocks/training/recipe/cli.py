@@ -16,7 +16,10 @@ from ...data import DEFAULT_VAE
 from ...models import PRESETS
 from .axes import RECIPE_TOKENS, objective_names
 
-__all__ = ["flag", "default_num_workers", "presets_of", "RecipeConfig", "build_parser", "add_flags", "parse_flags", "choose_config", "exit_on_bad_input"]
+__all__ = [
+    "flag", "default_num_workers", "presets_of", "RecipeConfig", "build_parser", "add_flags", "parse_flags", "to_argv",
+    "choose_config", "exit_on_bad_input",
+]
 
 C = TypeVar("C")
 
@@ -241,6 +244,38 @@ def parse_flags(
         if f.name in given and isinstance(given[f.name], list):
             given[f.name] = tuple(given[f.name])
     return given
+
+
+def to_argv(cfg: Any) -> list[str]:
+    """The command-line flags that :func:`parse_flags` reads back into ``cfg`` (a flag dataclass instance): every field.
+
+    For a recipe that starts itself again in another process with the same settings.
+
+    Raises:
+        TypeError: ``cfg`` is not a dataclass instance.
+        ValueError: a field's value has no flag spelling (an empty tuple that is not the
+            field's default, or ``None`` for a tuple field), naming the field.
+    """
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"to_argv: expected a dataclass instance of flags, got {type(cfg).__name__}")
+    hints = typing.get_type_hints(type(cfg))
+    argv: list[str] = []
+    for f in dataclasses.fields(cfg):
+        value, name = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+        base, _ = _kind(hints[f.name])
+        if isinstance(value, bool):
+            argv.append(name if value else "--no-" + name[2:])
+        elif typing.get_origin(base) is tuple:
+            if value is None or (not value and value != f.default):
+                raise ValueError(f"to_argv: {name} = {value!r} has no flag spelling (expected one or more values)")
+            argv += [name, *map(_spelling, value)] if value else []
+        else:
+            argv += [name, "none" if value is None else _spelling(value)]
+    return argv
+
+
+def _spelling(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)  # repr: a float reads back bit for bit
 
 
 def choose_config(
