@@ -127,6 +127,10 @@ def take_back(out: str | Path, part: str | Path, results: dict[str, Any]) -> lis
                     os.replace(out / TARGETS / f".{path.name}.tmp", out / TARGETS / path.name)
         write_json(out / "results.json", results)
     shutil.rmtree(part)
+    try:
+        part.parent.rmdir()  # the last part: no empty parts folder left behind
+    except OSError:
+        pass
     return taken
 
 
