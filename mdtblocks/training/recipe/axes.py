@@ -18,7 +18,7 @@ from torch import nn
 
 from ...criterion import Criterion, LabelDropout, rule_of_model
 from ...masking import Route, default_span
-from ...objectives import EDMObjective, GaussianObjective
+from ...objectives import GaussianObjective
 from ...objectives.base import Objective
 from ...tokens import MaskDiTDropRule, PlainRule, RoutedRule, TokenRule, check_rule_model
 from ...tokens.legacy import MASKDIT_MAE_WEIGHT
@@ -46,17 +46,15 @@ def _gaussian(cfg: Any, model: nn.Module) -> Objective:
     return GaussianObjective("linear", 1000, learn_sigma=bool(model.config.learn_sigma), snr_gamma=cfg.snr_gamma)
 
 
-def _edm(cfg: Any, model: nn.Module) -> Objective:
-    return EDMObjective(sigma_data=cfg.edm_sigma_data, p_mean=cfg.edm_p_mean, p_std=cfg.edm_p_std)
-
-
-def _flow(cfg: Any, model: nn.Module) -> Objective:
-    from .objective import build_objective  # the --flow-* options (objective.py imports the flags' module)
+def _with_options(cfg: Any, model: nn.Module) -> Objective:
+    from .objective import build_objective  # the --flow-*/--edm-* options (objective.py imports the flags' module)
 
     return build_objective(cfg)
 
 
-RECIPE_OBJECTIVES: dict[str, Callable[[Any, nn.Module], Objective]] = {"gaussian": _gaussian, "flow": _flow, "edm": _edm}
+RECIPE_OBJECTIVES: dict[str, Callable[[Any, nn.Module], Objective]] = {
+    "gaussian": _gaussian, "flow": _with_options, "edm": _with_options,
+}
 """``--objective`` name -> ``(recipe config, model) -> objective`` (another objective adds one entry)."""
 
 
