@@ -71,10 +71,12 @@ def _python(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-def test_run_parts_runs_each_part_at_most_jobs_at_once(tmp_path) -> None:
+def test_run_parts_runs_each_part_at_most_jobs_at_once(tmp_path, capsys) -> None:
     runs = [("A", 0), ("B", 0), ("A", 1)]
     code = ("import os, sys, time; open(sys.argv[1] + '/start', 'w').write(str(time.time())); time.sleep(0.5); "
-            "print(os.environ['OMP_NUM_THREADS']); open(sys.argv[1] + '/end', 'w').write(str(time.time()))")
+            "print(os.environ['OMP_NUM_THREADS']); print('10%|#  | 1/8\\r', end=''); "
+            "print('00:00 ' + os.path.basename(sys.argv[1]) + ' seed 0, step 4/8: fd 1.0', flush=True); "
+            "open(sys.argv[1] + '/end', 'w').write(str(time.time()))")
 
     def part_of(name: str, seed: int) -> Path:
         (tmp_path / f"{name}{seed}").mkdir()
@@ -85,7 +87,12 @@ def test_run_parts_runs_each_part_at_most_jobs_at_once(tmp_path) -> None:
     assert sorted(done) == sorted(runs)
     spans = [tuple(float((tmp_path / f"{n}{s}" / f).read_text()) for f in ("start", "end")) for n, s in runs]
     assert max(sum(a <= t < b for a, b in spans) for t, _ in spans) == 2  # two at once, never three
-    assert (tmp_path / "A0" / "study.log").read_text().strip() == "3"  # each with the threads it was given
+    assert (tmp_path / "A0" / "study.log").read_text().splitlines()[0] == "3"  # each with the threads it was given
+    err = capsys.readouterr().err  # the evaluation lines are passed on, the rest stays in the parts' logs
+    assert sorted(line for line in err.splitlines() if "seed 0, step" in line) == [
+        f"00:00 {part} seed 0, step 4/8: fd 1.0" for part in ("A0", "A1", "B0")
+    ]
+    assert "10%" not in err and "\n3\n" not in err
 
 
 def test_a_failed_part_stops_the_others_and_names_its_log(tmp_path) -> None:

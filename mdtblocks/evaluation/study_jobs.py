@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +44,9 @@ LOG_NAME = "study.log"
 """A part's log: its process's output (progress and evaluations)."""
 
 log = logging.getLogger("study")
+
+EVALUATION_LINE = re.compile(r"seed \d+, step \d+/\d+")
+"""A line of a part's log passed on to this process's log: a run's evaluation."""
 
 
 class PartFailed(RuntimeError):
@@ -139,6 +144,22 @@ class _Child:
     key: tuple[str, int]
     part: Path
     process: subprocess.Popen[bytes]
+    read: int = 0  # bytes of its log passed on so far
+
+    def pass_on_evaluations(self) -> None:
+        """Write the evaluation lines its log gained since the last call to this process's stderr."""
+        try:
+            with open(self.part / LOG_NAME, "rb") as f:
+                f.seek(self.read)
+                text = f.read()
+        except OSError:
+            return
+        complete = text.rfind(b"\n") + 1
+        self.read += complete
+        for line in text[:complete].decode(errors="replace").splitlines():
+            line = line.rsplit("\r", 1)[-1]  # a progress bar's updates end with the line after them
+            if EVALUATION_LINE.search(line):
+                print(line, file=sys.stderr, flush=True)
 
 
 def run_parts(
@@ -150,6 +171,9 @@ def run_parts(
     finished: Callable[[str, int, Path], None],
 ) -> int | None:
     """Train ``runs`` in child processes, ``jobs`` at a time, in seed-major order.
+
+    Each process writes to ``study.log`` in its part folder; its evaluation lines
+    (:data:`EVALUATION_LINE`) are passed on to this process's stderr as they come.
 
     Args:
         runs: the ``(arm, seed)`` runs to train.
@@ -184,16 +208,20 @@ def run_parts(
             while pending and len(running) < jobs and not stop and not failed:
                 name, seed = pending.pop(0)
                 part = part_of(name, seed)
+                start = (part / LOG_NAME).stat().st_size if (part / LOG_NAME).is_file() else 0  # a resumed part's old log
                 with open(part / LOG_NAME, "ab") as out_log:
                     process = subprocess.Popen(
                         command(name, seed, part), stdout=out_log, stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL, env=env,
                     )
-                running.append(_Child((name, seed), part, process))
+                running.append(_Child((name, seed), part, process, start))
                 log.info("%s seed %d: training in process %d, %d thread(s) (log: %s)",
                          name, seed, process.pid, threads, part / LOG_NAME)
             time.sleep(0.2)
+            for child in running:
+                child.pass_on_evaluations()
             for child in [c for c in running if c.process.poll() is not None]:
+                child.pass_on_evaluations()
                 running.remove(child)
                 code = child.process.returncode
                 if code == 0:
