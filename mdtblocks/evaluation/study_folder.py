@@ -25,7 +25,7 @@ from typing import Any
 from ..folderlock import FolderLock
 from ..io import read_json
 
-__all__ = ["CLASSIFIER", "TARGETS", "RUN_SELECTION", "load_results", "merge_study", "run_folders"]
+__all__ = ["CLASSIFIER", "TARGETS", "RUN_SELECTION", "load_results", "merge_study", "take_runs", "run_folders"]
 
 RUN_SELECTION = ("arms", "seeds")
 """Settings that choose which runs a command trains, not how a run trains: they may differ between commands on one folder."""
@@ -125,23 +125,37 @@ def merge_study(out: str | Path, source: str | Path, results: dict[str, Any]) ->
             _replace_folder(source / CLASSIFIER, out / CLASSIFIER)
         elif (source / classifier).is_file() and (source / classifier).read_bytes() != (out / classifier).read_bytes():
             raise ValueError(f"--merge {source}: its samples were scored by another domain classifier ({source / classifier})")
-        taken = []
-        for name, run in sorted(theirs.get("runs", {}).items()):
-            mine = results["runs"].setdefault(name, {"seeds": {}})
-            for key in PER_ARM:
-                if key in run and key in mine and run[key] != mine[key]:
-                    raise ValueError(
-                        f"--merge {source}: arm {name} has {key} {run[key]} there and {mine[key]} here; "
-                        "the two folders were run by different versions"
-                    )
-            for seed, records in sorted(run.get("seeds", {}).items()):
-                if len(records) <= len(mine["seeds"].get(seed, [])):
-                    continue
-                for theirs_dir, mine_dir in zip(run_folders(source, name, seed), run_folders(out, name, seed)):
-                    _replace_folder(theirs_dir, mine_dir)
-                mine["seeds"][seed] = records
-                mine.update({k: run[k] for k in PER_ARM if k in run})
-                taken.append(f"{name} seed {seed} ({len(records)} evaluations)")
-            if not mine["seeds"] and not any(k in mine for k in PER_ARM):
-                del results["runs"][name]
+        return take_runs(out, source, theirs, results, ties=False, what=f"--merge {source}")
+
+
+def take_runs(
+    out: str | Path, source: str | Path, theirs: dict[str, Any], results: dict[str, Any], ties: bool, what: str
+) -> list[str]:
+    """Take into study folder ``out`` (loaded ``results``, updated) the runs of ``theirs`` (``source``'s loaded
+    results) that ``out`` has fewer evaluations of, or as many with ``ties``, with their checkpoint and grid folders.
+
+    Raises:
+        ValueError: an arm's parameter or FLOP counts differ (``what`` starts the message).
+    """
+    out, source = Path(out), Path(source)
+    taken = []
+    for name, run in sorted(theirs.get("runs", {}).items()):
+        mine = results["runs"].setdefault(name, {"seeds": {}})
+        for key in PER_ARM:
+            if key in run and key in mine and run[key] != mine[key]:
+                raise ValueError(
+                    f"{what}: arm {name} has {key} {run[key]} there and {mine[key]} here; "
+                    "the two folders were run by different versions"
+                )
+        for seed, records in sorted(run.get("seeds", {}).items()):
+            ours = len(mine["seeds"].get(seed, []))
+            if len(records) < ours or (len(records) == ours and not ties):
+                continue
+            for theirs_dir, mine_dir in zip(run_folders(source, name, seed), run_folders(out, name, seed)):
+                _replace_folder(theirs_dir, mine_dir)
+            mine["seeds"][seed] = records
+            mine.update({k: run[k] for k in PER_ARM if k in run})
+            taken.append(f"{name} seed {seed} ({len(records)} evaluations)")
+        if not mine["seeds"] and not any(k in mine for k in PER_ARM):
+            del results["runs"][name]
     return taken

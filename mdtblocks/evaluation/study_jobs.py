@@ -33,7 +33,7 @@ from typing import Any
 
 from ..folderlock import FolderLock
 from ..io import read_json, write_json
-from .study_folder import CLASSIFIER, PER_ARM, TARGETS, _check_settings, _replace_folder, run_folders
+from .study_folder import CLASSIFIER, PER_ARM, TARGETS, _check_settings, run_folders, take_runs
 
 __all__ = ["PARTS", "PartFailed", "part_folder", "leftover_parts", "prepare_part", "take_back", "run_parts"]
 
@@ -110,20 +110,10 @@ def take_back(out: str | Path, part: str | Path, results: dict[str, Any]) -> lis
         FolderInUse: a process still trains in ``part``.
     """
     out, part = Path(out), Path(part)
-    taken = []
     with FolderLock(part):
         theirs = read_json(part / "results.json")
         _check_settings(part, theirs.get("config", {}), results["config"], "remove it or use the same flags")
-        for name, run in sorted(theirs.get("runs", {}).items()):
-            mine = results["runs"].setdefault(name, {"seeds": {}})
-            for seed, records in sorted(run.get("seeds", {}).items()):
-                if len(records) < len(mine["seeds"].get(seed, [])):
-                    continue
-                for source, target in zip(run_folders(part, name, seed), run_folders(out, name, seed)):
-                    _replace_folder(source, target)
-                mine["seeds"][seed] = records
-                mine.update({k: run[k] for k in PER_ARM if k in run})
-                taken.append(f"{name} seed {seed} ({len(records)} evaluations)")
+        taken = take_runs(out, part, theirs, results, ties=True, what=f"part {part}")  # the part is the newer
         if (part / TARGETS).is_dir():
             (out / TARGETS).mkdir(exist_ok=True)
             for path in (part / TARGETS).iterdir():
