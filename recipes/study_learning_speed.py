@@ -646,8 +646,11 @@ def machine(jobs: int, threads: int) -> dict[str, str]:
 
 
 def parallelism(cfg: StudyConfig, runs: int, dist: Any) -> tuple[int, int]:
-    """``(runs trained at once, torch threads of each)`` for ``runs`` runs to train: ``--jobs``, or one per usable
-    CPU core on the CPU, and one on a GPU, under torchrun or with ``--quick``; the threads of this process are shared among them."""
+    """``(runs trained at once, torch threads of each)`` for ``runs`` runs to train.
+
+    ``--jobs``, or one per usable CPU core on the CPU, and one on a GPU, under torchrun or
+    with ``--quick``; never more than the runs. This process's threads are shared among them.
+    """
     if cfg.jobs is not None:
         jobs = cfg.jobs
     elif cfg.quick or dist.device.type != "cpu" or getattr(dist, "world_size", 1) > 1:
@@ -724,7 +727,8 @@ def study(cfg: StudyConfig, train_set: MNIST5kDataset, dist: Any) -> int:
         write_json(out / "results.json", results)
     reference, held_out = domain_reference(cfg, out, train_set)
     runs = [] if cfg.report else [(name, seed) for seed in cfg.seeds for name in cfg.arms]  # seed-major
-    jobs, threads = parallelism(cfg, len(runs), dist)
+    pending = [(name, seed) for name, seed in runs if not finished_records(cfg, results, name, seed)]
+    jobs, threads = parallelism(cfg, len(pending), dist)
     results.update(held_out=held_out, machine=machine(jobs, threads), data=f"MNIST-5k train split ({len(train_set)} digits, {cfg.image_size}x{cfg.image_size})")
     log.info(
         "study of %s over seeds %s: %d steps each, evaluated at %s; held-out real digits score fd %.3f, accuracy %.3f",
@@ -732,7 +736,6 @@ def study(cfg: StudyConfig, train_set: MNIST5kDataset, dist: Any) -> int:
     )
     try:
         if jobs > 1:
-            pending = [(name, seed) for name, seed in runs if not finished_records(cfg, results, name, seed)]
             stopped = train_in_parts(cfg, out, results, pending, jobs, threads)
             if stopped is not None:
                 print(f"interrupted: signal {stopped} stopped the study; the runs in {out / PARTS} checkpointed, "
