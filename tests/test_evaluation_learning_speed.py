@@ -42,3 +42,12 @@ def test_mean_curve_and_curve_checks(tmp_path) -> None:
         Curve((2, 1), (1.0, 2.0), (0.0, 0.0))
     png = plot_learning_curves({"fd": {"a": runs}}, tmp_path / "plot.png", floors={"fd": 0.5})
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eleven_arms_are_drawn_apart() -> None:
+    """Past the 10 colours of the cycle, a model gets a colour in another line style: no two styles are the same."""
+    from mdtblocks.evaluation.plot import curve_styles
+
+    styles = curve_styles([f"arm{i}" for i in range(25)], [f"C{i}" for i in range(10)])
+    assert len({tuple(sorted(style.items())) for style in styles.values()}) == 25
+    assert styles["arm10"]["color"] == styles["arm0"]["color"] and styles["arm10"]["ls"] != styles["arm0"]["ls"]

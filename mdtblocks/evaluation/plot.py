@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..io import atomic_write
 from .learning_speed import Curve, mean_curve, mean_flops
 
 __all__ = ["plot_learning_curves"]
+
+
+def curve_styles(models: list[str], colors: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """One line style per model (``color``, ``ls``, ``marker`` keywords of ``plot``): the colours in turn, then the
+    same colours dashed with squares and dotted with triangles, so that up to three times as many models as colours
+    stay apart."""
+    return {
+        model: {"color": colors[i % len(colors)], "ls": ("-", "--", ":")[i // len(colors) % 3],
+                "marker": "os^"[i // len(colors) % 3]}
+        for i, model in enumerate(models)
+    }
 
 
 def plot_learning_curves(
@@ -46,15 +59,16 @@ def plot_learning_curves(
     fig, axes = plt.subplots(rows, len(metrics), figsize=(4.2 * len(metrics), 3.2 * rows), squeeze=False)
     names = ("training steps", "training seconds", "training FLOPs (multiply-adds)")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = curve_styles(sorted({model for by_model in curves.values() for model in by_model}), colors)
     for col, metric in enumerate(metrics):
-        for i, (model, runs) in enumerate(sorted(curves[metric].items())):
+        for model, runs in sorted(curves[metric].items()):
             steps, seconds, mean, low, high = mean_curve(runs)
             axes_x = (steps, seconds, mean_flops(runs)) if with_flops else (steps, seconds)
             for row, xs in enumerate(axes_x):
                 ax = axes[row][col]
-                ax.plot(xs, mean, marker="o", ms=3, color=colors[i % len(colors)], label=f"{model} ({len(runs)} seeds)")
+                ax.plot(xs, mean, ms=3, label=f"{model} ({len(runs)} seeds)", **styles[model])
                 if len(runs) > 1:
-                    ax.fill_between(xs, low, high, color=colors[i % len(colors)], alpha=0.2, lw=0)
+                    ax.fill_between(xs, low, high, color=styles[model]["color"], alpha=0.2, lw=0)
         for row in range(rows):
             ax = axes[row][col]
             if floors and metric in floors:
