@@ -35,7 +35,10 @@ from ..folderlock import FolderLock
 from ..io import read_json, write_json
 from .study_folder import CLASSIFIER, PER_ARM, TARGETS, _check_settings, run_folders, take_runs
 
-__all__ = ["PARTS", "PartFailed", "part_folder", "leftover_parts", "prepare_part", "take_back", "run_parts"]
+__all__ = [
+    "PARTS", "LOG_NAME", "EVALUATION_LINE", "PartFailed", "part_folder", "leftover_parts", "prepare_part", "take_back",
+    "run_parts",
+]
 
 PARTS = "parts"
 """The folder inside a study folder that holds the part folders of runs training in other processes."""
