@@ -742,8 +742,9 @@ def study(cfg: StudyConfig, train_set: MNIST5kDataset, dist: Any) -> int:
                       "the same command resumes", file=sys.stderr)
                 dist.close()
                 return 128 + stopped
+        asked = {part_folder(out, name, seed) for name, seed in runs}
         for part in leftover_parts(out):  # one process: first the runs that trained in parts (another --jobs)
-            if part.name in {part_folder(out, name, seed).name for name, seed in runs}:
+            if part in asked:
                 log.info("took back from %s: %s", part, "; ".join(take_back(out, part, results)) or "nothing")
         for name, seed in runs:  # an interrupted study has every arm at some seeds
             run_one(cfg, name, seed, out, results, reference, train_set, dist)

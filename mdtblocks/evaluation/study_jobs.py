@@ -62,7 +62,7 @@ def part_folder(out: str | Path, name: str, seed: int | str) -> Path:
 
 
 def leftover_parts(out: str | Path) -> list[Path]:
-    """The part folders in ``out`` (complete ones, with their ``results.json``), oldest name first."""
+    """The part folders in ``out`` (complete ones, with their ``results.json``), in name order."""
     folder = Path(out) / PARTS
     return sorted(p for p in folder.glob("*") if (p / "results.json").is_file()) if folder.is_dir() else []
 
